@@ -1,0 +1,139 @@
+"""``meshext validate`` and ``meshext describe``: check a folder, explain a workload's chain."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from meshext.mesh.model import build_model
+from meshext.mesh.placement import place_phases
+from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
+from meshext.mesh.workload import ProxyKind, Workload
+from meshext.sources.folder import load_folder
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+def validate(folder: Path) -> None:
+    """Check every resource below FOLDER; list every error (exit 1) or say it is valid."""
+    result = load_folder(folder)
+    model = build_model(r.resource for r in result.resources)
+    errors = [*result.errors, *model.errors]
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for error in errors:
+        err.print(f"[red]error[/red]: {error}", markup=True)
+    if errors:
+        err.print(f"{len(errors)} error(s); {len(result.resources)} resource(s) valid")
+        sys.exit(1)
+    click.echo(f"{folder}: {len(result.resources)} resource(s) valid")
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` → ``{"k": "v", "k2": "v2"}``."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{part!r} is not key=value", param_hint="--labels")
+        labels[key] = value
+    return labels
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--namespace", "-n", required=True, help="Namespace of the workload.")
+@click.option("--labels", "-l", default="", help="Workload labels, k=v,k2=v2.")
+@click.option("--gateway", is_flag=True, help="The workload is a gateway, not a sidecar.")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+def describe(folder: Path, namespace: str, labels: str, gateway: bool, output: str) -> None:
+    """Explain which extensions from FOLDER run on a workload, in what order, and why
+    the others do not."""
+    result = load_folder(folder)
+    model = build_model(r.resource for r in result.resources)
+    workload = Workload(
+        namespace=namespace,
+        labels=parse_labels(labels),
+        kind=ProxyKind.GATEWAY if gateway else ProxyKind.SIDECAR,
+    )
+    plan = plan_workload(model.topology, model.extensions, {}, workload, offline=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for error in [*result.errors, *model.errors]:
+        err.print(f"[yellow]warning[/yellow]: {error}")
+    if output == "json":
+        click.echo(json.dumps(plan_to_json(plan), indent=2))
+        return
+    _print_plan(plan)
+
+
+def plan_to_json(plan: WorkloadPlan) -> dict[str, Any]:
+    return {
+        "workload": {
+            "namespace": plan.workload.namespace,
+            "labels": dict(plan.workload.labels),
+            "kind": plan.workload.kind.value,
+        },
+        "extensions": [_applied_json(p, i) for i, p in enumerate(plan.applied, start=1)],
+        "skipped": [
+            {
+                "kind": s.key.kind,
+                "namespace": s.key.namespace,
+                "name": s.key.name,
+                "reason": s.reason.value,
+                "detail": s.detail,
+            }
+            for s in plan.skipped
+        ],
+    }
+
+
+def _applied_json(planned: PlannedExtension, order: int) -> dict[str, Any]:
+    module = planned.module
+    return {
+        "order": order,
+        "kind": planned.key.kind,
+        "namespace": planned.key.namespace,
+        "name": planned.key.name,
+        "phase": planned.phase.value,
+        "priority": planned.priority,
+        "image": planned.extension.image,
+        "sha256": module.sha256 if module else None,
+        "imageDigest": module.image_digest if module else None,
+    }
+
+
+def _print_plan(plan: WorkloadPlan) -> None:
+    console = Console(highlight=False)
+    w = plan.workload
+    labels = ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "(none)"
+    console.print(
+        f"[bold]{w.kind.value}[/bold] in namespace [bold]{w.namespace}[/bold], labels {labels}"
+    )
+    table = Table(title="Extensions, in execution order", title_justify="left")
+    for column in ("#", "phase", "priority", "extension", "image"):
+        table.add_column(column)
+    for i, p in enumerate(plan.applied, start=1):
+        table.add_row(str(i), p.phase.value, str(p.priority), str(p.key), p.extension.image)
+    console.print(table)
+    chain = place_phases(_MESH_CHAIN, plan.by_phase())
+    rendered = [c if isinstance(c, str) else f"[cyan]{c.key.name}[/cyan]" for c in chain]
+    console.print("HTTP filter chain: " + " → ".join(rendered))
+    if plan.skipped:
+        skipped = Table(title="Not applied", title_justify="left")
+        for column in ("extension", "reason", "detail"):
+            skipped.add_column(column)
+        for s in plan.skipped:
+            skipped.add_row(str(s.key), s.reason.value, s.detail)
+        console.print(skipped)
+
+
+_MESH_CHAIN = (
+    "envoy.filters.http.jwt_authn",
+    "envoy.filters.http.rbac",
+    "envoy.filters.http.router",
+)

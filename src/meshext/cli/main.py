@@ -1,0 +1,26 @@
+"""Entry point of the ``meshext`` command: one group, a module per area."""
+
+from __future__ import annotations
+
+import click
+
+from meshext import __version__
+from meshext.cli.describe import describe, validate
+from meshext.cli.image import image
+from meshext.cli.kube import kube
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meshext")
+def cli() -> None:
+    """Deploy WebAssembly extensions to the Envoy proxies of a service mesh."""
+
+
+cli.add_command(validate)
+cli.add_command(describe)
+cli.add_command(image)
+cli.add_command(kube)
+
+
+def main() -> None:
+    cli()

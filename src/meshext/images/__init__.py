@@ -1,0 +1,1 @@
+"""Extension images: references, registry access, image formats and the module cache."""

@@ -1,0 +1,184 @@
+"""The planner: which extensions run on a workload, in what order, and why the others do not.
+
+A pure function of its inputs. The tenant boundary lives here and only here: an
+extension reaches a workload of namespace N only if it is in N itself or in the
+control-plane namespace of N's mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from meshext.api.meta import ResourceKey
+from meshext.api.phase import Phase
+from meshext.mesh.extension import Extension
+from meshext.mesh.resolution import Resolution, ResolutionState, ResolvedModule
+from meshext.mesh.topology import Topology
+from meshext.mesh.workload import Workload
+
+DEFAULT_PRIORITY = 0
+"""Priority when neither the resource nor the image's manifest gives one."""
+
+
+class SkipReason(StrEnum):
+    WORKLOAD_NOT_IN_MESH = "WorkloadNotInMesh"
+    EXTENSION_NOT_IN_MESH = "ExtensionNotInMesh"
+    OTHER_MESH = "OtherMesh"
+    EXTENSIONS_DISABLED = "ExtensionsDisabled"
+    OTHER_NAMESPACE = "OtherNamespace"
+    SELECTOR_MISMATCH = "SelectorMismatch"
+    NOT_READY = "NotReady"
+    NO_PHASE = "NoPhase"
+
+
+@dataclass(frozen=True)
+class PlannedExtension:
+    """An extension that runs on the workload, with its resolved phase and priority.
+
+    ``module`` is ``None`` only in an offline plan (images not resolved).
+    """
+
+    extension: Extension
+    phase: Phase
+    priority: int
+    module: ResolvedModule | None
+
+    @property
+    def key(self) -> ResourceKey:
+        return self.extension.key
+
+    def sort_key(self) -> tuple[int, int, str, str, str, str]:
+        ext = self.extension
+        return (self.phase.rank, -self.priority, ext.name, ext.image, ext.namespace, ext.key.kind)
+
+
+@dataclass(frozen=True)
+class SkippedExtension:
+    extension: Extension
+    reason: SkipReason
+    detail: str
+
+    @property
+    def key(self) -> ResourceKey:
+        return self.extension.key
+
+
+@dataclass(frozen=True)
+class WorkloadPlan:
+    workload: Workload
+    applied: tuple[PlannedExtension, ...]
+    skipped: tuple[SkippedExtension, ...]
+
+    def by_phase(self) -> dict[Phase, list[PlannedExtension]]:
+        grouped: dict[Phase, list[PlannedExtension]] = {}
+        for planned in self.applied:
+            grouped.setdefault(planned.phase, []).append(planned)
+        return grouped
+
+
+def plan_workload(
+    topology: Topology,
+    extensions: Iterable[Extension],
+    resolutions: Mapping[ResourceKey, Resolution],
+    workload: Workload,
+    *,
+    offline: bool = False,
+) -> WorkloadPlan:
+    """Plan ``workload``.
+
+    ``resolutions`` holds each extension's image resolution; a missing entry means
+    pending. With ``offline=True`` unresolved images are not a reason to skip: an
+    extension whose spec gives its phase is planned without a module, so its place
+    can be shown before any image is pulled.
+    """
+    applied: list[PlannedExtension] = []
+    skipped: list[SkippedExtension] = []
+    for ext in sorted(extensions, key=lambda e: e.key):
+        outcome = _decide(topology, ext, resolutions.get(ext.key), workload, offline)
+        if isinstance(outcome, PlannedExtension):
+            applied.append(outcome)
+        else:
+            skipped.append(outcome)
+    applied.sort(key=PlannedExtension.sort_key)
+    return WorkloadPlan(workload, tuple(applied), tuple(skipped))
+
+
+def _decide(
+    topology: Topology,
+    ext: Extension,
+    resolution: Resolution | None,
+    workload: Workload,
+    offline: bool,
+) -> PlannedExtension | SkippedExtension:
+    def skip(reason: SkipReason, detail: str) -> SkippedExtension:
+        return SkippedExtension(ext, reason, detail)
+
+    mesh = topology.mesh_of(workload.namespace)
+    if mesh is None:
+        return skip(
+            SkipReason.WORKLOAD_NOT_IN_MESH,
+            f"namespace {workload.namespace!r} is not a control-plane namespace "
+            "nor listed in a ServiceMeshMemberRoll",
+        )
+    ext_mesh = topology.mesh_of(ext.namespace)
+    if ext_mesh is None:
+        return skip(
+            SkipReason.EXTENSION_NOT_IN_MESH,
+            f"namespace {ext.namespace!r} is not a control-plane namespace "
+            "nor listed in a ServiceMeshMemberRoll; its extensions are ignored",
+        )
+    if ext_mesh.namespace != mesh.namespace:
+        return skip(
+            SkipReason.OTHER_MESH,
+            f"belongs to the mesh of {ext_mesh.namespace!r}, the workload to {mesh.namespace!r}",
+        )
+    if not mesh.extensions_enabled:
+        return skip(
+            SkipReason.EXTENSIONS_DISABLED,
+            f"ServiceMeshControlPlane {mesh.namespace}/{mesh.control_plane.metadata.name} "
+            "does not set spec.techPreview.wasmExtensions.enabled: true",
+        )
+    if ext.namespace not in (mesh.namespace, workload.namespace):
+        return skip(
+            SkipReason.OTHER_NAMESPACE,
+            f"applies only to workloads in {ext.namespace!r}; only extensions in the "
+            f"control-plane namespace {mesh.namespace!r} apply mesh-wide",
+        )
+    if not workload.matches(ext.selector):
+        wanted = ",".join(f"{k}={v}" for k, v in sorted(ext.selector.items()))
+        return skip(SkipReason.SELECTOR_MISMATCH, f"workload labels do not include {wanted}")
+    module: ResolvedModule | None = None
+    if resolution is not None and resolution.state is ResolutionState.READY:
+        module = resolution.module
+    elif not offline or (resolution is not None and resolution.state is ResolutionState.FAILED):
+        message = resolution.message if resolution is not None else "image not resolved yet"
+        return skip(SkipReason.NOT_READY, message)
+    manifest = module.manifest if module is not None else None
+    phase = ext.phase or (manifest.phase if manifest else None)
+    if phase is None:
+        detail = (
+            "no phase in the spec and the image's manifest.yaml gives none"
+            if module is not None
+            else "no phase in the spec; it comes from the image's manifest.yaml, not resolved yet"
+        )
+        return skip(SkipReason.NOT_READY if module is None else SkipReason.NO_PHASE, detail)
+    priority = ext.priority
+    if priority is None and manifest is not None:
+        priority = manifest.priority
+    if priority is None and module is None:
+        return skip(
+            SkipReason.NOT_READY,
+            "no priority in the spec; it comes from the image's manifest.yaml, not resolved yet",
+        )
+    return PlannedExtension(ext, phase, DEFAULT_PRIORITY if priority is None else priority, module)
+
+
+def plan_many(
+    topology: Topology,
+    extensions: Sequence[Extension],
+    resolutions: Mapping[ResourceKey, Resolution],
+    workloads: Iterable[Workload],
+) -> list[WorkloadPlan]:
+    return [plan_workload(topology, extensions, resolutions, w) for w in workloads]

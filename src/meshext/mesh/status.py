@@ -1,0 +1,65 @@
+"""The status meshext reports for an extension, as a pure function of what it knows.
+
+The Maistra fields come first: the resolved phase and priority, the generation seen,
+and ``deployment`` (ready, module sha256, image digest, module URL, or a message on
+failure, with the other deployment fields cleared). Which proxies run or rejected
+the extension is added by the server, which alone knows the proxies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshext.api.extension import DeploymentStatus, ExtensionStatus
+from meshext.mesh.extension import Extension
+from meshext.mesh.planner import DEFAULT_PRIORITY
+from meshext.mesh.resolution import Resolution, ResolutionState
+
+
+def extension_status(
+    extension: Extension,
+    resolution: Resolution | None,
+    module_url: Callable[[str], str | None],
+) -> ExtensionStatus:
+    """Status of ``extension`` given its image ``resolution`` (``None``: not tried yet).
+
+    ``module_url`` maps a module sha256 to the URL proxies fetch it from (``None``
+    when proxies read it from a local file).
+    """
+    if resolution is None or resolution.state is ResolutionState.PENDING:
+        message = resolution.message if resolution else "image not resolved yet"
+        return _not_ready(extension, message)
+    if resolution.state is ResolutionState.FAILED or resolution.module is None:
+        return _not_ready(extension, resolution.message or "image could not be resolved")
+    module = resolution.module
+    manifest = module.manifest
+    phase = extension.phase or (manifest.phase if manifest else None)
+    priority = extension.priority
+    if priority is None:
+        priority = (
+            manifest.priority if manifest and manifest.priority is not None else DEFAULT_PRIORITY
+        )
+    if phase is None:
+        return _not_ready(
+            extension, "no phase: set spec.phase or add phase to the image's manifest.yaml"
+        )
+    return ExtensionStatus(
+        phase=phase,
+        priority=priority,
+        observed_generation=extension.generation,
+        deployment=DeploymentStatus(
+            ready=True,
+            container_sha256=module.image_digest,
+            sha256=module.sha256,
+            url=module_url(module.sha256),
+        ),
+    )
+
+
+def _not_ready(extension: Extension, message: str) -> ExtensionStatus:
+    return ExtensionStatus(
+        phase=extension.phase,
+        priority=extension.priority,
+        observed_generation=extension.generation,
+        deployment=DeploymentStatus(ready=False, message=message),
+    )
