@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import watchfiles
@@ -43,7 +43,7 @@ class FolderSource:
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r})"
 
-    async def updates(self) -> AsyncIterator[LoadResult]:
+    async def updates(self) -> AsyncGenerator[LoadResult, None]:
         events = asyncio.Event()
         watcher = asyncio.create_task(self._watch(events))
         try:
