@@ -14,18 +14,26 @@ from meshext.api.extension import DeploymentStatus, ExtensionStatus
 from meshext.mesh.extension import Extension
 from meshext.mesh.planner import DEFAULT_PRIORITY
 from meshext.mesh.resolution import Resolution, ResolutionState
+from meshext.mesh.topology import Topology
 
 
 def extension_status(
     extension: Extension,
     resolution: Resolution | None,
     module_url: Callable[[str], str | None],
+    topology: Topology | None = None,
 ) -> ExtensionStatus:
     """Status of ``extension`` given its image ``resolution`` (``None``: not tried yet).
 
     ``module_url`` maps a module sha256 to the URL proxies fetch it from (``None``
-    when proxies read it from a local file).
+    when proxies read it from a local file). With ``topology``, an extension outside
+    every mesh, or in a mesh whose control plane has extensions disabled, is reported
+    not ready with the reason, whatever its image.
     """
+    if topology is not None:
+        reason = scope_problem(extension, topology)
+        if reason:
+            return _not_ready(extension, reason)
     if resolution is None or resolution.state is ResolutionState.PENDING:
         message = resolution.message if resolution else "image not resolved yet"
         return _not_ready(extension, message)
@@ -54,6 +62,23 @@ def extension_status(
             url=module_url(module.sha256),
         ),
     )
+
+
+def scope_problem(extension: Extension, topology: Topology) -> str | None:
+    """Why ``extension`` can apply to no workload at all, or ``None`` when it can."""
+    mesh = topology.mesh_of(extension.namespace)
+    if mesh is None:
+        return (
+            f"namespace {extension.namespace!r} is not part of any mesh: it is neither a "
+            "control-plane namespace nor listed in a ServiceMeshMemberRoll"
+        )
+    if not mesh.extensions_enabled:
+        plane = mesh.control_plane.metadata
+        return (
+            f"extensions are disabled: ServiceMeshControlPlane {plane.namespace}/{plane.name} "
+            "does not set spec.techPreview.wasmExtensions.enabled: true"
+        )
+    return None
 
 
 def _not_ready(extension: Extension, message: str) -> ExtensionStatus:
