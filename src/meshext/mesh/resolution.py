@@ -81,6 +81,10 @@ class ModuleResolver(Protocol):
 
     async def resolve(self, extension: Extension) -> Resolution: ...
 
+    def forget(self, key: ResourceKey) -> None:
+        """The extension is gone: its module need not be kept for it any more."""
+        ...
+
 
 class PullSecretStore(Protocol):
     """Looks up image pull secrets; only ever in the extension's own namespace."""
