@@ -1,0 +1,181 @@
+"""The bootstrap an Envoy proxy starts from, as a plain dict (the CLI writes YAML or JSON).
+
+It names the proxy (node id, cluster, the metadata of :mod:`meshext.envoy.node`), puts
+the admin interface on loopback, and takes listeners and clusters dynamically:
+
+- from meshext's ADS server (:class:`AdsServer`) over one gRPC stream, state of the
+  world or delta (``delta=True``); extension configs then come over the same stream
+  (their filters say ``config_source: {ads: {}}``);
+- or from files Envoy watches (:class:`~meshext.envoy.files.ConfigDirectory`), to run
+  a proxy without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
+
+from meshext.envoy import names
+from meshext.envoy.errors import EnvoyConfigError, NodeMetadataError
+from meshext.envoy.files import ConfigDirectory
+from meshext.envoy.node import (
+    DEFAULT_INBOUND_ADDRESS,
+    DeliveryMode,
+    HostPort,
+    node_metadata,
+    parse_host_port,
+    parse_port,
+    proxy_from_node,
+)
+from meshext.mesh.workload import ProxyKind
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+class BootstrapError(EnvoyConfigError):
+    """An argument of a bootstrap is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class AdsServer:
+    """meshext's ADS server, reached over gRPC (HTTP/2 cleartext)."""
+
+    address: HostPort
+    delta: bool = False
+    """Use the incremental (delta) protocol instead of state of the world."""
+
+
+def sidecar_bootstrap(
+    *,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    listen: int | str,
+    app: str,
+    xds: AdsServer | ConfigDirectory,
+    admin_port: int,
+    admin_address: str = "127.0.0.1",
+    kind: ProxyKind = ProxyKind.SIDECAR,
+    node_id: str | None = None,
+    module_delivery: DeliveryMode | None = None,
+) -> dict[str, Any]:
+    """The bootstrap of proxy ``name`` in ``namespace`` (a sidecar unless ``kind`` says gateway).
+
+    ``listen`` is the inbound port, or ``address:port`` to bind one address (default
+    ``0.0.0.0``); ``app`` is the ``host:port`` it forwards to. ``node_id`` defaults to
+    ``<kind>~<name>.<namespace>~<port>``, unique per proxy on one host.
+    """
+    if not name:
+        raise BootstrapError("name: a proxy needs a workload name")
+    inbound_address, inbound_port = _listen(listen)
+    try:
+        app_address = parse_host_port(app)
+    except ValueError as exc:
+        raise BootstrapError(f"app: {exc}") from exc
+    try:
+        parse_port(admin_port)
+    except ValueError as exc:
+        raise BootstrapError(f"admin port: {exc}") from exc
+    metadata = node_metadata(
+        namespace=namespace,
+        labels=labels,
+        workload_name=name,
+        kind=kind,
+        inbound_port=inbound_port,
+        app=app_address,
+        inbound_address=inbound_address,
+        module_delivery=module_delivery,
+    )
+    bootstrap: dict[str, Any] = {
+        "node": {
+            "id": node_id or f"{kind.value}~{name}.{namespace}~{inbound_port}",
+            "cluster": f"{name}.{namespace}",
+            "metadata": metadata,
+        },
+        "admin": {"address": _socket_address(admin_address, admin_port)},
+    }
+    _check_node(bootstrap["node"])
+    if isinstance(xds, ConfigDirectory):
+        bootstrap["dynamic_resources"] = {
+            "lds_config": _path_source(xds.listeners_path),
+            "cds_config": _path_source(xds.clusters_path),
+        }
+        return bootstrap
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    bootstrap["dynamic_resources"] = {
+        "ads_config": {
+            "api_type": "DELTA_GRPC" if xds.delta else "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": names.XDS_CLUSTER}}],
+            "set_node_on_first_message_only": True,
+        },
+        "lds_config": ads,
+        "cds_config": dict(ads),
+    }
+    bootstrap["static_resources"] = {"clusters": [_xds_cluster(xds.address)]}
+    return bootstrap
+
+
+def gateway_bootstrap(**kwargs: Any) -> dict[str, Any]:
+    """:func:`sidecar_bootstrap` for a gateway proxy."""
+    return sidecar_bootstrap(kind=ProxyKind.GATEWAY, **kwargs)
+
+
+def _check_node(node: dict[str, Any]) -> None:
+    """Reads the node back as the server will, so a bad argument fails here, not later."""
+    try:
+        proxy_from_node(json_format.ParseDict(node, base_pb2.Node()))
+    except NodeMetadataError as exc:
+        raise BootstrapError(f"{exc.key or 'node id'}: {exc.problem}") from exc
+
+
+def _listen(listen: int | str) -> tuple[str, int]:
+    try:
+        if isinstance(listen, int) or listen.strip().isdigit():
+            return DEFAULT_INBOUND_ADDRESS, parse_port(listen)
+        address = parse_host_port(listen)
+    except ValueError as exc:
+        raise BootstrapError(f"listen: {exc}") from exc
+    if not address.is_ip:
+        raise BootstrapError(f"listen: {address.host!r} is not an IP address")
+    return address.host, address.port
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _path_source(path: str) -> dict[str, Any]:
+    return {"path_config_source": {"path": path}, "resource_api_version": "V3"}
+
+
+def _xds_cluster(address: HostPort) -> dict[str, Any]:
+    return {
+        "name": names.XDS_CLUSTER,
+        "type": "STATIC" if address.is_ip else "STRICT_DNS",
+        "connect_timeout": "5s",
+        "typed_extension_protocol_options": {
+            HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"}
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": names.XDS_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(address.host, address.port)}}
+                    ]
+                }
+            ],
+        },
+    }

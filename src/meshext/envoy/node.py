@@ -1,0 +1,292 @@
+"""What a proxy tells meshext about itself: the node metadata keys and their parsing.
+
+A proxy started from ``meshext bootstrap`` sends these keys in the ``metadata`` of the
+``envoy.config.core.v3.Node`` of its first xDS request:
+
+==================  ========  ===========================================================
+key                 required  value
+==================  ========  ===========================================================
+``NAMESPACE``       yes       the workload's namespace (a DNS label)
+``LABELS``          no        the workload's labels, an object of strings
+``WORKLOAD_NAME``   no        the workload's name, shown in status and logs
+``PROXY_KIND``      no        ``sidecar`` (default) or ``gateway``
+``INBOUND_PORT``    yes       the port the proxy listens on (number or decimal string)
+``INBOUND_ADDRESS`` no        the address it listens on, default ``0.0.0.0``
+``APP_ADDRESS``     yes       ``host:port`` of the application (sidecar) or backend
+                              (gateway) the proxy forwards to; IPv6 as ``[addr]:port``
+``MODULE_DELIVERY`` no        ``local`` (module files are readable on the proxy's host)
+                              or ``remote`` (fetch them from meshext's module server)
+==================  ========  ===========================================================
+
+:func:`proxy_from_node` turns a ``Node`` into a :class:`ProxyInfo`, raising
+:class:`~meshext.envoy.errors.NodeMetadataError` that names the node and the key when
+something is missing or invalid. :func:`node_metadata` builds the same keys for a
+bootstrap, so the two stay in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, TypeVar
+
+from google.protobuf import json_format
+
+from meshext.envoy.errors import NodeMetadataError
+from meshext.mesh.workload import ProxyKind, Workload
+
+NAMESPACE: Final = "NAMESPACE"
+LABELS: Final = "LABELS"
+WORKLOAD_NAME: Final = "WORKLOAD_NAME"
+PROXY_KIND: Final = "PROXY_KIND"
+INBOUND_PORT: Final = "INBOUND_PORT"
+INBOUND_ADDRESS: Final = "INBOUND_ADDRESS"
+APP_ADDRESS: Final = "APP_ADDRESS"
+MODULE_DELIVERY: Final = "MODULE_DELIVERY"
+
+DEFAULT_INBOUND_ADDRESS: Final = "0.0.0.0"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+
+
+class DeliveryMode(StrEnum):
+    """How a proxy gets module bytes."""
+
+    LOCAL = "local"
+    """Envoy reads the module file from the disk it shares with meshext."""
+    REMOTE = "remote"
+    """Envoy fetches the module from meshext's module server over HTTP, checking its sha256."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """A proxy as meshext sees it: who it is, what it fronts, where it listens."""
+
+    node_id: str
+    workload: Workload
+    inbound_port: int
+    app: HostPort
+    inbound_address: str = DEFAULT_INBOUND_ADDRESS
+    module_delivery: DeliveryMode | None = None
+    """The proxy's own choice of module delivery; ``None`` leaves it to meshext."""
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Every metadata key the node sent, as plain JSON values."""
+
+    @property
+    def kind(self) -> ProxyKind:
+        return self.workload.kind
+
+    @property
+    def namespace(self) -> str:
+        return self.workload.namespace
+
+    @property
+    def app_address(self) -> str:
+        """``host:port`` of the application the proxy forwards to."""
+        return str(self.app)
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``host:port`` or ``[ipv6]:port``; raises ``ValueError`` saying what is wrong."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"{text!r} is not [address]:port")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ValueError(f"{host!r} is not an IPv6 address") from exc
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r} is not host:port")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write an IPv6 address as [address]:port")
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address")
+    return HostPort(host, parse_port(port_text))
+
+
+def parse_port(value: object) -> int:
+    """A TCP port from a number or a decimal string; raises ``ValueError``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a port number")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a port number")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number between 1 and 65535")
+    return value
+
+
+def proxy_from_node(node: Any) -> ProxyInfo:
+    """The proxy described by ``node`` (an ``envoy.config.core.v3.Node``).
+
+    Raises :class:`NodeMetadataError` naming the node and the metadata key when a
+    required key is missing or a value is invalid.
+    """
+    return proxy_from_metadata(str(node.id), json_format.MessageToDict(node.metadata))
+
+
+def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
+    """The proxy with id ``node_id`` whose node metadata, as plain JSON values, is ``metadata``."""
+    if not node_id:
+        raise NodeMetadataError("", None, "the node id is empty; every proxy needs a unique id")
+    read = _MetadataReader(node_id, dict(metadata))
+    workload = Workload(
+        namespace=read.namespace(),
+        labels=read.labels(),
+        kind=read.choice(PROXY_KIND, ProxyKind, ProxyKind.SIDECAR),
+        name=read.text(WORKLOAD_NAME) or "",
+    )
+    return ProxyInfo(
+        node_id=node_id,
+        workload=workload,
+        inbound_port=read.port(INBOUND_PORT),
+        app=read.host_port(APP_ADDRESS),
+        inbound_address=read.ip_address(INBOUND_ADDRESS, DEFAULT_INBOUND_ADDRESS),
+        module_delivery=read.choice(MODULE_DELIVERY, DeliveryMode, None),
+        metadata=read.metadata,
+    )
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class _MetadataReader:
+    def __init__(self, node_id: str, metadata: dict[str, Any]) -> None:
+        self.node_id = node_id
+        self.metadata = metadata
+
+    def fail(self, key: str, problem: str) -> NodeMetadataError:
+        return NodeMetadataError(self.node_id, key, problem)
+
+    def text(self, key: str) -> str | None:
+        value = self.metadata.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {json_type(value)}")
+        return value
+
+    def required_text(self, key: str) -> str:
+        value = self.text(key)
+        if value is None:
+            raise self.fail(key, "missing; the bootstrap must set it")
+        return value
+
+    def namespace(self) -> str:
+        namespace = self.required_text(NAMESPACE)
+        if len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
+            raise self.fail(NAMESPACE, f"{namespace!r} is not a valid namespace name")
+        return namespace
+
+    def labels(self) -> dict[str, str]:
+        raw = self.metadata.get(LABELS, {})
+        if not isinstance(raw, dict):
+            raise self.fail(LABELS, f"expected an object of strings, got {json_type(raw)}")
+        labels: dict[str, str] = {}
+        for label, value in sorted(raw.items()):
+            if not isinstance(value, str):
+                raise self.fail(
+                    LABELS, f"label {label!r}: expected a string, got {json_type(value)}"
+                )
+            labels[label] = value
+        return labels
+
+    def choice(self, key: str, enum: type[E], default: E | None) -> Any:
+        value = self.text(key)
+        if value is None:
+            return default
+        try:
+            return enum(value)
+        except ValueError:
+            valid = ", ".join(member.value for member in enum)
+            raise self.fail(key, f"unknown value {value!r}; expected one of {valid}") from None
+
+    def port(self, key: str) -> int:
+        if key not in self.metadata:
+            raise self.fail(key, "missing; the bootstrap must set it")
+        try:
+            return parse_port(self.metadata[key])
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from exc
+
+    def ip_address(self, key: str, default: str) -> str:
+        value = self.text(key) or default
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise self.fail(key, f"{value!r} is not an IP address") from exc
+        return value
+
+    def host_port(self, key: str) -> HostPort:
+        try:
+            return parse_host_port(self.required_text(key))
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from exc
+
+
+def node_metadata(
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    workload_name: str,
+    kind: ProxyKind,
+    inbound_port: int,
+    app: HostPort,
+    inbound_address: str = DEFAULT_INBOUND_ADDRESS,
+    module_delivery: DeliveryMode | None = None,
+) -> dict[str, Any]:
+    """The node metadata :func:`proxy_from_node` reads, as plain JSON values."""
+    metadata: dict[str, Any] = {
+        NAMESPACE: namespace,
+        LABELS: dict(sorted(labels.items())),
+        WORKLOAD_NAME: workload_name,
+        PROXY_KIND: kind.value,
+        INBOUND_PORT: str(inbound_port),
+        INBOUND_ADDRESS: inbound_address,
+        APP_ADDRESS: str(app),
+    }
+    if module_delivery is not None:
+        metadata[MODULE_DELIVERY] = module_delivery.value
+    return metadata
+
+
+def json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return "a string"

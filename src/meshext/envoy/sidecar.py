@@ -1,0 +1,270 @@
+"""The pure generator: a proxy and its workload's plan → Envoy listeners, clusters, ECDS.
+
+:func:`proxy_resources` does no I/O and reads no clock: the same proxy, plan and
+delivery settings always give byte-identical resources (see
+:meth:`EnvoyResources.serialized`).
+
+What a proxy gets
+-----------------
+
+- A **sidecar** gets one inbound listener, ``meshext.inbound.<port>`` on
+  ``INBOUND_ADDRESS:INBOUND_PORT``, whose HTTP connection manager routes every request
+  to the cluster ``meshext.app`` (the application at ``APP_ADDRESS``). No outbound
+  listener is generated: outbound traffic is never patched.
+- A **gateway** gets one listener, ``meshext.gateway.<port>``, routing to its backend
+  at ``APP_ADDRESS``. Extensions go on every HTTP filter chain of every listener a
+  gateway has (today: one listener with one chain).
+- ``meshext.modules``, the module server's cluster, when any module is fetched remotely.
+
+The HTTP filter chain
+---------------------
+
+The chain holds the mesh's own filters as anchors (:data:`MESH_FILTERS`), real Envoy
+filters with neutral configurations that Envoy runs as no-ops:
+
+1. ``envoy.filters.http.jwt_authn`` with no providers and no rules: verifies nothing,
+   rejects nothing, strips nothing (counts ``jwt_authn.allowed``);
+2. ``envoy.filters.http.rbac`` with no ``rules``: no policy is enforced;
+3. ``envoy.filters.http.router``.
+
+Extensions are placed among them by :func:`meshext.mesh.placement.place_phases`:
+PreAuthN before jwt_authn; PostAuthN and PreAuthZ before rbac; PostAuthZ right after
+rbac; PreStats and PostStats before the router (upstream Envoy has no stats filter to
+anchor on: its HTTP stats come from the connection manager itself).
+
+Each extension is its own filter whose config comes from ECDS (``config_discovery``,
+type ``Wasm`` only, no default config): the filter's name is the ECDS resource name
+(:func:`~meshext.envoy.names.extension_config_name`). Changing an extension's config
+changes only its ECDS resource, which Envoy applies in place: the listener does not
+drain and other extensions are untouched. Adding or removing an extension changes
+the chain, hence the listener.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_authn_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import duration_pb2
+
+from meshext.envoy import names
+from meshext.envoy.errors import GenerationError
+from meshext.envoy.files import ConfigDirectory
+from meshext.envoy.node import DeliveryMode, HostPort, ProxyInfo
+from meshext.envoy.resources import (
+    CLUSTER_TYPE_URL,
+    EXTENSION_CONFIG_TYPE_URL,
+    LISTENER_TYPE_URL,
+    EnvoyResources,
+    pack,
+)
+from meshext.envoy.wasm import WASM_FILTER_TYPE_URL, ModuleDelivery, extension_config
+from meshext.mesh.placement import JWT_AUTHN, RBAC, ROUTER, place_phases
+from meshext.mesh.planner import PlannedExtension, WorkloadPlan
+from meshext.mesh.workload import ProxyKind
+
+__all__ = [
+    "CLUSTER_TYPE_URL",
+    "EXTENSION_CONFIG_TYPE_URL",
+    "LISTENER_TYPE_URL",
+    "MESH_FILTERS",
+    "EnvoyResources",
+    "filter_chain",
+    "proxy_resources",
+]
+
+MESH_FILTERS: Final = (JWT_AUTHN, RBAC, ROUTER)
+"""The mesh's own HTTP filters, in chain order: the anchors extensions are placed among."""
+
+CONNECT_TIMEOUT: Final = duration_pb2.Duration(seconds=5)
+
+_ANCHOR_CONFIGS: Final = {
+    JWT_AUTHN: jwt_authn_pb2.JwtAuthentication(),
+    RBAC: rbac_pb2.RBAC(),
+    ROUTER: router_pb2.Router(),
+}
+
+
+def proxy_resources(
+    proxy: ProxyInfo,
+    plan: WorkloadPlan,
+    delivery: ModuleDelivery,
+    *,
+    config_source: ConfigDirectory | None = None,
+) -> EnvoyResources:
+    """The listeners, clusters and extension configs of ``proxy``.
+
+    ``plan`` must be the plan of the proxy's own workload (checked: a plan for another
+    namespace or label set would cross the tenant boundary). Extension filters fetch
+    their config over ADS, or from files under ``config_source`` when given (a proxy
+    run without an xDS server). Raises :class:`GenerationError` when an applied
+    extension has no resolved module or remote delivery has no module server.
+    """
+    if plan.workload != proxy.workload:
+        raise GenerationError(
+            f"proxy {proxy.node_id!r}: the plan is for workload {_describe(plan.workload)}, "
+            f"the proxy runs {_describe(proxy.workload)}"
+        )
+    mode = delivery.mode_for(proxy) if plan.applied else delivery.mode
+    extension_configs = {
+        names.extension_config_name(p.key): extension_config(p, mode, delivery)
+        for p in plan.applied
+    }
+    if proxy.kind is ProxyKind.GATEWAY:
+        listener_name = names.gateway_listener_name(proxy.inbound_port)
+        stat_prefix = names.gateway_stat_prefix(proxy.inbound_port)
+        direction = base_pb2.UNSPECIFIED
+    else:
+        listener_name = names.inbound_listener_name(proxy.inbound_port)
+        stat_prefix = names.inbound_stat_prefix(proxy.inbound_port)
+        direction = base_pb2.INBOUND
+    listener = listener_pb2.Listener(
+        name=listener_name,
+        address=_socket_address(proxy.inbound_address, proxy.inbound_port),
+        traffic_direction=direction,
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                name="http",
+                filters=[
+                    listener_components_pb2.Filter(
+                        name=names.HCM_FILTER,
+                        typed_config=pack(
+                            _connection_manager(listener_name, stat_prefix, plan, config_source)
+                        ),
+                    )
+                ],
+            )
+        ],
+    )
+    clusters = [_static_cluster(names.APP_CLUSTER, proxy.app)]
+    if plan.applied and mode is DeliveryMode.REMOTE and delivery.server is not None:
+        clusters.append(_static_cluster(names.MODULES_CLUSTER, delivery.server))
+    return EnvoyResources(
+        listeners=(listener,),
+        clusters=tuple(sorted(clusters, key=lambda c: str(c.name))),
+        extension_configs=dict(sorted(extension_configs.items())),
+    )
+
+
+def filter_chain(plan: WorkloadPlan) -> list[str | PlannedExtension]:
+    """The HTTP filter chain of the plan's workload: anchor names and extensions, in order."""
+    return place_phases(MESH_FILTERS, plan.by_phase())
+
+
+def filter_names(plan: WorkloadPlan) -> list[str]:
+    """The HTTP filter chain as Envoy filter names (extensions by their ECDS names)."""
+    return [
+        item if isinstance(item, str) else names.extension_config_name(item.key)
+        for item in filter_chain(plan)
+    ]
+
+
+def _http_filters(plan: WorkloadPlan, config_source: ConfigDirectory | None) -> list[Any]:
+    filters = []
+    for item in filter_chain(plan):
+        if isinstance(item, str):
+            filters.append(hcm_pb2.HttpFilter(name=item, typed_config=pack(_ANCHOR_CONFIGS[item])))
+            continue
+        name = names.extension_config_name(item.key)
+        filters.append(
+            hcm_pb2.HttpFilter(
+                name=name,
+                config_discovery=config_source_pb2.ExtensionConfigSource(
+                    config_source=_extension_config_source(name, config_source),
+                    type_urls=[WASM_FILTER_TYPE_URL],
+                ),
+            )
+        )
+    return filters
+
+
+def _extension_config_source(name: str, directory: ConfigDirectory | None) -> Any:
+    if directory is not None:
+        return config_source_pb2.ConfigSource(
+            path_config_source=config_source_pb2.PathConfigSource(
+                path=directory.extension_config_path(name)
+            ),
+            resource_api_version=config_source_pb2.V3,
+        )
+    # No initial fetch timeout: a listener that references an extension waits (warms)
+    # until the extension's config arrives, instead of going live after 15 s with a
+    # filter that has no config and answers 500. The listener it replaces keeps
+    # serving meanwhile.
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+        initial_fetch_timeout=duration_pb2.Duration(seconds=0),
+    )
+
+
+def _connection_manager(
+    route_name: str, stat_prefix: str, plan: WorkloadPlan, config_source: ConfigDirectory | None
+) -> Any:
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_pb2.RouteConfiguration(
+            name=route_name,
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(
+                    name="app",
+                    domains=["*"],
+                    routes=[
+                        route_components_pb2.Route(
+                            match=route_components_pb2.RouteMatch(prefix="/"),
+                            route=route_components_pb2.RouteAction(
+                                cluster=names.APP_CLUSTER,
+                                # The application decides how long a request may take.
+                                timeout=duration_pb2.Duration(seconds=0),
+                            ),
+                        )
+                    ],
+                )
+            ],
+        ),
+        http_filters=_http_filters(plan, config_source),
+    )
+
+
+def _socket_address(host: str, port: int) -> Any:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+def _static_cluster(name: str, target: HostPort) -> Any:
+    """A cluster of one endpoint: STATIC for an IP address, STRICT_DNS for a host name."""
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC if target.is_ip else cluster_pb2.Cluster.STRICT_DNS,
+        connect_timeout=CONNECT_TIMEOUT,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=_socket_address(target.host, target.port)
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def _describe(workload: Any) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(workload.labels.items()))
+    return f"{workload.namespace}/{workload.name or '-'} ({workload.kind}, labels {labels or '-'})"

@@ -1,0 +1,157 @@
+"""One extension as Envoy sees it: an ECDS resource holding a wasm HTTP filter.
+
+The ``envoy.config.core.v3.TypedExtensionConfig`` named
+:func:`~meshext.envoy.names.extension_config_name` wraps an
+``envoy.extensions.filters.http.wasm.v3.Wasm`` whose ``PluginConfig`` is:
+
+- ``name``: the extension's name (Envoy's ``wasm.<name>.*`` stats and logs use it);
+- ``root_id``: ``Extension.root_id`` or ``""``. The proxy-wasm SDKs register their
+  root context under a root id, and the C++ SDK's default is the empty string; Envoy
+  silently runs a do-nothing context when the configured id was not registered, so
+  the default must be the one SDK-built modules register. (Maistra used
+  ``<name>_root``, which only works for modules written to expect it: set the
+  ``meshext.io/root-id`` annotation, or WasmPlugin's ``pluginName``, for those.)
+- ``vm_config``: runtime ``envoy.wasm.runtime.v8``, ``vm_id`` from the module's sha256
+  (:func:`~meshext.envoy.names.vm_id`) so extensions running the same module share one
+  VM per worker, the code as a local file or a remote fetch (:class:`ModuleDelivery`),
+  and ``Extension.env`` as environment variables;
+- ``configuration``: a ``google.protobuf.StringValue`` holding ``Extension.config``
+  exactly, which Envoy hands to ``proxy_on_configure`` as raw bytes;
+- ``failure_policy``: from ``Extension.failure_policy`` (fail closed by default, as in
+  Maistra).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from envoy.config.core.v3 import backoff_pb2, base_pb2, extension_pb2, http_uri_pb2
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as wasm_filter_pb2
+from envoy.extensions.wasm.v3 import wasm_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+
+from meshext.envoy import names
+from meshext.envoy.errors import GenerationError
+from meshext.envoy.node import DeliveryMode, HostPort, ProxyInfo
+from meshext.envoy.resources import pack
+from meshext.mesh.extension import FailurePolicy
+from meshext.mesh.planner import PlannedExtension
+from meshext.mesh.resolution import ResolvedModule
+from meshext.server.modules import module_url
+
+V8_RUNTIME: Final = "envoy.wasm.runtime.v8"
+WASM_FILTER_TYPE_URL: Final = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+_FAILURE_POLICIES: Final = {
+    FailurePolicy.FAIL_CLOSED: wasm_pb2.FAIL_CLOSED,
+    FailurePolicy.FAIL_OPEN: wasm_pb2.FAIL_OPEN,
+    FailurePolicy.FAIL_RELOAD: wasm_pb2.FAIL_RELOAD,
+}
+
+
+@dataclass(frozen=True)
+class ModuleDelivery:
+    """How proxies get module bytes.
+
+    ``mode`` applies to proxies that do not choose themselves (node metadata
+    ``MODULE_DELIVERY``). ``LOCAL`` points Envoy at the module file meshext verified
+    (``ResolvedModule.path``): right when Envoy runs on meshext's host. ``REMOTE``
+    makes Envoy fetch ``server``'s ``/modules/sha256/<sha256>`` and check the sha256,
+    retrying ``fetch_retries`` times with backoff, each attempt bounded by
+    ``fetch_timeout_seconds``.
+    """
+
+    mode: DeliveryMode = DeliveryMode.LOCAL
+    server: HostPort | None = None
+    fetch_timeout_seconds: int = 30
+    fetch_retries: int = 5
+    retry_base_interval_ms: int = 500
+    retry_max_interval_ms: int = 10_000
+
+    @property
+    def base_url(self) -> str | None:
+        return None if self.server is None else f"http://{self.server}"
+
+    def mode_for(self, proxy: ProxyInfo) -> DeliveryMode:
+        """The delivery mode of ``proxy``: its own choice, else ``mode``."""
+        mode = proxy.module_delivery or self.mode
+        if mode is DeliveryMode.REMOTE and self.server is None:
+            raise GenerationError(
+                f"proxy {proxy.node_id!r} needs modules delivered remotely "
+                "but no module server address is configured"
+            )
+        return mode
+
+
+def code_source(
+    module: ResolvedModule, mode: DeliveryMode, delivery: ModuleDelivery
+) -> base_pb2.AsyncDataSource:
+    """Where Envoy reads the module's bytes."""
+    if mode is DeliveryMode.LOCAL:
+        return base_pb2.AsyncDataSource(local=base_pb2.DataSource(filename=module.path))
+    base_url = delivery.base_url
+    if base_url is None:
+        raise GenerationError("remote module delivery needs a module server address")
+    return base_pb2.AsyncDataSource(
+        remote=base_pb2.RemoteDataSource(
+            http_uri=http_uri_pb2.HttpUri(
+                uri=module_url(base_url, module.sha256),
+                cluster=names.MODULES_CLUSTER,
+                timeout=duration_pb2.Duration(seconds=delivery.fetch_timeout_seconds),
+            ),
+            sha256=module.sha256,
+            retry_policy=base_pb2.RetryPolicy(
+                num_retries=wrappers_pb2.UInt32Value(value=delivery.fetch_retries),
+                retry_back_off=backoff_pb2.BackoffStrategy(
+                    base_interval=_millis(delivery.retry_base_interval_ms),
+                    max_interval=_millis(delivery.retry_max_interval_ms),
+                ),
+            ),
+        )
+    )
+
+
+def wasm_filter(planned: PlannedExtension, code: base_pb2.AsyncDataSource) -> Any:
+    """The ``envoy.extensions.filters.http.wasm.v3.Wasm`` filter of one extension."""
+    ext = planned.extension
+    module = _module(planned)
+    vm_config = wasm_pb2.VmConfig(
+        vm_id=names.vm_id(module.sha256, ext.env),
+        runtime=V8_RUNTIME,
+        code=code,
+    )
+    if ext.env:
+        vm_config.environment_variables.key_values.update(dict(sorted(ext.env.items())))
+    plugin = wasm_pb2.PluginConfig(
+        name=ext.name,
+        root_id=ext.root_id or "",
+        vm_config=vm_config,
+        configuration=pack(wrappers_pb2.StringValue(value=ext.config)),
+        failure_policy=_FAILURE_POLICIES[ext.failure_policy],
+    )
+    return wasm_filter_pb2.Wasm(config=plugin)
+
+
+def extension_config(
+    planned: PlannedExtension, mode: DeliveryMode, delivery: ModuleDelivery
+) -> Any:
+    """The ECDS resource (``TypedExtensionConfig``) of one extension."""
+    code = code_source(_module(planned), mode, delivery)
+    return extension_pb2.TypedExtensionConfig(
+        name=names.extension_config_name(planned.key),
+        typed_config=pack(wasm_filter(planned, code)),
+    )
+
+
+def _module(planned: PlannedExtension) -> ResolvedModule:
+    if planned.module is None:
+        raise GenerationError(
+            f"{planned.key}: no resolved module; proxies get only extensions whose image "
+            "was pulled and verified"
+        )
+    return planned.module
+
+
+def _millis(ms: int) -> Any:
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)

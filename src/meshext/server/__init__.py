@@ -1,0 +1,1 @@
+"""`meshext serve`: the module server, the admin API and the control loop tying them together."""

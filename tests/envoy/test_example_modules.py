@@ -1,0 +1,130 @@
+"""The example modules under a wasmtime host: their configs, their answers, their memory.
+
+Behaviour inside Envoy is covered by test_envoy_runs_extensions; here each module runs
+many requests quickly, so a per-request leak would show as linear memory growth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshext.api.manifest import parse_manifest
+from meshext.api.phase import Phase
+from tests.envoy.support import EXAMPLES
+from tests.envoy.wasm_host import FakeEnvoyHost
+
+REQUESTS = 5_000
+HEADERS = [(":method", "GET"), (":path", "/"), ("host", "app"), ("x-token", "s3cret")]
+
+
+def host(examples: Path, name: str, config: bytes) -> FakeEnvoyHost:
+    vm = FakeEnvoyHost(examples / f"{name}.wasm")
+    assert vm.start()
+    assert vm.configure(config), vm.logs
+    return vm
+
+
+def test_header_append_adds_the_plain_text_config_as_x_header_append(examples: Path) -> None:
+    stream = host(examples, "header-append", b"test").request(HEADERS)
+    assert stream.headers[-1] == ("x-header-append", "test")
+
+
+def test_header_append_takes_name_and_value_from_json(examples: Path) -> None:
+    config = (
+        b'{"name": "x-Custom", "value": "caf\\u00e9 \\"quoted\\"", "ignored": [1, {"a": null}]}'
+    )
+    stream = host(examples, "header-append", config).request(HEADERS)
+    assert stream.headers[-1] == ("x-custom", 'café "quoted"')
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        b'{"name": "x-a"}',
+        b'{"value": 3}',
+        b'{"value": "a"',
+        b'{"name": "bad name", "value": "v"}',
+        b"a\nb",
+    ],
+)
+def test_header_append_rejects_a_config_it_cannot_apply(examples: Path, config: bytes) -> None:
+    vm = FakeEnvoyHost(examples / "header-append.wasm")
+    assert vm.start()
+    assert not vm.configure(config)
+    assert vm.logs, "a rejected config is explained in the log"
+
+
+def test_deny_unless_header_answers_403_naming_the_missing_header(examples: Path) -> None:
+    vm = host(examples, "deny-unless-header", b"x-user\n")
+    denied = vm.request(HEADERS)
+    passed = vm.request([*HEADERS, ("x-user", "alice")])
+    assert denied.local_response is not None
+    assert denied.local_response.status == 403
+    assert denied.local_response.body == b"forbidden: the request has no x-user header\n"
+    assert denied.local_response.headers == [("content-type", "text/plain")]
+    assert passed.local_response is None
+
+
+def test_deny_unless_header_with_a_value_accepts_only_that_value(examples: Path) -> None:
+    vm = host(examples, "deny-unless-header", b'{"name": "x-token", "value": "s3cret"}')
+    assert vm.request(HEADERS).local_response is None
+    wrong = vm.request([(":path", "/"), ("x-token", "guess")])
+    assert wrong.local_response is not None
+    assert wrong.local_response.status == 403
+    assert b"s3cret" not in wrong.local_response.body
+
+
+def test_request_counter_counts_each_request_in_the_named_counter(examples: Path) -> None:
+    vm = host(examples, "request-counter", b'{"name": "orders_requests"}')
+    for _ in range(5):
+        vm.request(HEADERS)
+    assert vm.metric_values["orders_requests"] == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("header-append", b'{"name": "x-trace", "value": "abc"}'),
+        ("deny-unless-header", b'{"name": "x-token", "value": "nope"}'),
+        ("request-counter", b"requests_total"),
+    ],
+)
+def test_memory_stays_flat_over_many_requests(examples: Path, name: str, config: bytes) -> None:
+    vm = host(examples, name, config)
+    for _ in range(100):
+        vm.request(HEADERS)
+    warmed_up = vm.memory_bytes()
+    for _ in range(REQUESTS):
+        vm.request(HEADERS)
+    assert vm.memory_bytes() == warmed_up
+
+
+def test_reconfiguring_many_times_does_not_grow_memory(examples: Path) -> None:
+    vm = host(examples, "header-append", b"v0")
+    for i in range(50):
+        vm.configure(f'{{"value": "v{i}"}}'.encode())
+    warmed_up = vm.memory_bytes()
+    for i in range(2_000):
+        assert vm.configure(f'{{"value": "value number {i}"}}'.encode())
+    assert vm.memory_bytes() == warmed_up
+    assert vm.request(HEADERS).headers[-1] == ("x-header-append", "value number 1999")
+
+
+@pytest.mark.parametrize(
+    ("name", "phase", "priority"),
+    [
+        ("header-append", Phase.POST_AUTHZ, 100),
+        ("deny-unless-header", Phase.PRE_AUTHZ, 0),
+        ("request-counter", Phase.PRE_STATS, 0),
+    ],
+)
+def test_each_example_has_a_maistra_manifest_naming_its_module(
+    name: str, phase: Phase, priority: int
+) -> None:
+    manifest = parse_manifest((EXAMPLES / name / "manifest.yaml").read_bytes())
+    assert manifest.name == name
+    assert manifest.phase is phase
+    assert manifest.priority == priority
+    assert manifest.module_path == "extension.wasm"
