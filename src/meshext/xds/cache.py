@@ -1,0 +1,88 @@
+"""The snapshot cache: the current :class:`Snapshot` of every proxy, by node id.
+
+The control plane writes (:meth:`SnapshotCache.set_snapshot`), the ADS server reads
+through one narrow call, :meth:`SnapshotCache.next_snapshot`, which waits until the
+node's snapshot differs from the one a stream already has. Publishing a snapshot
+whose content equals the current one changes nothing and wakes nobody, so callers
+may recompute and set snapshots freely.
+
+The cache lives on one asyncio event loop: call it from that loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from meshext.xds.snapshot import Snapshot
+
+
+class SnapshotCache:
+    """Current snapshot per node id, with waiters for changes."""
+
+    def __init__(self, *, check_consistency: bool = True) -> None:
+        """``check_consistency``: refuse snapshots whose references are unsatisfied."""
+        self._check = check_consistency
+        self._snapshots: dict[str, Snapshot] = {}
+        self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = {}
+
+    def set_snapshot(self, node_id: str, snapshot: Snapshot) -> bool:
+        """Publish ``snapshot`` for ``node_id``; ``False`` when its content is unchanged.
+
+        Raises :class:`~meshext.xds.snapshot.InconsistentSnapshotError` (nothing is
+        published) when consistency checks are on and the snapshot is inconsistent.
+        """
+        current = self._snapshots.get(node_id)
+        if current is not None and current == snapshot:
+            return False
+        if self._check:
+            snapshot.check_consistency()
+        self._snapshots[node_id] = snapshot
+        for waiter in self._waiters.pop(node_id, ()):
+            if not waiter.done():
+                waiter.set_result(snapshot)
+        return True
+
+    def get(self, node_id: str) -> Snapshot | None:
+        """The node's current snapshot, ``None`` if none was set (or it was cleared)."""
+        return self._snapshots.get(node_id)
+
+    def clear(self, node_id: str) -> None:
+        """Forget the node's snapshot; streams keep what they have until the next one."""
+        self._snapshots.pop(node_id, None)
+
+    def node_ids(self) -> list[str]:
+        """Node ids holding a snapshot, sorted."""
+        return sorted(self._snapshots)
+
+    async def next_snapshot(self, node_id: str, known: Snapshot | None) -> Snapshot:
+        """The node's snapshot as soon as there is one that is not ``known``.
+
+        Returns at once when the current snapshot already differs (by content) from
+        ``known``; otherwise waits for the next :meth:`set_snapshot` for the node.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            current = self._snapshots.get(node_id)
+            if current is not None and (known is None or current != known):
+                return current
+            waiter: asyncio.Future[Snapshot] = loop.create_future()
+            self._waiters.setdefault(node_id, []).append(waiter)
+            try:
+                await waiter
+            finally:
+                self._forget(node_id, waiter)
+
+    def _forget(self, node_id: str, waiter: asyncio.Future[Snapshot]) -> None:
+        waiters = self._waiters.get(node_id)
+        if waiters is None:
+            return
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            return
+        if not waiters:
+            del self._waiters[node_id]
+
+    def __repr__(self) -> str:
+        waiting = sum(len(waiters) for waiters in self._waiters.values())
+        return f"SnapshotCache(nodes={len(self._snapshots)}, waiting={waiting})"

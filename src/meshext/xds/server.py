@@ -1,0 +1,402 @@
+"""The gRPC ADS server: state-of-the-world and delta streams served from a SnapshotCache.
+
+Each stream runs one protocol machine (:mod:`meshext.xds.protocol`) and three small
+pieces around it, all on the server's event loop:
+
+* a reader task moving requests from gRPC into the stream's inbox,
+* once the stream has named its node, a watcher task waiting on
+  :meth:`SnapshotCache.next_snapshot` and marking the inbox when a newer snapshot is
+  there (snapshots arriving in a burst are coalesced into the latest),
+* the handler itself, taking one inbox item at a time, feeding it to the machine and
+  writing the responses it returns, so a stream's events stay in order.
+
+The control plane plugs in through :class:`StreamEvents`. When a stream names its node
+the server awaits ``on_connect(node)`` (the control plane computes and sets the node's
+snapshot there), and answers nothing until a snapshot exists for the node. ACKs and
+NACKs are reported per response, which for per-name types (extension configs) names
+exactly one resource. ``on_disconnect`` comes when the last stream of a node id ends,
+so a proxy reconnecting while its old stream lingers is never reported gone.
+
+Errors: :class:`ServerError` when the address cannot be bound; a client breaking the
+protocol gets ``INVALID_ARGUMENT``; an exception in a callback is logged and the
+stream carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from meshext.errors import MeshextError
+from meshext.xds.cache import SnapshotCache
+from meshext.xds.protocol import (
+    Ack,
+    DeltaStream,
+    Nack,
+    ProtocolError,
+    Response,
+    SotwStream,
+    TypeStatus,
+)
+from meshext.xds.types import Node
+
+_log = logging.getLogger(__name__)
+
+StreamProtocol = Literal["sotw", "delta"]
+
+_SERVER_OPTIONS: Final = (
+    # Two servers must never share a port silently.
+    ("grpc.so_reuseport", 0),
+    # Find proxies that vanished without closing their connection.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Bandwidth probing pings cost a write and a read per message received; xDS
+    # streams carry little data and proxies do not need it.
+    ("grpc.http2.bdp_probe", 0),
+)
+
+
+class ServerError(MeshextError):
+    """The ADS server could not start (a permanent error for the given address)."""
+
+
+class StreamEvents(Protocol):
+    """What the control plane learns from the ADS server.
+
+    ``on_connect`` is awaited once per stream, when it first names its node; the
+    server answers the stream only once the cache holds a snapshot for the node.
+    ``on_ack``/``on_nack`` report the client's verdict on one response: its version
+    (see :mod:`meshext.xds.protocol`: for per-name types the content version of its
+    one resource) and the names of the resources it carried. ``on_disconnect`` is
+    called when the last stream of a node id has ended.
+    """
+
+    async def on_connect(self, node: Node) -> None: ...
+
+    def on_ack(
+        self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
+    ) -> None: ...
+
+    def on_nack(
+        self,
+        node_id: str,
+        type_url: str,
+        rejected_version: str,
+        resource_names: Sequence[str],
+        error_detail: str,
+    ) -> None: ...
+
+    def on_disconnect(self, node_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One open ADS stream, for admin views."""
+
+    stream_id: int
+    node_id: str
+    cluster: str
+    metadata: Mapping[str, object]
+    user_agent: str
+    protocol: StreamProtocol
+    peer: str
+    connected_since: datetime
+    types: Mapping[str, TypeStatus]
+
+    @property
+    def responses_sent(self) -> int:
+        return sum(status.responses_sent for status in self.types.values())
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.responses = Counter(
+            "meshext_xds_responses",
+            "xDS responses sent",
+            ["type", "protocol"],
+            registry=registry,
+        )
+        self.acks = Counter("meshext_xds_acks", "xDS responses ACKed", ["type"], registry=registry)
+        self.nacks = Counter(
+            "meshext_xds_nacks", "xDS responses NACKed", ["type"], registry=registry
+        )
+        self.streams = Gauge(
+            "meshext_xds_streams", "Open ADS streams", ["protocol"], registry=registry
+        )
+        self.proxies = Gauge(
+            "meshext_xds_connected_proxies",
+            "Distinct node ids with an open ADS stream",
+            registry=registry,
+        )
+
+
+class _Wake:
+    """Inbox marker: the cache holds a newer snapshot."""
+
+
+class _End:
+    """Inbox marker: stop serving the stream (client half-close or server stop)."""
+
+
+_WAKE: Final = _Wake()
+_END: Final = _End()
+
+_Item = Any  # a request message, _WAKE, _END or the exception that broke the reader
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_id: int
+    protocol: StreamProtocol
+    machine: SotwStream | DeltaStream
+    peer: str
+    connected_since: datetime
+    inbox: asyncio.Queue[_Item]
+    node_id: str | None = None
+    wake_queued: bool = False
+
+    def info(self) -> ConnectionInfo | None:
+        node = self.machine.node
+        if node is None:
+            return None
+        return ConnectionInfo(
+            stream_id=self.stream_id,
+            node_id=node.id,
+            cluster=node.cluster,
+            metadata=node.metadata,
+            user_agent=node.user_agent,
+            protocol=self.protocol,
+            peer=self.peer,
+            connected_since=self.connected_since,
+            types=MappingProxyType(self.machine.status()),
+        )
+
+
+class AdsServer:
+    """ADS over gRPC (``StreamAggregatedResources`` and ``DeltaAggregatedResources``).
+
+    ``registry`` receives the Prometheus metrics (a private registry when omitted,
+    available as :attr:`registry`).
+    """
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        events: StreamEvents,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.cache = cache
+        self.events = events
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._metrics = _Metrics(self.registry)
+        self._server: grpc.aio.Server | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._node_streams: dict[str, int] = {}
+        self._ids = itertools.count(1)
+
+    async def start(self, address: str = "127.0.0.1:0") -> int:
+        """Listen on ``address`` (``host:port``, port 0 for any); returns the bound port."""
+        if self._server is not None:
+            raise ServerError("the ADS server is already started")
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ServerError(f"cannot listen on {address}: {exc}") from exc
+        if not port:
+            raise ServerError(f"cannot listen on {address}")
+        port = int(port)
+        await server.start()
+        self._server = server
+        _log.info("ADS server listening on %s (port %d)", address, port)
+        return port
+
+    async def stop(self, grace: float) -> None:
+        """End every stream, then stop; RPCs still running after ``grace`` are cancelled."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for stream in list(self._streams.values()):
+            stream.inbox.put_nowait(_END)
+        await server.stop(grace)
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Open streams that have named their node, oldest first."""
+        infos = (stream.info() for stream in self._streams.values())
+        return [info for info in infos if info is not None]
+
+    async def serve(
+        self,
+        kind: StreamProtocol,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Serve one stream until the client or :meth:`stop` ends it."""
+        machine: SotwStream | DeltaStream = SotwStream() if kind == "sotw" else DeltaStream()
+        stream = _Stream(
+            stream_id=next(self._ids),
+            protocol=kind,
+            machine=machine,
+            peer=context.peer(),
+            connected_since=datetime.now(UTC),
+            inbox=asyncio.Queue(),
+        )
+        self._streams[stream.stream_id] = stream
+        self._metrics.streams.labels(kind).inc()
+        reader = asyncio.create_task(_read(requests, stream.inbox))
+        watcher: asyncio.Task[None] | None = None
+        try:
+            while True:
+                item = await stream.inbox.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item is _WAKE:
+                    stream.wake_queued = False
+                    snapshot = self.cache.get(stream.node_id or "")
+                    if snapshot is None or snapshot is machine.snapshot:
+                        continue
+                    events = machine.receive_snapshot(snapshot)
+                else:
+                    try:
+                        events = machine.receive_request(item)
+                    except ProtocolError as exc:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                        return
+                    if stream.node_id is None and machine.node is not None:
+                        await self._identified(stream, machine.node)
+                        watcher = asyncio.create_task(self._watch(stream))
+                for event in events:
+                    if isinstance(event, Response):
+                        self._metrics.responses.labels(_short(event.type_url), kind).inc()
+                        await context.write(event.message)
+                    else:
+                        self._report(stream, event)
+        finally:
+            reader.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            self._closed(stream)
+
+    async def _identified(self, stream: _Stream, node: Node) -> None:
+        stream.node_id = node.id
+        count = self._node_streams.get(node.id, 0)
+        self._node_streams[node.id] = count + 1
+        if count == 0:
+            self._metrics.proxies.inc()
+        _log.info(
+            "stream %d from %s: node %r (%s)",
+            stream.stream_id,
+            stream.peer,
+            node.id,
+            stream.protocol,
+        )
+        try:
+            await self.events.on_connect(node)
+        except Exception:
+            _log.exception("on_connect failed for node %r", node.id)
+
+    async def _watch(self, stream: _Stream) -> None:
+        node_id = stream.node_id
+        assert node_id is not None
+        known = None
+        while True:
+            known = await self.cache.next_snapshot(node_id, known)
+            if not stream.wake_queued:
+                stream.wake_queued = True
+                stream.inbox.put_nowait(_WAKE)
+
+    def _report(self, stream: _Stream, event: Ack | Nack) -> None:
+        node_id = stream.node_id or ""
+        try:
+            if isinstance(event, Ack):
+                self._metrics.acks.labels(_short(event.type_url)).inc()
+                self.events.on_ack(node_id, event.type_url, event.version, event.resource_names)
+            else:
+                self._metrics.nacks.labels(_short(event.type_url)).inc()
+                _log.warning(
+                    "node %r rejected %s %s: %s",
+                    node_id,
+                    _short(event.type_url),
+                    ", ".join(event.resource_names) or event.version,
+                    event.error_detail,
+                )
+                self.events.on_nack(
+                    node_id,
+                    event.type_url,
+                    event.version,
+                    event.resource_names,
+                    event.error_detail,
+                )
+        except Exception:
+            _log.exception("event callback failed for node %r", node_id)
+
+    def _closed(self, stream: _Stream) -> None:
+        del self._streams[stream.stream_id]
+        self._metrics.streams.labels(stream.protocol).dec()
+        node_id = stream.node_id
+        if node_id is None:
+            return
+        count = self._node_streams[node_id] - 1
+        if count:
+            self._node_streams[node_id] = count
+            return
+        del self._node_streams[node_id]
+        self._metrics.proxies.dec()
+        _log.info("node %r disconnected", node_id)
+        try:
+            self.events.on_disconnect(node_id)
+        except Exception:
+            _log.exception("on_disconnect failed for node %r", node_id)
+
+    def __repr__(self) -> str:
+        state = "serving" if self._server is not None else "stopped"
+        return f"AdsServer({state}, streams={len(self._streams)}, nodes={len(self._node_streams)})"
+
+
+class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, server: AdsServer) -> None:
+        self._server = server
+
+    async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._server.serve("sotw", request_iterator, context)
+
+    async def DeltaAggregatedResources(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._server.serve("delta", request_iterator, context)
+
+
+async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue[_Item]) -> None:
+    try:
+        async for request in requests:
+            inbox.put_nowait(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        inbox.put_nowait(exc)
+        return
+    inbox.put_nowait(_END)
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+__all__ = ["AdsServer", "ConnectionInfo", "ServerError", "StreamEvents", "StreamProtocol"]
