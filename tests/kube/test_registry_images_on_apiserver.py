@@ -1,0 +1,138 @@
+"""Images from a real registry, pulled with Secrets read from the extension's namespace."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshext.images.config import RegistryConfig
+from tests.images.registry import PASSWORD, USERNAME, Registry, start_registry
+from tests.kube.support import (
+    MESHEXT,
+    Cluster,
+    Mesh,
+    MeshextCrds,
+    eventually,
+    extension,
+    meshext_crds,
+    running_controller,
+    settings,
+    wasm_file,
+)
+from tests.kube_harness import KubeApiServer
+
+pytestmark = pytest.mark.e2e
+
+INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    started = start_registry(tmp_path_factory.mktemp("registry"), htpasswd=True)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, kube_apiserver: KubeApiServer) -> Cluster:
+    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
+    return crds.cluster
+
+
+@pytest.fixture
+def mesh(cluster: Cluster) -> Iterator[Mesh]:
+    created = Mesh.create(cluster, members=2)
+    yield created
+    created.remove()
+
+
+def _docker_config(registry: Registry) -> bytes:
+    auth = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    return json.dumps({"auths": {registry.host: {"auth": auth}}}).encode()
+
+
+def _push(registry: Registry, module: Path, image: str, tmp_path: Path) -> str:
+    """Build a Maistra image with phase and priority in manifest.yaml; push it."""
+    credentials = tmp_path / "docker-config.json"
+    credentials.write_bytes(_docker_config(registry))
+    result = subprocess.run(
+        [
+            str(MESHEXT),
+            "image",
+            "build",
+            f"--wasm={module}",
+            "--name=header",
+            "--phase=PreAuthZ",
+            "--priority=7",
+            f"--tag={image}",
+            "--insecure-registry=127.0.0.1",
+            f"--registry-config={credentials}",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digest: str = result.stdout.split()[0]
+    return digest
+
+
+def _pull_secret(registry: Registry, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "regcred", "namespace": namespace},
+        "data": {".dockerconfigjson": base64.b64encode(_docker_config(registry)).decode()},
+    }
+
+
+def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
+    found = cluster.get("sme", name, namespace) or {}
+    status = found.get("status")
+    return status if isinstance(status, dict) and "deployment" in status else None
+
+
+async def test_a_private_image_is_pulled_with_the_secret_of_the_extensions_namespace(
+    kube_apiserver: KubeApiServer,
+    cluster: Cluster,
+    mesh: Mesh,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    with_secret, without_secret = mesh.members
+    image = f"{registry.host}/extensions/header:v1"
+    digest = _push(registry, wasm_file(tmp_path / "modules", "registry"), image, tmp_path)
+    cluster.apply(_pull_secret(registry, with_secret))
+    secrets = [{"name": "regcred"}]
+    cluster.apply(
+        extension(
+            "private", with_secret, image, phase=None, priority=None, imagePullSecrets=secrets
+        ),
+        extension(
+            "borrower", without_secret, image, phase=None, priority=None, imagePullSecrets=secrets
+        ),
+    )
+    async with running_controller(
+        kube_apiserver, tmp_path / "cache", settings(istio=None), registry=INSECURE
+    ):
+        private = await eventually(
+            lambda: _status(cluster, "private", with_secret), "status of the private image"
+        )
+        borrower = await eventually(
+            lambda: _status(cluster, "borrower", without_secret), "status of the borrower"
+        )
+    assert private["deployment"]["ready"] is True, private
+    assert private["deployment"]["containerSha256"] == digest
+    assert private["phase"] == "PreAuthZ"
+    assert private["priority"] == 7
+    assert borrower["deployment"]["ready"] is False
+    message = borrower["deployment"]["message"]
+    assert f"imagePullSecrets 'regcred' not found in namespace '{without_secret}'" in message
+    cluster.delete("secret", "regcred", with_secret)
