@@ -5,7 +5,7 @@ setup:
 	@scripts/setup.sh
 
 quickstart: setup
-	.venv/bin/meshext describe examples/quickstart --namespace bookinfo --labels app=httpbin,version=v1
+	.venv/bin/meshext quickstart --config examples/quickstart
 
 lint: setup
 	.venv/bin/ruff check src tests benchmarks

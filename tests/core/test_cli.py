@@ -25,7 +25,7 @@ def meshext(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def describe_json(*args: str) -> dict[str, Any]:
-    done = meshext("describe", str(QUICKSTART), "-o", "json", *args)
+    done = meshext("describe", str(QUICKSTART), "--offline", "-o", "json", *args)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -78,13 +78,13 @@ def test_describe_a_gateway_in_the_control_plane_namespace() -> None:
 
 
 def test_describe_table_shows_the_filter_chain() -> None:
-    done = meshext("describe", str(QUICKSTART), "-n", "bookinfo", "-l", "app=httpbin")
+    done = meshext("describe", str(QUICKSTART), "--offline", "-n", "bookinfo", "-l", "app=httpbin")
     assert done.returncode == 0, done.stderr
     assert "Extensions, in execution order" in done.stdout
     assert "envoy.filters.http.rbac" in done.stdout
 
 
 def test_describe_rejects_malformed_labels() -> None:
-    done = meshext("describe", str(QUICKSTART), "-n", "bookinfo", "-l", "app")
+    done = meshext("describe", str(QUICKSTART), "--offline", "-n", "bookinfo", "-l", "app")
     assert done.returncode == 2
     assert "'app' is not key=value" in done.stderr

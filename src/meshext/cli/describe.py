@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from meshext.api.meta import ResourceKey
+from meshext.cli.console import make_console
+from meshext.cli.options import parse_labels, registry_options
+from meshext.envoy.sidecar import filter_chain
+from meshext.images.cache import ModuleCache
+from meshext.images.resolver import ImageResolver
+from meshext.images.secrets import FolderPullSecretStore
+from meshext.mesh.extension import Extension
 from meshext.mesh.model import build_model
-from meshext.mesh.placement import place_phases
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
+from meshext.mesh.resolution import Resolution
 from meshext.mesh.workload import ProxyKind, Workload
+from meshext.server.app import default_cache_dir
 from meshext.sources.folder import load_folder
 
 
@@ -25,7 +35,7 @@ def validate(folder: Path) -> None:
     result = load_folder(folder)
     model = build_model(r.resource for r in result.resources)
     errors = [*result.errors, *model.errors]
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = make_console(stderr=True)
     for error in errors:
         err.print(f"[red]error[/red]: {error}", markup=True)
     if errors:
@@ -34,26 +44,36 @@ def validate(folder: Path) -> None:
     click.echo(f"{folder}: {len(result.resources)} resource(s) valid")
 
 
-def parse_labels(text: str) -> dict[str, str]:
-    """``k=v,k2=v2`` → ``{"k": "v", "k2": "v2"}``."""
-    labels: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{part!r} is not key=value", param_hint="--labels")
-        labels[key] = value
-    return labels
-
-
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--namespace", "-n", required=True, help="Namespace of the workload.")
 @click.option("--labels", "-l", default="", help="Workload labels, k=v,k2=v2.")
 @click.option("--gateway", is_flag=True, help="The workload is a gateway, not a sidecar.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
-def describe(folder: Path, namespace: str, labels: str, gateway: bool, output: str) -> None:
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not resolve images: phase and priority must then come from the resources.",
+)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
+@click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+def describe(
+    folder: Path,
+    namespace: str,
+    labels: str,
+    gateway: bool,
+    output: str,
+    offline: bool,
+    cache_dir: Path | None,
+    insecure_registry: tuple[str, ...],
+    ca_file: Path | None,
+    registry_config: Path | None,
+) -> None:
     """Explain which extensions from FOLDER run on a workload, in what order, and why
-    the others do not."""
+    the others do not. Images are resolved (pulled into the module cache) unless
+    --offline, so defaults from their manifest.yaml count and broken images show."""
     result = load_folder(folder)
     model = build_model(r.resource for r in result.resources)
     workload = Workload(
@@ -61,14 +81,29 @@ def describe(folder: Path, namespace: str, labels: str, gateway: bool, output: s
         labels=parse_labels(labels),
         kind=ProxyKind.GATEWAY if gateway else ProxyKind.SIDECAR,
     )
-    plan = plan_workload(model.topology, model.extensions, {}, workload, offline=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    resolutions: dict[ResourceKey, Resolution] = {}
+    if not offline:
+        resolver = ImageResolver(
+            ModuleCache(cache_dir or default_cache_dir()),
+            FolderPullSecretStore(folder),
+            registry_config=registry_options(insecure_registry, ca_file, registry_config),
+        )
+        resolutions = asyncio.run(_resolve_all(resolver, model.extensions))
+    plan = plan_workload(model.topology, model.extensions, resolutions, workload, offline=offline)
+    err = make_console(stderr=True)
     for error in [*result.errors, *model.errors]:
         err.print(f"[yellow]warning[/yellow]: {error}")
     if output == "json":
         click.echo(json.dumps(plan_to_json(plan), indent=2))
         return
     _print_plan(plan)
+
+
+async def _resolve_all(
+    resolver: ImageResolver, extensions: Sequence[Extension]
+) -> dict[ResourceKey, Resolution]:
+    results = await asyncio.gather(*(resolver.resolve(e) for e in extensions))
+    return {e.key: r for e, r in zip(extensions, results, strict=True)}
 
 
 def plan_to_json(plan: WorkloadPlan) -> dict[str, Any]:
@@ -108,7 +143,7 @@ def _applied_json(planned: PlannedExtension, order: int) -> dict[str, Any]:
 
 
 def _print_plan(plan: WorkloadPlan) -> None:
-    console = Console(highlight=False)
+    console = make_console()
     w = plan.workload
     labels = ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "(none)"
     console.print(
@@ -120,7 +155,7 @@ def _print_plan(plan: WorkloadPlan) -> None:
     for i, p in enumerate(plan.applied, start=1):
         table.add_row(str(i), p.phase.value, str(p.priority), str(p.key), p.extension.image)
     console.print(table)
-    chain = place_phases(_MESH_CHAIN, plan.by_phase())
+    chain = filter_chain(plan)
     rendered = [c if isinstance(c, str) else f"[cyan]{c.key.name}[/cyan]" for c in chain]
     console.print("HTTP filter chain: " + " → ".join(rendered))
     if plan.skipped:

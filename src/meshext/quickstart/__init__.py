@@ -1,0 +1,1 @@
+"""The quickstart: meshext, a demo application and its Envoy sidecar on one machine."""

@@ -1,0 +1,455 @@
+"""The control loop of ``meshext serve``: configuration in, per-proxy snapshots out.
+
+It ties the pure parts together. A config source yields the resources; images are
+resolved in the background (retried with backoff when the failure is transient,
+re-checked periodically for ``Always`` pull policy); each connected proxy gets the
+plan of its workload turned into Envoy resources, published to the snapshot cache
+(which sends nothing when nothing changed). The ADS server reports each proxy's
+verdicts back here (this class implements its ``StreamEvents``), which feed the
+delivery tracker and so the status users read.
+
+Recomputation is debounced: bursts of changes (an edited folder, many images
+resolving at once) produce one recomputation a short quiet period later.
+
+No proxy is answered before the images of the first configuration are resolved (or
+``settle_timeout`` has passed): a restarted control plane must not push a chain that
+lacks extensions the proxies already run merely because it has not pulled them yet.
+For the same reason, when an extension's image changes, the module it had keeps
+being served until the new image is resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshext.api.decode import ResourceError
+from meshext.api.extension import ExtensionStatus, ServiceMeshExtension
+from meshext.api.meta import ResourceKey
+from meshext.envoy import names
+from meshext.envoy.errors import EnvoyConfigError
+from meshext.envoy.node import ProxyInfo, proxy_from_metadata
+from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL
+from meshext.envoy.sidecar import proxy_resources
+from meshext.envoy.wasm import ModuleDelivery
+from meshext.images.reference import parse_image_reference
+from meshext.mesh.extension import Extension
+from meshext.mesh.model import MeshModel, build_model
+from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
+from meshext.mesh.resolution import ModuleResolver, Resolution, ResolutionState
+from meshext.mesh.status import extension_status
+from meshext.mesh.topology import Topology
+from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
+from meshext.server.modules import module_url
+from meshext.sources.base import ConfigSource, StatusSink
+from meshext.sources.folder import LoadResult
+from meshext.xds.cache import SnapshotCache
+from meshext.xds.snapshot import Snapshot, make_resource
+from meshext.xds.types import Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to resolve an image again."""
+
+    first_retry: float = 2.0
+    max_retry: float = 300.0
+    refresh_always: float = 60.0
+    """How often ``Always`` images (and ``latest`` without a policy) are re-checked."""
+
+
+@dataclass
+class ProxyRecord:
+    """What meshext knows of one connected proxy."""
+
+    node_id: str
+    proxy: ProxyInfo | None = None
+    error: str = ""
+    plan: WorkloadPlan | None = None
+    left_out: dict[ResourceKey, str] = field(default_factory=dict)
+    """Extensions of the plan left out of this proxy because it rejected them."""
+    extension_versions: dict[ResourceKey, tuple[str, str]] = field(default_factory=dict)
+    """Per applied extension: (ECDS resource name, version offered)."""
+    rejections: dict[str, str] = field(default_factory=dict)
+    """Last rejection per type URL, for resources other than extension configs."""
+    resources: Any = None
+
+
+@dataclass(frozen=True)
+class ExtensionReport:
+    """An extension's status plus how every proxy that should run it is doing."""
+
+    key: ResourceKey
+    served_version: str | None
+    status: ExtensionStatus
+    proxies: tuple[ProxyDelivery, ...]
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        resolver: ModuleResolver,
+        cache: SnapshotCache,
+        delivery: ModuleDelivery,
+        *,
+        sinks: Sequence[StatusSink] = (),
+        retry: RetryPolicy = RetryPolicy(),
+        debounce: float = 0.05,
+        settle_timeout: float = 30.0,
+    ) -> None:
+        self._resolver = resolver
+        self._cache = cache
+        self._delivery = delivery
+        self._sinks = list(sinks)
+        self._retry = retry
+        self._debounce = debounce
+        self._settle_timeout = settle_timeout
+        self._load = LoadResult()
+        self._model = MeshModel(Topology(), ())
+        self._served_versions: dict[ResourceKey, str] = {}
+        self._resolutions: dict[ResourceKey, Resolution] = {}
+        self._resolving: dict[ResourceKey, asyncio.Task[None]] = {}
+        self._inputs: dict[ResourceKey, tuple[object, ...]] = {}
+        self._failures: dict[ResourceKey, int] = {}
+        self._proxies: dict[str, ProxyRecord] = {}
+        self._tracker = DeliveryTracker()
+        self._published: dict[ResourceKey, ExtensionStatus] = {}
+        self._dirty = asyncio.Event()
+        self._loaded = asyncio.Event()
+        self._settled = asyncio.Event()
+
+    # --- configuration -------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    @property
+    def config_errors(self) -> list[ResourceError]:
+        return [*self._load.errors, *self._model.errors]
+
+    @property
+    def model(self) -> MeshModel:
+        return self._model
+
+    def apply(self, result: LoadResult) -> None:
+        """Take a new complete configuration."""
+        self._load = result
+        self._model = build_model(r.resource for r in result.resources)
+        self._served_versions = {
+            r.key: r.resource.served_version
+            for r in result.resources
+            if isinstance(r.resource, ServiceMeshExtension)
+        }
+        for error in self.config_errors:
+            log.warning("configuration: %s", error)
+        self._schedule_resolutions()
+        self._loaded.set()
+        self._dirty.set()
+
+    async def wait_settled(self) -> None:
+        """Until the first configuration's images are resolved or ``settle_timeout`` passed."""
+        await self._settled.wait()
+
+    async def _settle(self) -> None:
+        await self._loaded.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settle_timeout
+        while loop.time() < deadline and any(
+            r.state is ResolutionState.PENDING for r in self._resolutions.values()
+        ):
+            await asyncio.sleep(0.05)
+        self._settled.set()
+
+    async def run(self, source: ConfigSource) -> None:
+        """Follow ``source`` and keep proxies and status up to date, until cancelled."""
+        settler = asyncio.create_task(self._settle())
+        pusher = asyncio.create_task(self._push_loop())
+        try:
+            async for result in source.updates():
+                self.apply(result)
+        finally:
+            settler.cancel()
+            pusher.cancel()
+            for task in self._resolving.values():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pusher
+
+    # --- image resolution ----------------------------------------------------------
+
+    def _schedule_resolutions(self) -> None:
+        wanted = {e.key: e for e in self._model.extensions}
+        for key in [k for k in self._inputs if k not in wanted]:
+            self._forget_extension(key)
+            self._resolver.forget(key)
+        for key, ext in wanted.items():
+            inputs = (ext.image, ext.pull, ext.expected_sha256)
+            if self._inputs.get(key) == inputs:
+                continue
+            previous = self._resolutions.get(key)
+            self._forget_extension(key)
+            self._inputs[key] = inputs
+            if previous is not None and previous.state is ResolutionState.READY:
+                self._resolutions[key] = previous  # served until the new image is resolved
+            else:
+                self._resolutions[key] = Resolution.pending("resolving image " + ext.image)
+            self._start_resolution(ext, delay=0.0)
+
+    def _forget_extension(self, key: ResourceKey) -> None:
+        task = self._resolving.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self._inputs.pop(key, None)
+        self._resolutions.pop(key, None)
+        self._failures.pop(key, None)
+
+    def _start_resolution(self, ext: Extension, delay: float) -> None:
+        self._resolving[ext.key] = asyncio.create_task(
+            self._resolve(ext, delay), name=f"resolve {ext.key}"
+        )
+
+    async def _resolve(self, ext: Extension, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        inputs = self._inputs.get(ext.key)
+        try:
+            resolution = await self._resolver.resolve(ext)
+        except Exception as exc:  # a resolver bug must not stop the control loop
+            log.exception("resolving %s failed unexpectedly", ext.key)
+            resolution = Resolution.failed(f"internal error resolving image: {exc}", retryable=True)
+        if self._inputs.get(ext.key) != inputs:
+            return  # the extension changed meanwhile; a newer resolution is under way
+        previous = self._resolutions.get(ext.key)
+        keep_previous = (
+            resolution.state is ResolutionState.FAILED
+            and previous is not None
+            and previous.state is ResolutionState.READY
+            and resolution.retryable
+        )
+        if not keep_previous:
+            self._resolutions[ext.key] = resolution
+        if resolution.state is ResolutionState.FAILED:
+            failures = self._failures.get(ext.key, 0) + 1
+            self._failures[ext.key] = failures
+            wait = min(self._retry.first_retry * 2 ** (failures - 1), self._retry.max_retry)
+            log.warning("%s: %s (next try in %.0fs)", ext.key, resolution.message, wait)
+            self._start_resolution(ext, wait)
+        else:
+            self._failures.pop(ext.key, None)
+            if _refreshes(ext):
+                self._start_resolution(ext, self._retry.refresh_always)
+            else:
+                self._resolving.pop(ext.key, None)
+        self._dirty.set()
+
+    def resolution(self, key: ResourceKey) -> Resolution | None:
+        return self._resolutions.get(key)
+
+    # --- proxies (StreamEvents) ----------------------------------------------------
+
+    async def on_connect(self, node: Node) -> None:
+        await self._settled.wait()
+        record = self._proxies.setdefault(node.id, ProxyRecord(node.id))
+        try:
+            record.proxy = proxy_from_metadata(node.id, node.metadata)
+            record.error = ""
+        except EnvoyConfigError as exc:
+            record.proxy, record.error = None, str(exc)
+            log.warning("proxy %s: %s", node.id, exc)
+        self._push_proxy(record)
+
+    def on_disconnect(self, node_id: str) -> None:
+        self._proxies.pop(node_id, None)
+        self._tracker.forget_proxy(node_id)
+        self._cache.clear(node_id)
+        self._dirty.set()
+
+    def on_ack(
+        self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
+    ) -> None:
+        record = self._proxies.get(node_id)
+        if record is None:
+            return
+        if type_url == EXTENSION_CONFIG_TYPE_URL:
+            for name in resource_names:
+                self._tracker.acked(node_id, name, version)
+        else:
+            record.rejections.pop(type_url, None)
+        self._dirty.set()
+
+    def on_nack(
+        self,
+        node_id: str,
+        type_url: str,
+        rejected_version: str,
+        resource_names: Sequence[str],
+        error_detail: str,
+    ) -> None:
+        record = self._proxies.get(node_id)
+        if record is None:
+            return
+        log.warning(
+            "proxy %s rejected %s %s: %s", node_id, type_url, list(resource_names), error_detail
+        )
+        if type_url == EXTENSION_CONFIG_TYPE_URL:
+            for name in resource_names:
+                self._tracker.nacked(node_id, name, rejected_version, error_detail)
+        else:
+            record.rejections[type_url] = error_detail
+        self._dirty.set()
+
+    # --- computing and publishing --------------------------------------------------
+
+    async def _push_loop(self) -> None:
+        await self._settled.wait()
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self._debounce)
+            self._dirty.clear()
+            self.recompute()
+            await self._publish_statuses()
+
+    def recompute(self) -> None:
+        """Recompute and publish every proxy's snapshot (unchanged ones send nothing)."""
+        for record in list(self._proxies.values()):
+            self._push_proxy(record)
+
+    def _push_proxy(self, record: ProxyRecord) -> None:
+        if record.proxy is None:
+            self._cache.set_snapshot(record.node_id, Snapshot())
+            return
+        plan = plan_workload(
+            self._model.topology, self._model.extensions, self._resolutions, record.proxy.workload
+        )
+        record.plan = plan
+        try:
+            resources, left_out, versions = self._isolated_resources(record.proxy, plan)
+        except EnvoyConfigError as exc:
+            record.error = str(exc)
+            log.error("proxy %s: %s", record.node_id, exc)
+            return
+        record.error = ""
+        record.left_out = left_out
+        record.extension_versions = versions
+        record.resources = resources
+        snapshot = Snapshot.build(
+            {t: by_name.values() for t, by_name in resources.by_type().items()}
+        )
+        for key, (name, version) in versions.items():
+            if key not in left_out:
+                message = snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources[name].message
+                self._tracker.offered(record.node_id, name, version, message)
+        self._tracker.retain(record.node_id, {n for n, _ in versions.values()})
+        self._cache.set_snapshot(record.node_id, snapshot)
+
+    def _isolated_resources(
+        self, proxy: ProxyInfo, plan: WorkloadPlan
+    ) -> tuple[Any, dict[ResourceKey, str], dict[ResourceKey, tuple[str, str]]]:
+        """The proxy's resources with every version it rejected replaced or left out.
+
+        Returns the resources, the extensions left out (with the proxy's reason), and the
+        (ECDS name, version) generated for each applied extension.
+        """
+        resources = proxy_resources(proxy, plan, self._delivery)
+        versions: dict[ResourceKey, tuple[str, str]] = {}
+        left_out: dict[ResourceKey, str] = {}
+        keep: list[PlannedExtension] = []
+        replacements: dict[str, Any] = {}
+        for planned in plan.applied:
+            name = names.extension_config_name(planned.key)
+            message = resources.extension_configs[name]
+            version = make_resource(EXTENSION_CONFIG_TYPE_URL, message).version
+            versions[planned.key] = (name, version)
+            if not self._tracker.is_rejected(proxy.node_id, name, version):
+                keep.append(planned)
+                continue
+            accepted = self._tracker.last_accepted(proxy.node_id, name)
+            if accepted is not None:
+                keep.append(planned)
+                replacements[name] = accepted
+            else:
+                left_out[planned.key] = self._tracker.state(proxy.node_id, name, version).message
+        if left_out:
+            reduced = WorkloadPlan(plan.workload, tuple(keep), plan.skipped)
+            resources = proxy_resources(proxy, reduced, self._delivery)
+        if replacements:
+            configs = {**resources.extension_configs, **replacements}
+            resources = type(resources)(resources.listeners, resources.clusters, configs)
+        return resources, left_out, versions
+
+    # --- status ---------------------------------------------------------------------
+
+    def module_url(self, sha256: str) -> str | None:
+        base = self._delivery.base_url
+        return module_url(base, sha256) if base else None
+
+    def reports(self) -> list[ExtensionReport]:
+        """Status of every extension, with per-proxy delivery."""
+        per_extension: dict[ResourceKey, list[ProxyDelivery]] = {}
+        for record in self._proxies.values():
+            for key, (name, version) in record.extension_versions.items():
+                per_extension.setdefault(key, []).append(
+                    self._tracker.state(record.node_id, name, version)
+                )
+        reports = []
+        for ext in self._model.extensions:
+            status = extension_status(
+                ext, self._resolutions.get(ext.key), self.module_url, self._model.topology
+            )
+            proxies = tuple(sorted(per_extension.get(ext.key, []), key=lambda p: p.proxy))
+            reports.append(
+                ExtensionReport(ext.key, self._served_versions.get(ext.key), status, proxies)
+            )
+        return reports
+
+    def proxies(self) -> list[ProxyRecord]:
+        return [self._proxies[k] for k in sorted(self._proxies)]
+
+    def proxy(self, node_id: str) -> ProxyRecord | None:
+        return self._proxies.get(node_id)
+
+    async def _publish_statuses(self) -> None:
+        current = {r.key: r.status for r in self.reports()}
+        for key, status in current.items():
+            if self._published.get(key) == status:
+                continue
+            self._published[key] = status
+            for sink in self._sinks:
+                try:
+                    await sink.publish(key, status)
+                except Exception:
+                    log.exception("writing status of %s failed", key)
+        for key in [k for k in self._published if k not in current]:
+            del self._published[key]
+
+
+def _refreshes(ext: Extension) -> bool:
+    """Whether a resolved image must be re-checked: ``Always``, or ``latest`` by default."""
+    if ext.pull.policy == "Always":
+        return True
+    if ext.pull.policy is None:
+        ref = parse_image_reference(ext.image)
+        return ref.is_latest
+    return False
+
+
+def delivery_summary(proxies: Sequence[ProxyDelivery]) -> str:
+    """``2/3 running, 1 rejected``-style summary for tables."""
+    counts = dict.fromkeys(DeliveryState, 0)
+    for proxy in proxies:
+        counts[proxy.state] += 1
+    if not proxies:
+        return "no proxies"
+    parts = [f"{counts[DeliveryState.RUNNING]}/{len(proxies)} running"]
+    if counts[DeliveryState.REJECTED]:
+        parts.append(f"{counts[DeliveryState.REJECTED]} rejected")
+    if counts[DeliveryState.PENDING]:
+        parts.append(f"{counts[DeliveryState.PENDING]} pending")
+    return ", ".join(parts)

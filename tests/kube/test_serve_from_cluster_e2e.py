@@ -1,0 +1,124 @@
+"""`meshext serve --kubeconfig`: the cluster as the source, real Envoy as the proxy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshext.envoy.bootstrap import AdsServer, sidecar_bootstrap
+from meshext.envoy.node import HostPort
+from meshext.quickstart.echo import start_echo_app
+from meshext.quickstart.envoy_process import EnvoyProcess
+from meshext.server.modules import RunningServer
+from tests.envoy.harness import eventually, free_port
+from tests.envoy.support import build_examples
+from tests.kube.support import Cluster, Mesh, MeshextCrds, extension, meshext_crds
+from tests.kube_harness import KubeApiServer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster(
+    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
+) -> Cluster:
+    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
+    return crds.cluster
+
+
+@pytest.fixture
+def mesh(cluster: Cluster) -> Iterator[Mesh]:
+    created = Mesh.create(cluster, members=1)
+    yield created
+    created.remove()
+
+
+@pytest.fixture
+def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
+    """A `meshext serve --kubeconfig` process; yields its xDS port."""
+    xds = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "meshext", "serve",
+            "--kubeconfig", str(kube_apiserver.kubeconfig_path),
+            "--xds-address", f"127.0.0.1:{xds}",
+            "--admin-address", f"127.0.0.1:{free_port()}",
+            "--module-address", f"127.0.0.1:{free_port()}",
+            "--cache-dir", str(tmp_path / "cache"),
+        ],
+        stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )  # fmt: skip
+    try:
+        yield xds
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[RunningServer]:
+    running = await start_echo_app()
+    yield running
+    await running.stop()
+
+
+async def test_an_sme_applied_with_kubectl_runs_in_the_sidecar_and_gets_status(
+    cluster: Cluster, mesh: Mesh, serve: int, app: RunningServer, tmp_path: Path
+) -> None:
+    namespace = mesh.members[0]
+    module = build_examples() / "header-append.wasm"
+    cluster.apply(
+        extension(
+            "from-cluster",
+            namespace,
+            f"file:{module}",
+            version="v1alpha1",
+            config="hello-from-kubernetes",
+        )
+    )
+    port = free_port()
+    bootstrap = sidecar_bootstrap(
+        name="httpbin",
+        namespace=namespace,
+        labels={"app": "httpbin"},
+        listen=f"127.0.0.1:{port}",
+        app=f"127.0.0.1:{app.port}",
+        xds=AdsServer(HostPort("127.0.0.1", serve)),
+        admin_port=free_port(),
+    )
+    async with EnvoyProcess(bootstrap, tmp_path, name="sidecar"):
+
+        async def appended() -> list[str]:
+            async with httpx.AsyncClient(timeout=5) as client:
+                response = await client.get(f"http://127.0.0.1:{port}/")
+            if response.status_code != 200:
+                return []
+            return [v for k, v in response.json()["headers"] if k == "x-header-append"]
+
+        await eventually(
+            appended, lambda h: h == ["hello-from-kubernetes"], "the header", deadline=90
+        )
+
+        def deployment() -> dict[str, object]:
+            found = cluster.get("servicemeshextensions.maistra.io", "from-cluster", namespace)
+            status = (found or {}).get("status") or {}
+            result: dict[str, object] = status.get("deployment") or {}
+            return result
+
+        async def ready() -> dict[str, object]:
+            return deployment()
+
+        status = await eventually(ready, lambda d: d.get("ready") is True, "status", deadline=60)
+        assert isinstance(status.get("sha256"), str)
