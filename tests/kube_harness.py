@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import secrets
@@ -49,9 +47,11 @@ from pathlib import Path
 from types import TracebackType
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshext.kube.certs import CertificateAuthority
 
 __all__ = [
     "REPO_ROOT",
@@ -180,7 +180,7 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -209,101 +209,28 @@ class _Pki:
 
 def _generate_pki(directory: Path) -> _Pki:
     """A test CA signing the serving and admin client certificates, and an SA key pair."""
-    now = dt.datetime.now(dt.UTC)
-    not_before = now - dt.timedelta(minutes=5)
-    not_after = now + dt.timedelta(days=7)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshext-test-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(
-        subject: x509.Name,
-        usage: x509.ObjectIdentifier,
-        sans: Sequence[x509.GeneralName] = (),
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    serving_cert, serving_key = leaf(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
-        ExtendedKeyUsageOID.SERVER_AUTH,
+    ca = CertificateAuthority.generate("meshext-test-ca", days=7)
+    serving_cert, serving_key = ca.issue(
         [
-            x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes"),
-            x509.DNSName("kubernetes.default"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.DNSName("kubernetes.default.svc.cluster.local"),
+            LOOPBACK,
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
         ],
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]),
     )
     # Kubernetes maps O= to groups: system:masters bypasses authorization.
-    client_cert, client_key = leaf(
-        x509.Name(
+    client_cert, client_key = ca.issue(
+        [],
+        subject=x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, ADMIN_GROUP),
                 x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
             ]
         ),
-        ExtendedKeyUsageOID.CLIENT_AUTH,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
     )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -317,11 +244,11 @@ def _generate_pki(directory: Path) -> _Pki:
         sa_private_key=directory / "sa.key",
     )
     pem = serialization.Encoding.PEM
-    pki.ca_cert.write_bytes(ca_cert.public_bytes(pem))
-    pki.serving_cert.write_bytes(serving_cert.public_bytes(pem))
-    _write_private(pki.serving_key, _pem_key(serving_key))
-    pki.client_cert.write_bytes(client_cert.public_bytes(pem))
-    _write_private(pki.client_key, _pem_key(client_key))
+    pki.ca_cert.write_bytes(ca.pem)
+    pki.serving_cert.write_bytes(serving_cert)
+    _write_private(pki.serving_key, serving_key)
+    pki.client_cert.write_bytes(client_cert)
+    _write_private(pki.client_key, client_key)
     pki.sa_public_key.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

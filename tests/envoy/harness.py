@@ -1,6 +1,7 @@
 """Real Envoy for the tests, fed from files (no xDS server), and a tiny echo application.
 
-``EnvoyProxy`` starts ``.venv/bin/envoy`` with a bootstrap from
+``EnvoyProxy`` starts ``.venv/bin/envoy`` (through
+:class:`meshext.quickstart.envoy_process.EnvoyProcess`) with a bootstrap from
 :func:`meshext.envoy.bootstrap.sidecar_bootstrap` whose listeners, clusters and
 extension configs are files under a :class:`ConfigDirectory`, written from
 :func:`meshext.envoy.files.config_files`. ``apply`` moves new files into place, which
@@ -18,12 +19,8 @@ hang into a readable failure, never to assert speed.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
-import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -37,6 +34,7 @@ from meshext.envoy.bootstrap import sidecar_bootstrap
 from meshext.envoy.files import ConfigDirectory, config_files
 from meshext.envoy.node import DeliveryMode, ProxyInfo
 from meshext.envoy.resources import EnvoyResources
+from meshext.quickstart.envoy_process import EnvoyProcess
 
 ENVOY = Path(sys.executable).with_name("envoy")
 DEADLINE_SECONDS = 60.0
@@ -133,9 +131,15 @@ class EnvoyProxy:
         self.proxy = proxy
         self.directory = ConfigDirectory(str(workdir / "xds"))
         self.admin_port = free_port()
-        self.log_path = workdir / "envoy.log"
         self._resources = resources
-        self._process: subprocess.Popen[bytes] | None = None
+        self._envoy = EnvoyProcess(
+            self.bootstrap(),
+            workdir,
+            concurrency=1,
+            log_level="warning",
+            extra_args=("--base-id", str(self.admin_port), "--component-log-level", "wasm:info"),
+        )
+        self.log_path = self._envoy.log_path
         self.client = httpx.AsyncClient(timeout=30.0)
 
     @property
@@ -144,7 +148,7 @@ class EnvoyProxy:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return self._envoy.admin_url
 
     def bootstrap(self) -> dict[str, Any]:
         return sidecar_bootstrap(
@@ -173,51 +177,13 @@ class EnvoyProxy:
 
     async def start(self, *, wait_for_listener: bool = True) -> None:
         self.write(self._resources)
-        config = self.workdir / "bootstrap.json"
-        config.write_text(json.dumps(self.bootstrap(), indent=1))
-        self._process = subprocess.Popen(
-            [
-                str(ENVOY),
-                "--config-path",
-                str(config),
-                "--base-id",
-                str(self.admin_port),
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warning",
-                "--component-log-level",
-                "wasm:info",
-                "--log-path",
-                str(self.log_path),
-                "--disable-hot-restart",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        await eventually(self._admin_ready, bool, "Envoy's admin endpoint")
+        await self._envoy.start(timeout=DEADLINE_SECONDS)
         if wait_for_listener:
             await self.wait_for_stat("listener_manager.total_listeners_active", lambda v: v >= 1)
 
-    async def _admin_ready(self) -> bool:
-        if self._process is not None and self._process.poll() is not None:
-            raise AssertionError(f"Envoy exited with {self._process.returncode}:\n{self.log()}")
-        response = await self.client.get(f"{self.admin_url}/ready")
-        return response.status_code in (200, 503)
-
     async def stop(self) -> None:
         await self.client.aclose()
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, 20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.wait)
+        await self._envoy.stop()
 
     async def __aenter__(self) -> EnvoyProxy:
         try:
@@ -236,23 +202,17 @@ class EnvoyProxy:
         await self.stop()
 
     def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        return self._envoy.log()
 
     @property
     def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
+        pid = self._envoy.pid
+        assert pid is not None
+        return pid
 
     async def stats(self) -> dict[str, int]:
         """Envoy's counters and gauges (``/stats``), by name."""
-        response = await self.client.get(f"{self.admin_url}/stats")
-        response.raise_for_status()
-        values: dict[str, int] = {}
-        for line in response.text.splitlines():
-            name, sep, value = line.rpartition(": ")
-            if sep and re.fullmatch(r"-?\d+", value):
-                values[name] = int(value)
-        return values
+        return await self._envoy.stats()
 
     async def wait_for_stat(self, name: str, done: Callable[[int], bool]) -> int:
         async def probe() -> int | None:

@@ -24,6 +24,7 @@ from meshext.images.config import RegistryConfig, RetryPolicy
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
 from meshext.mesh.extension import Extension, PullSettings
+from meshext.mesh.resolution import Resolution
 from tests.images.registry import Registry, TokenAuth, make_ca, start_registry
 from tests.images.tokens import ISSUER, SERVICE, TokenServer
 
@@ -214,6 +215,23 @@ def resolver_for(
         retries=FAST_RETRIES,
         transport=transport,
     )
+
+
+async def resolve_once(
+    cache: ModuleCache,
+    registry: Registry,
+    wanted: Extension,
+    secrets_folder: Path | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **overrides: object,
+) -> Resolution:
+    """``wanted`` resolved by a fresh :func:`resolver_for` resolver, closed afterwards."""
+    resolver = resolver_for(cache, registry, secrets_folder, transport=transport, **overrides)
+    try:
+        return await resolver.resolve(wanted)
+    finally:
+        await resolver.aclose()
 
 
 def cache_is_clean(cache: ModuleCache) -> bool:

@@ -20,6 +20,7 @@ from meshext.mesh.resolution import ResolutionState
 from tests.images.conftest import (
     CountingTransport,
     extension,
+    resolve_once,
     resolver_for,
     skopeo_push,
     unique,
@@ -76,85 +77,55 @@ async def test_new_cache_object_on_the_same_folder_hits_without_downloading(
     image = push_module(
         tmp_path, plain_registry, proxy_wasm_module("restart"), unique("restart"), "v1"
     )
-    first = resolver_for(cache, plain_registry)
-    before = await first.resolve(extension(image))
-    await first.aclose()
+    before = await resolve_once(cache, plain_registry, extension(image))
     transport = counting()
     reopened = ModuleCache(cache.root)
-    second = resolver_for(reopened, plain_registry, transport=transport)
-    after = await second.resolve(extension(image))
-    await second.aclose()
+    after = await resolve_once(reopened, plain_registry, extension(image), transport=transport)
     assert after.state is ResolutionState.READY
     assert after.module == before.module
     assert transport.registry_requests == 0
 
 
-async def test_if_not_present_never_asks_the_registry_again(
-    tmp_path: Path, cache: ModuleCache, plain_registry: Registry
+@pytest.mark.parametrize("policy", ["IfNotPresent", None], ids=["IfNotPresent", "no-policy"])
+async def test_if_not_present_and_other_tags_without_a_policy_never_ask_the_registry_again(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, policy: str | None
 ) -> None:
     repository = unique("ifnotpresent")
     image = push_module(tmp_path, plain_registry, proxy_wasm_module("v1"), repository, "v1")
     transport = counting()
     resolver = resolver_for(cache, plain_registry, transport=transport)
-    first = await resolver.resolve(extension(image, policy="IfNotPresent"))
+    first = await resolver.resolve(extension(image, policy=policy))
     requests = transport.registry_requests
     push_module(tmp_path, plain_registry, proxy_wasm_module("v1 moved"), repository, "v1")
-    second = await resolver.resolve(extension(image, policy="IfNotPresent"))
+    second = await resolver.resolve(extension(image, policy=policy))
     await resolver.aclose()
     assert second.module == first.module
     assert transport.registry_requests == requests
 
 
-async def test_always_rechecks_the_tag_and_downloads_only_when_it_moved(
-    tmp_path: Path, cache: ModuleCache, plain_registry: Registry
+@pytest.mark.parametrize(
+    ("policy", "tag"), [("Always", "v1"), (None, "latest")], ids=["Always", "latest-no-policy"]
+)
+async def test_always_and_latest_without_a_policy_recheck_the_tag_and_download_when_it_moved(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, policy: str | None, tag: str
 ) -> None:
     repository = unique("always")
-    image = push_module(tmp_path, plain_registry, proxy_wasm_module("always v1"), repository, "v1")
+    image = push_module(tmp_path, plain_registry, proxy_wasm_module("always v1"), repository, tag)
     transport = counting()
     resolver = resolver_for(cache, plain_registry, transport=transport)
-    first = await resolver.resolve(extension(image, policy="Always"))
+    first = await resolver.resolve(extension(image, policy=policy))
     downloads = transport.blob_downloads
-    unchanged = await resolver.resolve(extension(image, policy="Always"))
+    unchanged = await resolver.resolve(extension(image, policy=policy))
     assert unchanged.module == first.module
     assert transport.counts[("HEAD", "manifest")] == 2
     assert transport.blob_downloads == downloads
     moved = proxy_wasm_module("always v2")
-    push_module(tmp_path, plain_registry, moved, repository, "v1")
-    changed = await resolver.resolve(extension(image, policy="Always"))
+    push_module(tmp_path, plain_registry, moved, repository, tag)
+    changed = await resolver.resolve(extension(image, policy=policy))
     await resolver.aclose()
     assert changed.module is not None
     assert changed.module.sha256 == hashlib.sha256(moved).hexdigest()
     assert transport.blob_downloads == downloads + 1
-
-
-async def test_latest_tag_without_a_policy_behaves_as_always(
-    tmp_path: Path, cache: ModuleCache, plain_registry: Registry
-) -> None:
-    repository = unique("latest")
-    image = push_module(
-        tmp_path, plain_registry, proxy_wasm_module("latest v1"), repository, "latest"
-    )
-    resolver = resolver_for(cache, plain_registry)
-    await resolver.resolve(extension(image))
-    moved = proxy_wasm_module("latest v2")
-    push_module(tmp_path, plain_registry, moved, repository, "latest")
-    changed = await resolver.resolve(extension(image))
-    await resolver.aclose()
-    assert changed.module is not None
-    assert changed.module.sha256 == hashlib.sha256(moved).hexdigest()
-
-
-async def test_other_tags_without_a_policy_behave_as_if_not_present(
-    tmp_path: Path, cache: ModuleCache, plain_registry: Registry
-) -> None:
-    repository = unique("nopolicy")
-    image = push_module(tmp_path, plain_registry, proxy_wasm_module("np v1"), repository, "v1")
-    resolver = resolver_for(cache, plain_registry)
-    first = await resolver.resolve(extension(image))
-    push_module(tmp_path, plain_registry, proxy_wasm_module("np v2"), repository, "v1")
-    second = await resolver.resolve(extension(image))
-    await resolver.aclose()
-    assert second.module == first.module
 
 
 async def test_digest_pinned_reference_never_pulls_again_even_with_always(
@@ -162,9 +133,7 @@ async def test_digest_pinned_reference_never_pulls_again_even_with_always(
 ) -> None:
     repository = unique("pinned")
     tagged = push_module(tmp_path, plain_registry, proxy_wasm_module("pinned"), repository, "v1")
-    resolver = resolver_for(cache, plain_registry)
-    first = await resolver.resolve(extension(tagged))
-    await resolver.aclose()
+    first = await resolve_once(cache, plain_registry, extension(tagged))
     assert first.module is not None
     assert first.module.image_digest is not None
     pinned = f"{plain_registry.host}/{repository}@{first.module.image_digest}"

@@ -19,7 +19,7 @@ from tests.images.conftest import (
     FAST_RETRIES,
     cache_is_clean,
     extension,
-    resolver_for,
+    resolve_once,
     skopeo_push,
     unique,
 )
@@ -230,9 +230,9 @@ async def test_transient_statuses_are_retried_until_the_pull_succeeds(
     )
     repository = unique("flaky")
     skopeo_push(layout.root, "v1", plain_registry, f"{repository}:v1")
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"127.0.0.1:{flaky_front.port}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"127.0.0.1:{flaky_front.port}/{repository}:v1")
+    )
     assert resolution.state is ResolutionState.READY, resolution.message
     assert flaky_front.failed == 2
 
@@ -242,9 +242,9 @@ async def test_transient_statuses_that_persist_fail_as_retryable(
     tmp_path: Path, cache: ModuleCache, plain_registry: Registry, flaky_front: FlakyFront
 ) -> None:
     flaky_front.failures = 100
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"127.0.0.1:{flaky_front.port}/any:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"127.0.0.1:{flaky_front.port}/any:v1")
+    )
     assert resolution.retryable is True
     assert "failed after 3 attempts" in resolution.message
     assert "HTTP 503" in resolution.message

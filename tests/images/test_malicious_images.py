@@ -19,6 +19,7 @@ from meshext.mesh.resolution import ResolutionState
 from tests.images.conftest import (
     cache_is_clean,
     extension,
+    resolve_once,
     resolver_for,
     skopeo_push,
     unique,
@@ -120,9 +121,9 @@ async def test_hostile_image_from_a_registry_fails_clearly_and_caches_nothing(
     layout = build_case(tmp_path / "layout", case)
     repository = unique(f"hostile-{case}")
     skopeo_push(layout.root, case, plain_registry, f"{repository}:v1")
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:v1")
+    )
     assert resolution.state is ResolutionState.FAILED
     assert CASES[case][1] in resolution.message
     assert resolution.retryable is False
@@ -151,9 +152,9 @@ async def test_gzip_bomb_stops_at_the_decompression_limit(
     repository = unique("bomb")
     skopeo_push(layout.root, "bomb", plain_registry, f"{repository}:v1")
     limits = Limits(decompressed=8 * 1024 * 1024)
-    resolver = resolver_for(cache, plain_registry, limits=limits)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:v1"), limits=limits
+    )
     assert resolution.state is ResolutionState.FAILED
     assert "decompresses to more than 8388608 bytes" in resolution.message
     assert cache_is_clean(cache)
@@ -182,9 +183,9 @@ async def test_registry_serving_a_tampered_blob_is_caught_by_its_digest(
     stored = plain_registry.blob_data(layer_digest)
     evil = proxy_wasm_module("evil twin")[: len(MODULE)].ljust(len(MODULE), b"\0")
     stored.write_bytes(evil)
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:v1")
+    )
     assert resolution.state is ResolutionState.FAILED
     assert f"blob {layer_digest}" in resolution.message
     assert "the content hashes to sha256:" in resolution.message
@@ -224,9 +225,9 @@ async def test_index_without_a_usable_platform_lists_what_it_offers(
     layout.index("multi", [arm, windows])
     repository = unique("no-platform")
     skopeo_push(layout.root, "multi", plain_registry, f"{repository}:multi", "--all")
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:multi"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:multi")
+    )
     assert resolution.state is ResolutionState.FAILED
     assert (
         "has no linux/amd64 or wasm entry (platforms: linux/arm64, windows/amd64)"

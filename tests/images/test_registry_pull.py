@@ -16,6 +16,7 @@ from tests.images.conftest import (
     dockerconfigjson,
     extension,
     registry_config,
+    resolve_once,
     resolver_for,
     run,
     skopeo_manifest_digest,
@@ -43,6 +44,15 @@ pytestmark = pytest.mark.e2e
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def write_regcred(
+    folder: Path, namespace: str, registry: Registry, password: str = PASSWORD
+) -> None:
+    """A pull secret ``regcred`` in ``namespace`` with the test user's login to ``registry``."""
+    write_pull_secret(
+        folder, namespace, "regcred", dockerconfigjson(registry.host, USERNAME, password)
+    )
 
 
 def push_each_format(tmp_path: Path, registry: Registry, module: bytes) -> dict[ImageFormat, str]:
@@ -102,9 +112,9 @@ async def test_maistra_image_reports_its_manifest_defaults(
     tmp_path: Path, cache: ModuleCache, plain_registry: Registry
 ) -> None:
     references = push_each_format(tmp_path, plain_registry, proxy_wasm_module("defaults"))
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(references[ImageFormat.MAISTRA]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(references[ImageFormat.MAISTRA])
+    )
     assert resolution.module is not None
     assert resolution.module.manifest is not None
     assert resolution.module.manifest.phase is Phase.POST_AUTHZ
@@ -144,9 +154,9 @@ async def test_docker_schema_2_image_converted_by_skopeo_is_pulled(
         f"docker://{plain_registry.host}/{repository}:v1",
     )
     assert json.loads(raw)["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:v1")
+    )
     assert resolution.module is not None, resolution.message
     assert resolution.module.image_format is ImageFormat.ISTIO_COMPAT
     assert resolution.module.sha256 == sha256(module)
@@ -171,9 +181,9 @@ async def test_multi_layer_image_made_with_umoci_is_read_with_its_whiteouts_appl
     run("umoci", "insert", "--image", image, str(files / "new.wasm"), "/modules/filter.wasm")
     repository = unique("umoci")
     skopeo_push(tmp_path / "umoci", "v1", plain_registry, f"{repository}:v1")
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:v1")
+    )
     assert resolution.module is not None, resolution.message
     assert resolution.module.image_format is ImageFormat.MAISTRA
     assert resolution.module.sha256 == sha256(new)
@@ -194,9 +204,9 @@ async def test_umoci_whiteout_of_the_named_module_is_reported_as_missing(
     run("umoci", "insert", "--image", image, "--whiteout", "/extension.wasm")
     repository = unique("umoci-deleted")
     skopeo_push(tmp_path / "umoci", "v1", plain_registry, f"{repository}:v1")
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:v1"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:v1")
+    )
     assert resolution.state is ResolutionState.FAILED
     assert "no module at /extension.wasm named by manifest.yaml" in resolution.message
 
@@ -219,9 +229,9 @@ async def test_index_pushed_with_skopeo_all_resolves_to_its_linux_amd64_image(
     layout.index("multi", [arm_image, amd_image])
     repository = unique("index")
     skopeo_push(layout.root, "multi", plain_registry, f"{repository}:multi", "--all")
-    resolver = resolver_for(cache, plain_registry)
-    resolution = await resolver.resolve(extension(f"{plain_registry.host}/{repository}:multi"))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, plain_registry, extension(f"{plain_registry.host}/{repository}:multi")
+    )
     assert resolution.module is not None, resolution.message
     assert resolution.module.sha256 == sha256(amd)
     assert resolution.module.image_digest == amd_image["digest"]
@@ -232,17 +242,13 @@ async def test_basic_auth_registry_is_pulled_with_an_image_pull_secret(
 ) -> None:
     module = proxy_wasm_module("basic auth")
     references = push_each_format(tmp_path, basic_registry, module)
-    write_pull_secret(
+    write_regcred(secrets_folder, "team-a", basic_registry)
+    resolution = await resolve_once(
+        cache,
+        basic_registry,
+        extension(references[ImageFormat.MAISTRA], secrets=("regcred",)),
         secrets_folder,
-        "team-a",
-        "regcred",
-        dockerconfigjson(basic_registry.host, USERNAME, PASSWORD),
     )
-    resolver = resolver_for(cache, basic_registry, secrets_folder)
-    resolution = await resolver.resolve(
-        extension(references[ImageFormat.MAISTRA], secrets=("regcred",))
-    )
-    await resolver.aclose()
     assert resolution.module is not None, resolution.message
     assert resolution.module.sha256 == sha256(module)
 
@@ -251,9 +257,9 @@ async def test_basic_auth_registry_without_a_secret_fails_with_advice(
     tmp_path: Path, cache: ModuleCache, basic_registry: Registry
 ) -> None:
     references = push_each_format(tmp_path, basic_registry, proxy_wasm_module("no secret"))
-    resolver = resolver_for(cache, basic_registry)
-    resolution = await resolver.resolve(extension(references[ImageFormat.MAISTRA]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, basic_registry, extension(references[ImageFormat.MAISTRA])
+    )
     assert resolution.state is ResolutionState.FAILED
     assert resolution.retryable is False
     assert resolution.message.startswith(f"unauthorized pulling {references[ImageFormat.MAISTRA]}")
@@ -264,14 +270,13 @@ async def test_wrong_password_names_the_secret_and_namespace(
     tmp_path: Path, cache: ModuleCache, basic_registry: Registry, secrets_folder: Path
 ) -> None:
     references = push_each_format(tmp_path, basic_registry, proxy_wasm_module("wrong password"))
-    write_pull_secret(
-        secrets_folder, "ns", "regcred", dockerconfigjson(basic_registry.host, USERNAME, "nope")
+    write_regcred(secrets_folder, "ns", basic_registry, password="nope")
+    resolution = await resolve_once(
+        cache,
+        basic_registry,
+        extension(references[ImageFormat.MAISTRA], namespace="ns", secrets=("regcred",)),
+        secrets_folder,
     )
-    resolver = resolver_for(cache, basic_registry, secrets_folder)
-    resolution = await resolver.resolve(
-        extension(references[ImageFormat.MAISTRA], namespace="ns", secrets=("regcred",))
-    )
-    await resolver.aclose()
     assert resolution.message.startswith(
         f"unauthorized pulling {references[ImageFormat.MAISTRA]}: check imagePullSecrets "
         "'regcred' in namespace 'ns'"
@@ -283,11 +288,11 @@ async def test_missing_pull_secret_is_named_in_the_failure(
     tmp_path: Path, cache: ModuleCache, basic_registry: Registry
 ) -> None:
     references = push_each_format(tmp_path, basic_registry, proxy_wasm_module("missing secret"))
-    resolver = resolver_for(cache, basic_registry)
-    resolution = await resolver.resolve(
-        extension(references[ImageFormat.MAISTRA], namespace="ns", secrets=("gone",))
+    resolution = await resolve_once(
+        cache,
+        basic_registry,
+        extension(references[ImageFormat.MAISTRA], namespace="ns", secrets=("gone",)),
     )
-    await resolver.aclose()
     assert "imagePullSecrets 'gone' not found in namespace 'ns'" in resolution.message
 
 
@@ -295,17 +300,13 @@ async def test_secret_of_another_namespace_is_never_used(
     tmp_path: Path, cache: ModuleCache, basic_registry: Registry, secrets_folder: Path
 ) -> None:
     references = push_each_format(tmp_path, basic_registry, proxy_wasm_module("other namespace"))
-    write_pull_secret(
+    write_regcred(secrets_folder, "team-b", basic_registry)
+    resolution = await resolve_once(
+        cache,
+        basic_registry,
+        extension(references[ImageFormat.MAISTRA], namespace="team-a", secrets=("regcred",)),
         secrets_folder,
-        "team-b",
-        "regcred",
-        dockerconfigjson(basic_registry.host, USERNAME, PASSWORD),
     )
-    resolver = resolver_for(cache, basic_registry, secrets_folder)
-    resolution = await resolver.resolve(
-        extension(references[ImageFormat.MAISTRA], namespace="team-a", secrets=("regcred",))
-    )
-    await resolver.aclose()
     assert resolution.state is ResolutionState.FAILED
     assert "not found in namespace 'team-a'" in resolution.message
 
@@ -314,12 +315,7 @@ async def test_module_pulled_with_credentials_is_not_handed_to_an_extension_with
     tmp_path: Path, cache: ModuleCache, basic_registry: Registry, secrets_folder: Path
 ) -> None:
     references = push_each_format(tmp_path, basic_registry, proxy_wasm_module("tenant boundary"))
-    write_pull_secret(
-        secrets_folder,
-        "team-a",
-        "regcred",
-        dockerconfigjson(basic_registry.host, USERNAME, PASSWORD),
-    )
+    write_regcred(secrets_folder, "team-a", basic_registry)
     resolver = resolver_for(cache, basic_registry, secrets_folder)
     image = references[ImageFormat.MAISTRA]
     allowed = await resolver.resolve(extension(image, namespace="team-a", secrets=("regcred",)))
@@ -339,18 +335,14 @@ async def test_token_auth_registry_is_pulled_through_the_challenge(
 ) -> None:
     module = proxy_wasm_module("token auth")
     references = push_each_format(tmp_path, token_registry, module)
-    write_pull_secret(
-        secrets_folder,
-        "team-a",
-        "regcred",
-        dockerconfigjson(token_registry.host, USERNAME, PASSWORD),
-    )
-    resolver = resolver_for(cache, token_registry, secrets_folder)
+    write_regcred(secrets_folder, "team-a", token_registry)
     before = len(token_server.requests)
-    resolution = await resolver.resolve(
-        extension(references[ImageFormat.CNCF_ARTIFACT], secrets=("regcred",))
+    resolution = await resolve_once(
+        cache,
+        token_registry,
+        extension(references[ImageFormat.CNCF_ARTIFACT], secrets=("regcred",)),
+        secrets_folder,
     )
-    await resolver.aclose()
     assert resolution.module is not None, resolution.message
     assert resolution.module.sha256 == sha256(module)
     repository = references[ImageFormat.CNCF_ARTIFACT].split("/", 1)[1].split(":")[0]
@@ -362,9 +354,9 @@ async def test_token_auth_registry_refuses_anonymous_pulls(
     tmp_path: Path, cache: ModuleCache, token_registry: Registry
 ) -> None:
     references = push_each_format(tmp_path, token_registry, proxy_wasm_module("token anon"))
-    resolver = resolver_for(cache, token_registry)
-    resolution = await resolver.resolve(extension(references[ImageFormat.WASM_ARTIFACT]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, token_registry, extension(references[ImageFormat.WASM_ARTIFACT])
+    )
     assert resolution.state is ResolutionState.FAILED
     assert resolution.message.startswith("unauthorized pulling")
 
@@ -385,9 +377,12 @@ async def test_docker_config_json_gives_fallback_credentials(
             }
         )
     )
-    resolver = resolver_for(cache, token_registry, credentials=load_docker_config(config))
-    resolution = await resolver.resolve(extension(references[ImageFormat.ISTIO_COMPAT]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache,
+        token_registry,
+        extension(references[ImageFormat.ISTIO_COMPAT]),
+        credentials=load_docker_config(config),
+    )
     assert resolution.module is not None, resolution.message
     assert resolution.module.sha256 == sha256(module)
 
@@ -397,9 +392,9 @@ async def test_tls_registry_is_pulled_with_the_test_ca(
 ) -> None:
     module = proxy_wasm_module("tls")
     references = push_each_format(tmp_path, tls_registry, module)
-    resolver = resolver_for(cache, tls_registry)
-    resolution = await resolver.resolve(extension(references[ImageFormat.WASM_ARTIFACT]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, tls_registry, extension(references[ImageFormat.WASM_ARTIFACT])
+    )
     assert resolution.module is not None, resolution.message
     assert resolution.module.sha256 == sha256(module)
 
@@ -408,9 +403,9 @@ async def test_tls_registry_without_the_ca_fails_permanently_with_advice(
     tmp_path: Path, cache: ModuleCache, tls_registry: Registry
 ) -> None:
     references = push_each_format(tmp_path, tls_registry, proxy_wasm_module("no ca"))
-    resolver = resolver_for(cache, tls_registry, ca_file=None)
-    resolution = await resolver.resolve(extension(references[ImageFormat.WASM_ARTIFACT]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache, tls_registry, extension(references[ImageFormat.WASM_ARTIFACT]), ca_file=None
+    )
     assert resolution.state is ResolutionState.FAILED
     assert resolution.retryable is False
     assert "--ca-file" in resolution.message
@@ -420,9 +415,12 @@ async def test_plain_http_registry_is_not_used_unless_allowed(
     tmp_path: Path, cache: ModuleCache, plain_registry: Registry
 ) -> None:
     references = push_each_format(tmp_path, plain_registry, proxy_wasm_module("not allowed"))
-    resolver = resolver_for(cache, plain_registry, insecure_registries=frozenset())
-    resolution = await resolver.resolve(extension(references[ImageFormat.WASM_ARTIFACT]))
-    await resolver.aclose()
+    resolution = await resolve_once(
+        cache,
+        plain_registry,
+        extension(references[ImageFormat.WASM_ARTIFACT]),
+        insecure_registries=frozenset(),
+    )
     assert resolution.state is ResolutionState.FAILED
     assert resolution.retryable is False
     assert f"--insecure-registry {plain_registry.host.split(':')[0]}" in resolution.message
@@ -431,10 +429,8 @@ async def test_plain_http_registry_is_not_used_unless_allowed(
 async def test_unknown_tag_is_not_found_and_not_retried(
     cache: ModuleCache, plain_registry: Registry
 ) -> None:
-    resolver = resolver_for(cache, plain_registry)
     image = f"{plain_registry.host}/{unique('absent')}:v9"
-    resolution = await resolver.resolve(extension(image))
-    await resolver.aclose()
+    resolution = await resolve_once(cache, plain_registry, extension(image))
     assert resolution.state is ResolutionState.FAILED
     assert resolution.retryable is False
     assert resolution.message.startswith(f"{image} not found")

@@ -1,9 +1,15 @@
-"""Session-wide kube-apiserver for the tests under tests/kube.
+"""Session-wide kube-apiserver for the tests under tests/kube, and the fixtures they share.
 
 ``kube_apiserver`` starts etcd and kube-apiserver once per test session (see
 tests/kube_harness.py); tests share it, so each should use its own namespace
 or object names. ``istio_crds`` installs Istio's CustomResourceDefinitions into
-that apiserver once and waits until they are served.
+that apiserver once and waits until they are served; a module whose tests need
+them marks itself ``pytest.mark.usefixtures("istio_crds")``.
+
+``crds`` installs meshext's CRDs (once per session, see
+:func:`tests.kube.support.meshext_crds`), ``cluster`` is kubectl against that
+apiserver, and ``mesh`` is a fresh control plane with ``mesh_members`` member
+namespaces (one unless a module overrides ``mesh_members``), removed after the test.
 """
 
 from __future__ import annotations
@@ -13,12 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube.support import ENVOY_FILTERS, WASM_PLUGINS, Cluster, Mesh, MeshextCrds, meshext_crds
 from tests.kube_harness import KubeApiServer
 
-ISTIO_CRDS = (
-    "wasmplugins.extensions.istio.io",
-    "envoyfilters.networking.istio.io",
-)
+ISTIO_CRDS = (WASM_PLUGINS, ENVOY_FILTERS)
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,29 @@ def istio_crds(kube_apiserver: KubeApiServer) -> Path:
         *(f"crd/{name}" for name in ISTIO_CRDS),
     )
     return crds
+
+
+@pytest.fixture
+def crds(request: pytest.FixtureRequest, kube_apiserver: KubeApiServer) -> MeshextCrds:
+    """meshext's CRDs, installed once per session, converting through a webhook process."""
+    return meshext_crds(request, kube_apiserver)
+
+
+@pytest.fixture
+def cluster(crds: MeshextCrds) -> Cluster:
+    """kubectl against the session's apiserver, with meshext's CRDs installed."""
+    return crds.cluster
+
+
+@pytest.fixture
+def mesh_members() -> int:
+    """How many member namespaces ``mesh`` creates; override it in a module to change it."""
+    return 1
+
+
+@pytest.fixture
+def mesh(cluster: Cluster, mesh_members: int) -> Iterator[Mesh]:
+    """A control plane with ``mesh_members`` member namespaces, removed after the test."""
+    created = Mesh.create(cluster, members=mesh_members)
+    yield created
+    created.remove()

@@ -54,6 +54,8 @@ MESHEXT = Path(sys.executable).parent / "meshext"
 MODULE_SERVER = "http://meshext.meshext-system.svc:8080"
 DEADLINE = 90.0
 SME_CRD = "servicemeshextensions.maistra.io"
+WASM_PLUGINS = "wasmplugins.extensions.istio.io"
+ENVOY_FILTERS = "envoyfilters.networking.istio.io"
 
 
 def unique(prefix: str) -> str:

@@ -12,10 +12,8 @@ from tests.kube.support import (
     MODULE_SERVER,
     Cluster,
     Mesh,
-    MeshextCrds,
     eventually,
     extension,
-    meshext_crds,
     running_controller,
     settings,
     wasm_file,
@@ -23,23 +21,6 @@ from tests.kube.support import (
 from tests.kube_harness import KubeApiServer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def crds(request: pytest.FixtureRequest, kube_apiserver: KubeApiServer) -> MeshextCrds:
-    return meshext_crds(request, kube_apiserver)
-
-
-@pytest.fixture
-def cluster(crds: MeshextCrds) -> Cluster:
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Any:
-    created = Mesh.create(cluster, members=1)
-    yield created
-    created.remove()
 
 
 def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:

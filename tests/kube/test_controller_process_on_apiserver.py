@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,15 @@ from tests.kube.support import (
     MESHEXT,
     Cluster,
     Mesh,
-    MeshextCrds,
     eventually,
     extension,
     free_port,
-    meshext_crds,
     unique,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def cluster(
-    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
-) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Iterator[Mesh]:
-    created = Mesh.create(cluster, members=1)
-    yield created
-    created.remove()
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 
 def _get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:

@@ -7,17 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.kube.support import Cluster, MeshextCrds, extension, meshext_crds, unique
-from tests.kube_harness import KubeApiServer
+from tests.kube.support import Cluster, MeshextCrds, extension, unique
 
 pytestmark = pytest.mark.e2e
 
 IMAGE = "quay.io/acme/header:v1"
-
-
-@pytest.fixture
-def crds(request: pytest.FixtureRequest, kube_apiserver: KubeApiServer) -> MeshextCrds:
-    return meshext_crds(request, kube_apiserver)
 
 
 @pytest.fixture

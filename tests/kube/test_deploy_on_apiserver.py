@@ -15,10 +15,8 @@ from meshext.kube.secrets import KubePullSecretStore
 from tests.kube.support import (
     Cluster,
     Mesh,
-    MeshextCrds,
     eventually,
     extension,
-    meshext_crds,
     running_controller,
     settings,
     unique,
@@ -27,7 +25,7 @@ from tests.kube.support import (
 )
 from tests.kube_harness import REPO_ROOT, KubeApiServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 DEPLOY = REPO_ROOT / "deploy"
 SERVICE_ACCOUNT = "system:serviceaccount:meshext-system:meshext"
@@ -42,12 +40,10 @@ RBAC_KINDS = {
 
 
 @pytest.fixture
-def cluster(
-    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
-) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    crds.cluster.namespace("meshext-system")
-    return crds.cluster
+def cluster(cluster: Cluster) -> Cluster:
+    """The shared cluster with the namespace deploy/ installs into."""
+    cluster.namespace("meshext-system")
+    return cluster
 
 
 def _rendered(cluster: Cluster, folder: Path) -> list[dict[str, Any]]:

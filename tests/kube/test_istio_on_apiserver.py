@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,39 +9,22 @@ import pytest
 
 from meshext.istio.render import IstioOptions
 from tests.kube.support import (
+    ENVOY_FILTERS,
     MODULE_SERVER,
+    WASM_PLUGINS,
     Cluster,
     Mesh,
-    MeshextCrds,
     eventually,
     extension,
-    meshext_crds,
     running_controller,
     settings,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
-WASM_PLUGINS = "wasmplugins.extensions.istio.io"
-ENVOY_FILTERS = "envoyfilters.networking.istio.io"
 EXACT = {"meshext.io/placement": "exact"}
-
-
-@pytest.fixture
-def cluster(
-    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
-) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Iterator[Mesh]:
-    created = Mesh.create(cluster, members=1)
-    yield created
-    created.remove()
 
 
 def _owned_by(cluster: Cluster, resource: str, owner: str) -> list[dict[str, Any]]:

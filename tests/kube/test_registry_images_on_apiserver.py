@@ -17,10 +17,8 @@ from tests.kube.support import (
     MESHEXT,
     Cluster,
     Mesh,
-    MeshextCrds,
     eventually,
     extension,
-    meshext_crds,
     running_controller,
     settings,
     wasm_file,
@@ -40,16 +38,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 @pytest.fixture
-def cluster(request: pytest.FixtureRequest, kube_apiserver: KubeApiServer) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Iterator[Mesh]:
-    created = Mesh.create(cluster, members=2)
-    yield created
-    created.remove()
+def mesh_members() -> int:
+    """One member namespace with the pull secret, one without."""
+    return 2
 
 
 def _docker_config(registry: Registry) -> bytes:

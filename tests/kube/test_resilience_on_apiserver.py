@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.kube.support import (
+    ENVOY_FILTERS,
+    WASM_PLUGINS,
     Cluster,
     Mesh,
-    MeshextCrds,
     eventually,
     extension,
-    meshext_crds,
     running_controller,
     settings,
     unique,
@@ -24,25 +23,7 @@ from tests.kube.support import (
 )
 from tests.kube_harness import KubeApiServer
 
-pytestmark = pytest.mark.e2e
-
-WASM_PLUGINS = "wasmplugins.extensions.istio.io"
-ENVOY_FILTERS = "envoyfilters.networking.istio.io"
-
-
-@pytest.fixture
-def cluster(
-    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
-) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Iterator[Mesh]:
-    created = Mesh.create(cluster, members=1)
-    yield created
-    created.remove()
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 
 def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any]:

@@ -19,25 +19,10 @@ from meshext.quickstart.envoy_process import EnvoyProcess
 from meshext.server.modules import RunningServer
 from tests.envoy.harness import eventually, free_port
 from tests.envoy.support import build_examples
-from tests.kube.support import Cluster, Mesh, MeshextCrds, extension, meshext_crds
+from tests.kube.support import Cluster, Mesh, extension
 from tests.kube_harness import KubeApiServer
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def cluster(
-    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
-) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Iterator[Mesh]:
-    created = Mesh.create(cluster, members=1)
-    yield created
-    created.remove()
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 
 @pytest.fixture

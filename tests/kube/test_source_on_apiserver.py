@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import pytest
 
@@ -19,27 +18,12 @@ from meshext.kube.client import KubeClient
 from meshext.kube.source import KubernetesSource
 from meshext.kube.status import KubernetesStatusSink
 from meshext.sources.folder import LoadResult
-from tests.kube.support import Cluster, Mesh, MeshextCrds, extension, meshext_crds
+from tests.kube.support import Cluster, Mesh, extension
 from tests.kube_harness import KubeApiServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 IMAGE = "quay.io/acme/header:v1"
-
-
-@pytest.fixture
-def cluster(
-    request: pytest.FixtureRequest, kube_apiserver: KubeApiServer, istio_crds: Path
-) -> Cluster:
-    crds: MeshextCrds = meshext_crds(request, kube_apiserver)
-    return crds.cluster
-
-
-@pytest.fixture
-def mesh(cluster: Cluster) -> Iterator[Mesh]:
-    created = Mesh.create(cluster, members=1)
-    yield created
-    created.remove()
 
 
 @asynccontextmanager

@@ -3,19 +3,15 @@
 :class:`EnvoyProxy` writes a small bootstrap (node id and metadata, ADS over gRPC to
 ``127.0.0.1:<xds port>`` in state-of-the-world or delta mode, LDS and CDS through
 ADS, admin on an ephemeral loopback port), starts Envoy with one worker and a dynamic
-base id so that parallel Envoys never clash, and kills it on exit. Helpers read the
-admin stats and wait, with generous timeouts, for conditions to hold.
+base id so that parallel Envoys never clash, and kills it on exit (the process itself
+is a :class:`meshext.quickstart.envoy_process.EnvoyProcess`). Helpers read the admin
+stats and wait, with generous timeouts, for conditions to hold.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +19,8 @@ from typing import Literal
 
 import httpx
 
-ENVOY = Path(sys.executable).parent / "envoy"
+from meshext.quickstart.envoy_process import EnvoyProcess
+
 LOOPBACK = "127.0.0.1"
 WAIT_SECONDS = 60.0
 
@@ -57,10 +54,21 @@ class EnvoyProxy:
         self.xds_port = xds_port
         self.mode = mode
         self.metadata = dict(metadata or {})
-        self.log_path = workdir / f"envoy-{node_id}.log"
-        self._admin_path = workdir / f"envoy-{node_id}.admin"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._admin_url: str | None = None
+        self._envoy = EnvoyProcess(
+            self.bootstrap(),
+            workdir,
+            name=f"envoy-{node_id}",
+            concurrency=1,
+            log_level="info",
+            extra_args=(
+                "--use-dynamic-base-id",
+                "--component-log-level",
+                "config:debug",
+                "--drain-time-s",
+                "1",
+            ),
+        )
+        self.log_path = self._envoy.log_path
         self._http = httpx.AsyncClient(timeout=10.0)
 
     def bootstrap(self) -> dict[str, object]:
@@ -115,49 +123,16 @@ class EnvoyProxy:
         }
 
     async def start(self) -> None:
-        config = self.workdir / f"envoy-{self.node_id}.json"
-        config.write_text(json.dumps(self.bootstrap(), indent=2))
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                [
-                    str(ENVOY),
-                    "--config-path",
-                    str(config),
-                    "--admin-address-path",
-                    str(self._admin_path),
-                    "--use-dynamic-base-id",
-                    "--concurrency",
-                    "1",
-                    "--log-level",
-                    "info",
-                    "--component-log-level",
-                    "config:debug",
-                    "--drain-time-s",
-                    "1",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        await self.wait_for(self._admin_path.exists, "Envoy's admin address file")
-        self._admin_url = "http://" + self._admin_path.read_text().strip()
+        await self._envoy.start(timeout=WAIT_SECONDS)
 
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    async def stop(self) -> None:
+        await self._envoy.stop()
 
     async def __aenter__(self) -> EnvoyProxy:
         try:
             await self.start()
         except BaseException:
-            self.stop()
+            await self.stop()
             await self._http.aclose()
             raise
         return self
@@ -168,20 +143,12 @@ class EnvoyProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        await self.stop()
         await self._http.aclose()
 
     async def stats(self) -> dict[str, str]:
         """Admin ``/stats`` as name → value (counters, gauges and text readouts)."""
-        assert self._admin_url is not None
-        response = await self._http.get(self._admin_url + "/stats")
-        response.raise_for_status()
-        stats: dict[str, str] = {}
-        for line in response.text.splitlines():
-            name, sep, value = line.partition(": ")
-            if sep:
-                stats[name] = value.strip().strip('"')
-        return stats
+        return {name: value.strip('"') for name, value in (await self._envoy.stat_values()).items()}
 
     async def counter(self, name: str) -> int:
         """A counter or gauge, 0 while Envoy has not created it."""
@@ -189,9 +156,8 @@ class EnvoyProxy:
 
     async def ecds_filter_names(self) -> list[str]:
         """Names of the HTTP filter configs Envoy holds from ECDS (admin config dump)."""
-        assert self._admin_url is not None
         response = await self._http.get(
-            self._admin_url + "/config_dump", params={"resource": "ecds_filters"}
+            self._envoy.admin_url + "/config_dump", params={"resource": "ecds_filters"}
         )
         response.raise_for_status()
         configs: list[dict[str, dict[str, str]]] = response.json().get("configs", [])
@@ -223,7 +189,7 @@ class EnvoyProxy:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT_SECONDS
         while True:
-            if self._process is not None and self._process.poll() is not None:
+            if self._envoy.returncode is not None:
                 raise EnvoyFailed(f"Envoy exited while waiting for {what}:\n{self.log_tail()}")
             result = condition()
             if not isinstance(result, bool):

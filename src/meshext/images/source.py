@@ -119,10 +119,7 @@ class LayoutSource:
         progress: ProgressCallback | None = None,
     ) -> None:
         what = f"blob {descriptor.digest} in {self.name}"
-        if descriptor.size > limit:
-            raise SizeLimitExceeded(
-                f"{what} is {descriptor.size} bytes, over the limit of {limit} bytes"
-            )
+        _check_limit(what, descriptor, limit)
         hasher = hashlib.sha256()
         received = 0
         with self._open(descriptor) as stream:
@@ -189,14 +186,18 @@ class LayoutSource:
 
     def _read_verified(self, descriptor: Descriptor, limit: int) -> bytes:
         what = f"{descriptor.digest} in {self.name}"
-        if descriptor.size > limit:
-            raise SizeLimitExceeded(
-                f"{what} is {descriptor.size} bytes, over the limit of {limit} bytes"
-            )
+        _check_limit(what, descriptor, limit)
         with self._open(descriptor) as stream:
             data = stream.read(descriptor.size + 1)
         _check(what, descriptor, len(data), sha256_digest(data))
         return data
+
+
+def _check_limit(what: str, descriptor: Descriptor, limit: int) -> None:
+    if descriptor.size > limit:
+        raise SizeLimitExceeded(
+            f"{what} is {descriptor.size} bytes, over the limit of {limit} bytes"
+        )
 
 
 def _check(what: str, descriptor: Descriptor, size: int, digest: str) -> None:

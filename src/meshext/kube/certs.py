@@ -2,6 +2,8 @@
 
 For tests and for clusters without cert-manager: ``meshext kube certs`` writes the
 files, the CA goes into the CRD's ``caBundle``, the pair into the webhook's Secret.
+:class:`CertificateAuthority` is the CA on its own, for callers (tests) that need
+more than one certificate from it or a client certificate.
 """
 
 from __future__ import annotations
@@ -52,55 +54,90 @@ def self_signed(hosts: Sequence[str], *, days: int = 365) -> ServingCertificate:
     """A fresh CA and a certificate for ``hosts`` (DNS names or IP addresses) signed by it."""
     if not hosts:
         raise ValueError("at least one host name or address is needed")
-    now = dt.datetime.now(dt.UTC)
-    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshext webhook CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+    ca = CertificateAuthority.generate(days=days)
+    cert_pem, key_pem = ca.issue(hosts)
+    return ServingCertificate(ca_pem=ca.pem, cert_pem=cert_pem, key_pem=key_pem)
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA key and its self-signed certificate; signs certificates valid as long as it is."""
+
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @classmethod
+    def generate(cls, name: str = "meshext webhook CA", *, days: int = 365) -> CertificateAuthority:
+        """A fresh CA called ``name``, valid from five minutes ago for ``days`` days."""
+        now = dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
         )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    return ServingCertificate(
-        ca_pem=ca_cert.public_bytes(pem),
-        cert_pem=cert.public_bytes(pem),
-        key_pem=key.private_bytes(
+        return cls(key, certificate)
+
+    @property
+    def pem(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        hosts: Sequence[str],
+        *,
+        subject: x509.Name | None = None,
+        usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
+    ) -> tuple[bytes, bytes]:
+        """PEM certificate and key for ``hosts`` (DNS names or IP addresses, possibly none).
+
+        The subject is ``subject``, else the first host as common name; ``usage`` is the
+        extended key usage (a server certificate unless told otherwise).
+        """
+        if subject is None:
+            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(self.certificate.not_valid_before_utc)
+            .not_valid_after(self.certificate.not_valid_after_utc)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if hosts:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([_general_name(host) for host in hosts]),
+                critical=False,
+            )
+        cert = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+        ).sign(self.key, hashes.SHA256())
+        pem = serialization.Encoding.PEM
+        key_pem = key.private_bytes(
             pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
+        )
+        return cert.public_bytes(pem), key_pem
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:

@@ -29,6 +29,9 @@ FIELD_MANAGER = "meshext"
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
 
+_TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+"""What a request can fail with when the API server cannot be reached or stops answering."""
+
 
 @dataclass(frozen=True)
 class ObjectList:
@@ -116,17 +119,12 @@ class KubeClient:
                 _preload_content=False,
                 _request_timeout=timeout or aiohttp.ClientTimeout(total=self._request_timeout),
             )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise KubeUnavailable(f"{request}: {type(exc).__name__}: {exc}") from exc
         except ApiException as exc:
             raise KubeError(f"{request}: {exc}") from exc
         if response.status >= 400:
-            try:
-                raw = await response.read()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise KubeUnavailable(f"{request}: {exc}") from exc
-            finally:
-                response.release()
+            raw = await _read(response, request)
             raise error_from_status(response.status, _json_mapping(raw), request=request)
         return response
 
@@ -141,13 +139,7 @@ class KubeClient:
     ) -> KubeObject:
         """One call whose answer is a JSON object."""
         response = await self._send(method, path, query=query, body=body, content_type=content_type)
-        try:
-            raw = await response.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise KubeUnavailable(f"{method} {path}: {exc}") from exc
-        finally:
-            response.release()
-        decoded = _json_mapping(raw)
+        decoded = _json_mapping(await _read(response, f"{method} {path}"))
         if decoded is None:
             raise KubeError(f"{method} {path}: the answer is not a JSON object")
         return decoded
@@ -207,7 +199,7 @@ class KubeClient:
             while True:
                 try:
                     line = await response.content.readline()
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                except _TRANSPORT_ERRORS as exc:
                     raise KubeUnavailable(f"watch {path}: {type(exc).__name__}: {exc}") from exc
                 if not line:
                     return
@@ -302,6 +294,16 @@ class KubeClient:
         if uid:
             body["preconditions"] = {"uid": uid}
         await self.request("DELETE", rtype.path(namespace, name), body=body)
+
+
+async def _read(response: aiohttp.ClientResponse, request: str) -> bytes:
+    """The whole body of ``response``, which is released (back to the pool) either way."""
+    try:
+        return await response.read()
+    except _TRANSPORT_ERRORS as exc:
+        raise KubeUnavailable(f"{request}: {exc}") from exc
+    finally:
+        response.release()
 
 
 def _json_mapping(raw: bytes) -> dict[str, Any] | None:
