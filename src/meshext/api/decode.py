@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from meshext.api import controlplane, extension, wasmplugin
 from meshext.api.controlplane import ServiceMeshControlPlane, ServiceMeshMemberRoll
@@ -196,8 +196,3 @@ def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field (check its spelling)"
     return msg.removeprefix("Value error, ")
-
-
-def model_dict(model: BaseModel) -> dict[str, Any]:
-    """A model as a Kubernetes-style dict: camelCase keys, empty fields left out."""
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

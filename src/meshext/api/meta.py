@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -71,8 +70,3 @@ class ObjectMeta(BaseModel):
                 "at most 63 characters"
             )
         return value
-
-
-def metadata_dict(meta: ObjectMeta) -> dict[str, Any]:
-    """The metadata as Kubernetes writes it (camelCase, empty fields left out)."""
-    return meta.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)

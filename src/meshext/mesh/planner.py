@@ -7,7 +7,7 @@ control-plane namespace of N's mesh.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -173,12 +173,3 @@ def _decide(
             "no priority in the spec; it comes from the image's manifest.yaml, not resolved yet",
         )
     return PlannedExtension(ext, phase, DEFAULT_PRIORITY if priority is None else priority, module)
-
-
-def plan_many(
-    topology: Topology,
-    extensions: Sequence[Extension],
-    resolutions: Mapping[ResourceKey, Resolution],
-    workloads: Iterable[Workload],
-) -> list[WorkloadPlan]:
-    return [plan_workload(topology, extensions, resolutions, w) for w in workloads]

@@ -153,10 +153,6 @@ class ControlPlane:
         self._loaded.set()
         self._dirty.set()
 
-    async def wait_settled(self) -> None:
-        """Until the first configuration's images are resolved or ``settle_timeout`` passed."""
-        await self._settled.wait()
-
     async def _settle(self) -> None:
         await self._loaded.wait()
         loop = asyncio.get_running_loop()
@@ -248,9 +244,6 @@ class ControlPlane:
             else:
                 self._resolving.pop(ext.key, None)
         self._dirty.set()
-
-    def resolution(self, key: ResourceKey) -> Resolution | None:
-        return self._resolutions.get(key)
 
     # --- proxies (StreamEvents) ----------------------------------------------------
 
