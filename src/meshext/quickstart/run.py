@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +76,13 @@ async def run_quickstart(options: QuickstartOptions, console: Console) -> bool:
             )
             ok = await _tour(options, running.control, envoy, console)
             if options.stay:
+                meshext = _command_name()
                 console.print(
                     "\nEverything keeps running. Edit the YAML files under "
                     f"{options.config} and send requests again, e.g.\n"
                     f"  curl -H '{TOKEN_HEADER}: yes' http://127.0.0.1:{options.sidecar_port}/\n"
-                    f"  meshext status --admin {running.admin_url}\n"
-                    f"  meshext proxies --admin {running.admin_url}\n"
+                    f"  {meshext} status --admin {running.admin_url}\n"
+                    f"  {meshext} proxies --admin {running.admin_url}\n"
                     "Press Ctrl-C to stop every process the quickstart started."
                 )
                 await _until_interrupted()
@@ -171,6 +174,16 @@ def _print_status(control: ControlPlane, console: Console) -> None:
             deployment.message or "",
         )
     console.print(table)
+
+
+def _command_name() -> str:
+    """How the user can run ``meshext`` again: by name if it is on PATH, else by path."""
+    if shutil.which("meshext"):
+        return "meshext"
+    here = Path(sys.argv[0])
+    if here.name == "meshext" and here.exists():
+        return os.path.relpath(here) if not here.is_absolute() else str(here)
+    return f"{sys.executable} -m meshext"
 
 
 async def _until_interrupted() -> None:
