@@ -213,3 +213,31 @@ async def test_a_restarted_server_sends_nothing_to_an_up_to_date_envoy_that_kept
         await mesh.headers({"x-a": "1", "x-b": "2"})
     finally:
         await restarted.stop(0)
+
+
+async def test_extensions_added_and_removed_through_the_listener_reach_envoy(
+    mesh: Mesh,
+) -> None:
+    await mesh.converged(resources.snapshot(mesh.port, {"a": "1", "b": "1"}))
+    before = await mesh.envoy.counter("listener_manager.listener_modified")
+    grown = resources.snapshot(mesh.port, {"a": "1", "b": "1", "c": "1"})
+    assert mesh.cache.set_snapshot(NODE, grown)
+    await mesh.headers({"x-a": "1", "x-b": "1", "x-c": "1"})
+    await mesh.converged(grown)
+    assert mesh.recorder.acked(ECDS, "ext-c", grown.resource_version(ECDS, "ext-c") or "")
+    shrunk = resources.snapshot(mesh.port, {"b": "1", "c": "1"})
+    assert mesh.cache.set_snapshot(NODE, shrunk)
+
+    async def a_is_gone() -> bool:
+        response = await mesh.envoy.get(mesh.port)
+        return response.status_code == 200 and "x-a" not in response.headers
+
+    await mesh.envoy.wait_for(a_is_gone, "ext-a to leave the filter chain")
+    await mesh.headers({"x-b": "1", "x-c": "1"})
+
+    def unsubscribed() -> bool:
+        info = mesh.connection()
+        return info is not None and info.types[ECDS].subscribed == ("ext-b", "ext-c")
+
+    await mesh.envoy.wait_for(unsubscribed, "Envoy to unsubscribe from ext-a")
+    assert await mesh.envoy.counter("listener_manager.listener_modified") == before + 2

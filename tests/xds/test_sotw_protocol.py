@@ -347,3 +347,19 @@ def test_status_shows_holdings_subscription_and_standing_rejections() -> None:
     assert status.last_nack == "y is broken"
     assert (status.responses_sent, status.acks, status.nacks) == (2, 1, 1)
     assert status.acked_version == first.version
+
+
+def test_names_with_separator_characters_survive_the_reconnect_claim() -> None:
+    names = ["a&b=c", "semi;colon", "space name", "percent%2F", "ünï"]
+    current = snapshot({ECDS: dict.fromkeys(names, "1")})
+    first = SotwStream()
+    first.receive_snapshot(current)
+    found = responses(first.receive_request(sotw_request(ECDS, names)))
+    claimed = ""
+    while found:
+        claimed = found[0].message.version_info
+        found = responses(acked(first, found[0], names))
+    second = SotwStream()
+    second.receive_request(sotw_request(ECDS, names, version=claimed))
+    assert responses(second.receive_snapshot(current)) == []
+    assert dict(second.status()[ECDS].resources) == dict(current.resources(ECDS).versions)

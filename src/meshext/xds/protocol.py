@@ -24,7 +24,8 @@ Rules the machines follow:
 * A rejected version is not sent again; a changed one is.
 * Something is sent only when the client lacks it. A client reconnecting with
   ``version_info`` (state-of-the-world) or ``initial_resource_versions`` (delta) that
-  matches the snapshot gets nothing.
+  matches the snapshot gets nothing; what it already holds at the snapshot's version
+  is confirmed instead with an :class:`Ack` whose ``nonce`` is empty.
 
 Versions reported in events (``Response.version``, ``Ack.version``, ``Nack.version``)
 can be compared with the snapshot: for a per-name type it is the content version of
@@ -41,9 +42,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote_plus
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -528,7 +530,13 @@ class DeltaStream(_Stream):
 
 
 def _format_holdings(version: str, holdings: Mapping[str, str]) -> str:
-    return version + ";" + urlencode(sorted(holdings.items()))
+    # Same encoding as urlencode, with each (few, recurring) name quoted once.
+    return version + ";" + "&".join(f"{_quote(name)}={holdings[name]}" for name in sorted(holdings))
+
+
+@lru_cache(maxsize=65536)
+def _quote(name: str) -> str:
+    return quote_plus(name, safe="")
 
 
 def _parse_holdings(version_info: str) -> dict[str, str]:

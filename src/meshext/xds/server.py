@@ -120,6 +120,8 @@ class ConnectionInfo:
 
 
 class _Metrics:
+    """The server's Prometheus metrics, with label children looked up once."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.responses = Counter(
             "meshext_xds_responses",
@@ -139,6 +141,24 @@ class _Metrics:
             "Distinct node ids with an open ADS stream",
             registry=registry,
         )
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def sent(self, type_url: str, protocol: str) -> None:
+        self._child("responses", type_url, protocol).inc()
+
+    def acked(self, type_url: str) -> None:
+        self._child("acks", type_url).inc()
+
+    def nacked(self, type_url: str) -> None:
+        self._child("nacks", type_url).inc()
+
+    def _child(self, counter: str, type_url: str, *labels: str) -> Any:
+        key = (counter, type_url, *labels)
+        child = self._children.get(key)
+        if child is None:
+            metric: Counter = getattr(self, counter)
+            child = self._children[key] = metric.labels(_short(type_url), *labels)
+        return child
 
 
 class _Wake:
@@ -238,7 +258,7 @@ class AdsServer:
         infos = (stream.info() for stream in self._streams.values())
         return [info for info in infos if info is not None]
 
-    async def serve(
+    async def _serve(
         self,
         kind: StreamProtocol,
         requests: AsyncIterator[Any],
@@ -282,7 +302,7 @@ class AdsServer:
                         watcher = asyncio.create_task(self._watch(stream))
                 for event in events:
                     if isinstance(event, Response):
-                        self._metrics.responses.labels(_short(event.type_url), kind).inc()
+                        self._metrics.sent(event.type_url, kind)
                         await context.write(event.message)
                     else:
                         self._report(stream, event)
@@ -324,10 +344,10 @@ class AdsServer:
         node_id = stream.node_id or ""
         try:
             if isinstance(event, Ack):
-                self._metrics.acks.labels(_short(event.type_url)).inc()
+                self._metrics.acked(event.type_url)
                 self.events.on_ack(node_id, event.type_url, event.version, event.resource_names)
             else:
-                self._metrics.nacks.labels(_short(event.type_url)).inc()
+                self._metrics.nacked(event.type_url)
                 _log.warning(
                     "node %r rejected %s %s: %s",
                     node_id,
@@ -375,12 +395,12 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
-        await self._server.serve("sotw", request_iterator, context)
+        await self._server._serve("sotw", request_iterator, context)
 
     async def DeltaAggregatedResources(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> None:
-        await self._server.serve("delta", request_iterator, context)
+        await self._server._serve("delta", request_iterator, context)
 
 
 async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue[_Item]) -> None:
