@@ -7,12 +7,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from google.protobuf import any_pb2
+from meshext.xds import types as xds_types
+from meshext.xds.snapshot import pack
 
-TYPE_PREFIX: Final = "type.googleapis.com/"
-LISTENER_TYPE_URL: Final = "type.googleapis.com/envoy.config.listener.v3.Listener"
-CLUSTER_TYPE_URL: Final = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EXTENSION_CONFIG_TYPE_URL: Final = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+__all__ = [
+    "CLUSTER_TYPE_URL",
+    "EXTENSION_CONFIG_TYPE_URL",
+    "LISTENER_TYPE_URL",
+    "EnvoyResources",
+    "pack",
+    "serialize",
+]
+
+# The xDS type URLs, defined once in meshext.xds.types.
+LISTENER_TYPE_URL: Final = xds_types.LISTENER
+CLUSTER_TYPE_URL: Final = xds_types.CLUSTER
+EXTENSION_CONFIG_TYPE_URL: Final = xds_types.EXTENSION_CONFIG
 
 
 @dataclass(frozen=True)
@@ -63,10 +73,3 @@ def serialize(message: Any) -> bytes:
     """Deterministic wire bytes of a protobuf message (map entries sorted)."""
     data: bytes = message.SerializeToString(deterministic=True)
     return data
-
-
-def pack(message: Any) -> Any:
-    """``message`` in a ``google.protobuf.Any``, serialized deterministically."""
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
