@@ -194,3 +194,37 @@ async def test_always_images_are_checked_again_periodically(tmp_path: Path) -> N
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def replica(node_id: str) -> Node:
+    return Node(id=node_id, metadata=node().metadata)
+
+
+async def test_replicas_get_the_same_snapshot_until_one_of_them_rejects_an_extension(
+    tmp_path: Path,
+) -> None:
+    resolver, source, cache = ScriptedResolver(), ListSource(), SnapshotCache()
+    resolver.queue("header-append.wasm").put_nowait(
+        Resolution.ready(example_module("header-append"))
+    )
+    source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append")))
+    async with running(resolver, source, cache) as control:
+        await control.on_connect(replica("a"))
+        await control.on_connect(replica("b"))
+        control.recompute()
+        assert cache.get("a") == cache.get("b")
+
+        name = "meshext.servicemeshextension.bookinfo.tag"
+        snapshot = cache.get("a")
+        assert snapshot is not None
+        version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name) or ""
+        control.on_nack(
+            "a", EXTENSION_CONFIG_TYPE_URL, version, [name], "Unable to create Wasm plugin"
+        )
+        control.recompute()
+        rejected, healthy = cache.get("a"), cache.get("b")
+        assert rejected is not None
+        assert healthy is not None
+        assert rejected != healthy
+        assert name not in rejected.resources(EXTENSION_CONFIG_TYPE_URL)
+        assert name in healthy.resources(EXTENSION_CONFIG_TYPE_URL)

@@ -33,7 +33,7 @@ from meshext.api.meta import ResourceKey
 from meshext.envoy import names
 from meshext.envoy.errors import EnvoyConfigError
 from meshext.envoy.node import ProxyInfo, proxy_from_metadata
-from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL
+from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL, EnvoyResources
 from meshext.envoy.sidecar import proxy_resources
 from meshext.envoy.wasm import ModuleDelivery
 from meshext.images.reference import parse_image_reference
@@ -43,12 +43,13 @@ from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
 from meshext.mesh.resolution import ModuleResolver, Resolution, ResolutionState
 from meshext.mesh.status import extension_status
 from meshext.mesh.topology import Topology
+from meshext.mesh.workload import Workload
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
 from meshext.server.modules import module_url
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
 from meshext.xds.cache import SnapshotCache
-from meshext.xds.snapshot import Snapshot, make_resource
+from meshext.xds.snapshot import Snapshot
 from meshext.xds.types import Node
 
 log = logging.getLogger(__name__)
@@ -310,56 +311,72 @@ class ControlPlane:
             await self._publish_statuses()
 
     def recompute(self) -> None:
-        """Recompute and publish every proxy's snapshot (unchanged ones send nothing)."""
-        for record in list(self._proxies.values()):
-            self._push_proxy(record)
+        """Recompute and publish every proxy's snapshot (unchanged ones send nothing).
 
-    def _push_proxy(self, record: ProxyRecord) -> None:
+        Replicas of a workload (same namespace, labels, ports and application address)
+        get the same configuration: within one recomputation it is planned, generated and
+        built into an immutable snapshot once, and shared by every such proxy that has
+        rejected nothing (a proxy with rejections gets its own, see ``_generate``).
+        """
+        round_cache = _RoundCache()
+        for record in list(self._proxies.values()):
+            self._push_proxy(record, round_cache)
+
+    def _push_proxy(self, record: ProxyRecord, round_cache: _RoundCache | None = None) -> None:
         if record.proxy is None:
             self._cache.set_snapshot(record.node_id, Snapshot())
             return
-        plan = plan_workload(
-            self._model.topology, self._model.extensions, self._resolutions, record.proxy.workload
-        )
+        round_cache = round_cache or _RoundCache()
+        proxy = record.proxy
+        workload_key = _workload_key(proxy.workload)
+        plan = round_cache.plans.get(workload_key)
+        if plan is None:
+            plan = plan_workload(
+                self._model.topology, self._model.extensions, self._resolutions, proxy.workload
+            )
+            round_cache.plans[workload_key] = plan
         record.plan = plan
         try:
-            resources, left_out, versions = self._isolated_resources(record.proxy, plan)
+            shareable = not self._tracker.rejects(proxy.node_id)
+            key = (workload_key, proxy.inbound_port, proxy.app, proxy.inbound_address,
+                   self._delivery.mode_for(proxy))  # fmt: skip
+            generated = round_cache.generated.get(key) if shareable else None
+            if generated is None:
+                generated = self._generate(proxy, plan)
+                if shareable:
+                    round_cache.generated[key] = generated
         except EnvoyConfigError as exc:
             record.error = str(exc)
             log.error("proxy %s: %s", record.node_id, exc)
             return
         record.error = ""
-        record.left_out = left_out
-        record.extension_versions = versions
-        record.resources = resources
-        snapshot = Snapshot.build(
-            {t: by_name.values() for t, by_name in resources.by_type().items()}
-        )
-        for key, (name, version) in versions.items():
-            if key not in left_out:
-                message = snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources[name].message
-                self._tracker.offered(record.node_id, name, version, message)
-        self._tracker.retain(record.node_id, {n for n, _ in versions.values()})
-        self._cache.set_snapshot(record.node_id, snapshot)
+        record.left_out = generated.left_out
+        record.extension_versions = generated.versions
+        record.resources = generated.resources
+        configs = generated.snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources
+        for key_, (name, version) in generated.versions.items():
+            if key_ not in generated.left_out:
+                self._tracker.offered(record.node_id, name, version, configs[name].message)
+        self._tracker.retain(record.node_id, {n for n, _ in generated.versions.values()})
+        self._cache.set_snapshot(record.node_id, generated.snapshot)
 
-    def _isolated_resources(
-        self, proxy: ProxyInfo, plan: WorkloadPlan
-    ) -> tuple[Any, dict[ResourceKey, str], dict[ResourceKey, tuple[str, str]]]:
-        """The proxy's resources with every version it rejected replaced or left out.
-
-        Returns the resources, the extensions left out (with the proxy's reason), and the
-        (ECDS name, version) generated for each applied extension.
-        """
+    def _generate(self, proxy: ProxyInfo, plan: WorkloadPlan) -> _Generated:
+        """The proxy's resources and snapshot, with every version it rejected replaced by
+        the last one it accepted, or left out when it accepted none."""
         resources = proxy_resources(proxy, plan, self._delivery)
-        versions: dict[ResourceKey, tuple[str, str]] = {}
+        snapshot = _snapshot_of(resources)
+        versions = {
+            p.key: (name, snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name) or "")
+            for p in plan.applied
+            for name in (names.extension_config_name(p.key),)
+        }
+        if not self._tracker.rejects(proxy.node_id):
+            return _Generated(resources, snapshot, versions, {})
         left_out: dict[ResourceKey, str] = {}
         keep: list[PlannedExtension] = []
         replacements: dict[str, Any] = {}
         for planned in plan.applied:
-            name = names.extension_config_name(planned.key)
-            message = resources.extension_configs[name]
-            version = make_resource(EXTENSION_CONFIG_TYPE_URL, message).version
-            versions[planned.key] = (name, version)
+            name, version = versions[planned.key]
             if not self._tracker.is_rejected(proxy.node_id, name, version):
                 keep.append(planned)
                 continue
@@ -369,13 +386,15 @@ class ControlPlane:
                 replacements[name] = accepted
             else:
                 left_out[planned.key] = self._tracker.state(proxy.node_id, name, version).message
+        if not left_out and not replacements:
+            return _Generated(resources, snapshot, versions, {})
         if left_out:
             reduced = WorkloadPlan(plan.workload, tuple(keep), plan.skipped)
             resources = proxy_resources(proxy, reduced, self._delivery)
         if replacements:
             configs = {**resources.extension_configs, **replacements}
-            resources = type(resources)(resources.listeners, resources.clusters, configs)
-        return resources, left_out, versions
+            resources = EnvoyResources(resources.listeners, resources.clusters, configs)
+        return _Generated(resources, _snapshot_of(resources), versions, left_out)
 
     # --- status ---------------------------------------------------------------------
 
@@ -421,6 +440,36 @@ class ControlPlane:
                     log.exception("writing status of %s failed", key)
         for key in [k for k in self._published if k not in current]:
             del self._published[key]
+
+
+@dataclass(frozen=True)
+class _Generated:
+    resources: EnvoyResources
+    snapshot: Snapshot
+    versions: dict[ResourceKey, tuple[str, str]]
+    """Per applied extension: (ECDS resource name, version generated for it)."""
+    left_out: dict[ResourceKey, str]
+
+
+@dataclass
+class _RoundCache:
+    """What one recomputation computed once and shares between proxies."""
+
+    plans: dict[object, WorkloadPlan] = field(default_factory=dict)
+    generated: dict[object, _Generated] = field(default_factory=dict)
+
+
+def _workload_key(workload: Workload) -> object:
+    return (
+        workload.namespace,
+        tuple(sorted(workload.labels.items())),
+        workload.kind,
+        workload.name,
+    )
+
+
+def _snapshot_of(resources: EnvoyResources) -> Snapshot:
+    return Snapshot.build({t: by_name.values() for t, by_name in resources.by_type().items()})
 
 
 def _refreshes(ext: Extension) -> bool:

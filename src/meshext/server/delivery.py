@@ -51,41 +51,59 @@ class ProxyDelivery:
 
 @dataclass
 class DeliveryTracker:
-    _entries: dict[tuple[str, str], _Entry] = field(default_factory=dict)
+    _entries: dict[str, dict[str, _Entry]] = field(default_factory=dict)
+    """Per proxy, per resource name."""
+    _rejecting: dict[str, set[str]] = field(default_factory=dict)
+    """Per proxy, the resources with a standing rejection (kept to answer ``rejects`` fast)."""
+
+    def _entry(self, node_id: str, name: str) -> _Entry:
+        return self._entries.setdefault(node_id, {}).setdefault(name, _Entry())
+
+    def _find(self, node_id: str, name: str) -> _Entry | None:
+        return self._entries.get(node_id, {}).get(name)
+
+    def rejects(self, node_id: str) -> bool:
+        """Whether the proxy has rejected a version it has not accepted since."""
+        return bool(self._rejecting.get(node_id))
 
     def offered(self, node_id: str, name: str, version: str, message: Any) -> None:
         """The proxy's snapshot now holds ``version`` (``message``) of resource ``name``."""
-        offers = self._entries.setdefault((node_id, name), _Entry()).offers
+        offers = self._entry(node_id, name).offers
         offers.pop(version, None)
         offers[version] = message
         while len(offers) > _OFFERS_KEPT:
             del offers[next(iter(offers))]
 
     def acked(self, node_id: str, name: str, version: str) -> None:
-        entry = self._entries.setdefault((node_id, name), _Entry())
+        entry = self._entry(node_id, name)
         entry.acked_version = version
         entry.acked_message = entry.offers.get(version, entry.acked_message)
         if entry.rejected_version == version:
             entry.rejected_version = None
             entry.rejection = ""
+            names = self._rejecting.get(node_id, set())
+            names.discard(name)
+            if not names:
+                self._rejecting.pop(node_id, None)
 
     def nacked(self, node_id: str, name: str, version: str, detail: str) -> None:
-        entry = self._entries.setdefault((node_id, name), _Entry())
+        entry = self._entry(node_id, name)
         entry.rejected_version = version
         entry.rejection = detail
+        self._rejecting.setdefault(node_id, set()).add(name)
 
     def is_rejected(self, node_id: str, name: str, version: str) -> bool:
-        entry = self._entries.get((node_id, name))
+        entry = self._find(node_id, name)
         return entry is not None and entry.rejected_version == version
 
     def last_accepted(self, node_id: str, name: str) -> Any:
         """The message of the last version the proxy accepted, ``None`` if none."""
-        entry = self._entries.get((node_id, name))
+        entry = self._find(node_id, name)
         return None if entry is None else entry.acked_message
 
     def forget_proxy(self, node_id: str) -> None:
-        for key in [k for k in self._entries if k[0] == node_id]:
-            del self._entries[key]
+        self._entries.pop(node_id, None)
+        self._rejecting.pop(node_id, None)
 
     def retain(self, node_id: str, names: set[str]) -> None:
         """Forget resources the proxy no longer has (the extension was removed).
@@ -93,13 +111,15 @@ class DeliveryTracker:
         A pending rejection is kept, so a rejected version is not offered again while
         the extension is left out because of it.
         """
-        for key in [k for k in self._entries if k[0] == node_id and k[1] not in names]:
-            if self._entries[key].rejected_version is None:
-                del self._entries[key]
+        entries = self._entries.get(node_id, {})
+        for name in [
+            n for n, e in entries.items() if n not in names and e.rejected_version is None
+        ]:
+            del entries[name]
 
     def state(self, node_id: str, name: str, version: str) -> ProxyDelivery:
         """How ``version`` of ``name`` is doing on the proxy."""
-        entry = self._entries.get((node_id, name), _Entry())
+        entry = self._find(node_id, name) or _Entry()
         if entry.rejected_version == version:
             running = entry.acked_version
             suffix = f"; still running version {running}" if running else ""
