@@ -42,6 +42,7 @@ the chain, hence the listener.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -73,6 +74,9 @@ from meshext.mesh.placement import JWT_AUTHN, RBAC, ROUTER, place_phases
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan
 from meshext.mesh.workload import ProxyKind
 
+ExtensionConfigFactory = Callable[[PlannedExtension, DeliveryMode], Any]
+"""Makes the ECDS resource of one extension; the default is :func:`extension_config`."""
+
 __all__ = [
     "CLUSTER_TYPE_URL",
     "EXTENSION_CONFIG_TYPE_URL",
@@ -101,13 +105,17 @@ def proxy_resources(
     delivery: ModuleDelivery,
     *,
     config_source: ConfigDirectory | None = None,
+    extension_configs: ExtensionConfigFactory | None = None,
 ) -> EnvoyResources:
     """The listeners, clusters and extension configs of ``proxy``.
 
     ``plan`` must be the plan of the proxy's own workload (checked: a plan for another
     namespace or label set would cross the tenant boundary). Extension filters fetch
     their config over ADS, or from files under ``config_source`` when given (a proxy
-    run without an xDS server). Raises :class:`GenerationError` when an applied
+    run without an xDS server). ``extension_configs`` replaces the function making each
+    extension's ECDS resource (which depends on the extension, its module and the
+    delivery mode only, so a caller may share them between proxies). Raises
+    :class:`GenerationError` when an applied
     extension has no resolved module or remote delivery has no module server.
     """
     if plan.workload != proxy.workload:
@@ -116,10 +124,8 @@ def proxy_resources(
             f"the proxy runs {_describe(proxy.workload)}"
         )
     mode = delivery.mode_for(proxy) if plan.applied else delivery.mode
-    extension_configs = {
-        names.extension_config_name(p.key): extension_config(p, mode, delivery)
-        for p in plan.applied
-    }
+    make_config = extension_configs or (lambda p, m: extension_config(p, m, delivery))
+    configs = {names.extension_config_name(p.key): make_config(p, mode) for p in plan.applied}
     if proxy.kind is ProxyKind.GATEWAY:
         listener_name = names.gateway_listener_name(proxy.inbound_port)
         stat_prefix = names.gateway_stat_prefix(proxy.inbound_port)
@@ -152,7 +158,7 @@ def proxy_resources(
     return EnvoyResources(
         listeners=(listener,),
         clusters=tuple(sorted(clusters, key=lambda c: str(c.name))),
-        extension_configs=dict(sorted(extension_configs.items())),
+        extension_configs=dict(sorted(configs.items())),
     )
 
 

@@ -32,10 +32,10 @@ from meshext.api.extension import ExtensionStatus, ServiceMeshExtension
 from meshext.api.meta import ResourceKey
 from meshext.envoy import names
 from meshext.envoy.errors import EnvoyConfigError
-from meshext.envoy.node import ProxyInfo, proxy_from_metadata
+from meshext.envoy.node import DeliveryMode, ProxyInfo, proxy_from_metadata
 from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL, EnvoyResources
 from meshext.envoy.sidecar import proxy_resources
-from meshext.envoy.wasm import ModuleDelivery
+from meshext.envoy.wasm import ModuleDelivery, extension_config
 from meshext.images.reference import parse_image_reference
 from meshext.mesh.extension import Extension
 from meshext.mesh.model import MeshModel, build_model
@@ -49,7 +49,7 @@ from meshext.server.modules import module_url
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
 from meshext.xds.cache import SnapshotCache
-from meshext.xds.snapshot import Snapshot
+from meshext.xds.snapshot import Resource, ResourceSet, Snapshot, make_resource
 from meshext.xds.types import Node
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class ControlPlane:
         built into an immutable snapshot once, and shared by every such proxy that has
         rejected nothing (a proxy with rejections gets its own, see ``_generate``).
         """
-        round_cache = _RoundCache()
+        round_cache = _RoundCache(self._delivery)
         for record in list(self._proxies.values()):
             self._push_proxy(record, round_cache)
 
@@ -326,7 +326,7 @@ class ControlPlane:
         if record.proxy is None:
             self._cache.set_snapshot(record.node_id, Snapshot())
             return
-        round_cache = round_cache or _RoundCache()
+        round_cache = round_cache or _RoundCache(self._delivery)
         proxy = record.proxy
         workload_key = _workload_key(proxy.workload)
         plan = round_cache.plans.get(workload_key)
@@ -342,7 +342,7 @@ class ControlPlane:
                    self._delivery.mode_for(proxy))  # fmt: skip
             generated = round_cache.generated.get(key) if shareable else None
             if generated is None:
-                generated = self._generate(proxy, plan)
+                generated = self._generate(proxy, plan, round_cache)
                 if shareable:
                     round_cache.generated[key] = generated
         except EnvoyConfigError as exc:
@@ -360,11 +360,19 @@ class ControlPlane:
         self._tracker.retain(record.node_id, {n for n, _ in generated.versions.values()})
         self._cache.set_snapshot(record.node_id, generated.snapshot)
 
-    def _generate(self, proxy: ProxyInfo, plan: WorkloadPlan) -> _Generated:
+    def _generate(
+        self, proxy: ProxyInfo, plan: WorkloadPlan, round_cache: _RoundCache
+    ) -> _Generated:
         """The proxy's resources and snapshot, with every version it rejected replaced by
         the last one it accepted, or left out when it accepted none."""
-        resources = proxy_resources(proxy, plan, self._delivery)
-        snapshot = _snapshot_of(resources)
+
+        def generate(applied_plan: WorkloadPlan) -> EnvoyResources:
+            return proxy_resources(
+                proxy, applied_plan, self._delivery, extension_configs=round_cache.extension_config
+            )
+
+        resources = generate(plan)
+        snapshot = round_cache.snapshot_of(resources)
         versions = {
             p.key: (name, snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name) or "")
             for p in plan.applied
@@ -389,12 +397,11 @@ class ControlPlane:
         if not left_out and not replacements:
             return _Generated(resources, snapshot, versions, {})
         if left_out:
-            reduced = WorkloadPlan(plan.workload, tuple(keep), plan.skipped)
-            resources = proxy_resources(proxy, reduced, self._delivery)
+            resources = generate(WorkloadPlan(plan.workload, tuple(keep), plan.skipped))
         if replacements:
             configs = {**resources.extension_configs, **replacements}
             resources = EnvoyResources(resources.listeners, resources.clusters, configs)
-        return _Generated(resources, _snapshot_of(resources), versions, left_out)
+        return _Generated(resources, round_cache.snapshot_of(resources), versions, left_out)
 
     # --- status ---------------------------------------------------------------------
 
@@ -453,10 +460,38 @@ class _Generated:
 
 @dataclass
 class _RoundCache:
-    """What one recomputation computed once and shares between proxies."""
+    """What one recomputation computes once and shares between proxies: plans per
+    workload, whole configurations per replica set, and, across different workloads,
+    each extension's ECDS resource and its serialized form."""
 
+    delivery: ModuleDelivery
     plans: dict[object, WorkloadPlan] = field(default_factory=dict)
     generated: dict[object, _Generated] = field(default_factory=dict)
+    configs: dict[object, Any] = field(default_factory=dict)
+    packed: dict[int, Resource] = field(default_factory=dict)
+
+    def extension_config(self, planned: PlannedExtension, mode: DeliveryMode) -> Any:
+        # Objects of this round's model and resolutions: their ids are stable until the
+        # round ends, and the messages kept here keep their ids unique meanwhile.
+        key = (planned.key, id(planned.extension), id(planned.module), mode)
+        config = self.configs.get(key)
+        if config is None:
+            config = self.configs[key] = extension_config(planned, mode, self.delivery)
+        return config
+
+    def snapshot_of(self, resources: EnvoyResources) -> Snapshot:
+        sets = []
+        for type_url, by_name in resources.by_type().items():
+            made = []
+            for message in by_name.values():
+                resource = self.packed.get(id(message))
+                if resource is None or resource.message is not message:
+                    resource = make_resource(type_url, message)
+                    if type_url == EXTENSION_CONFIG_TYPE_URL:
+                        self.packed[id(message)] = resource
+                made.append(resource)
+            sets.append(ResourceSet.of(type_url, made))
+        return Snapshot(sets)
 
 
 def _workload_key(workload: Workload) -> object:
@@ -466,10 +501,6 @@ def _workload_key(workload: Workload) -> object:
         workload.kind,
         workload.name,
     )
-
-
-def _snapshot_of(resources: EnvoyResources) -> Snapshot:
-    return Snapshot.build({t: by_name.values() for t, by_name in resources.by_type().items()})
 
 
 def _refreshes(ext: Extension) -> bool:
