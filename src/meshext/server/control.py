@@ -121,7 +121,9 @@ class ControlPlane:
         self._proxies: dict[str, ProxyRecord] = {}
         self._tracker = DeliveryTracker()
         self._published: dict[ResourceKey, ExtensionStatus] = {}
-        self._dirty = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._recompute_all = False
+        self._recompute_proxies: set[str] = set()
         self._loaded = asyncio.Event()
         self._settled = asyncio.Event()
 
@@ -152,7 +154,7 @@ class ControlPlane:
             log.warning("configuration: %s", error)
         self._schedule_resolutions()
         self._loaded.set()
-        self._dirty.set()
+        self._request(everything=True)
 
     async def _settle(self) -> None:
         await self._loaded.wait()
@@ -244,7 +246,7 @@ class ControlPlane:
                 self._start_resolution(ext, self._retry.refresh_always)
             else:
                 self._resolving.pop(ext.key, None)
-        self._dirty.set()
+        self._request(everything=True)
 
     # --- proxies (StreamEvents) ----------------------------------------------------
 
@@ -263,7 +265,7 @@ class ControlPlane:
         self._proxies.pop(node_id, None)
         self._tracker.forget_proxy(node_id)
         self._cache.clear(node_id)
-        self._dirty.set()
+        self._request()
 
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
@@ -272,11 +274,15 @@ class ControlPlane:
         if record is None:
             return
         if type_url == EXTENSION_CONFIG_TYPE_URL:
+            rejected_before = self._tracker.rejects(node_id)
             for name in resource_names:
                 self._tracker.acked(node_id, name, version)
+            # Only a cleared rejection can change what this proxy should get.
+            changed = rejected_before and not self._tracker.rejects(node_id)
+            self._request(proxy=node_id if changed else None)
         else:
             record.rejections.pop(type_url, None)
-        self._dirty.set()
+            self._request()
 
     def on_nack(
         self,
@@ -297,17 +303,35 @@ class ControlPlane:
                 self._tracker.nacked(node_id, name, rejected_version, error_detail)
         else:
             record.rejections[type_url] = error_detail
-        self._dirty.set()
+        self._request(proxy=node_id)
 
     # --- computing and publishing --------------------------------------------------
+
+    def _request(self, *, everything: bool = False, proxy: str | None = None) -> None:
+        """Ask the push loop for work: recompute every proxy (configuration or images
+        changed), one proxy (it rejected or re-accepted something), or, with neither,
+        only refresh the status (an ACK changes what users see, not what proxies get)."""
+        self._recompute_all |= everything
+        if proxy is not None:
+            self._recompute_proxies.add(proxy)
+        self._wake.set()
 
     async def _push_loop(self) -> None:
         await self._settled.wait()
         while True:
-            await self._dirty.wait()
+            await self._wake.wait()
             await asyncio.sleep(self._debounce)
-            self._dirty.clear()
-            self.recompute()
+            self._wake.clear()
+            everything, proxies = self._recompute_all, self._recompute_proxies
+            self._recompute_all, self._recompute_proxies = False, set()
+            if everything:
+                self.recompute()
+            else:
+                round_cache = _RoundCache(self._delivery)
+                for node_id in sorted(proxies):
+                    record = self._proxies.get(node_id)
+                    if record is not None:
+                        self._push_proxy(record, round_cache)
             await self._publish_statuses()
 
     def recompute(self) -> None:
