@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -35,17 +34,12 @@ from meshext.envoy.files import ConfigDirectory, config_files
 from meshext.envoy.node import DeliveryMode, ProxyInfo
 from meshext.envoy.resources import EnvoyResources
 from meshext.quickstart.envoy_process import EnvoyProcess
+from tests.network import free_port
 
 ENVOY = Path(sys.executable).with_name("envoy")
 DEADLINE_SECONDS = 60.0
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(

@@ -18,7 +18,7 @@ from meshext.mesh.planner import PlannedExtension
 from meshext.mesh.resolution import ResolvedModule
 from meshext.mesh.workload import ProxyKind
 from meshext.server.modules import module_app, start_module_server
-from tests.envoy.harness import EchoApp, EnvoyProxy, free_port, headers_named
+from tests.envoy.harness import EchoApp, EnvoyProxy, headers_named
 from tests.envoy.support import (
     example_module,
     module_from_bytes,
@@ -27,6 +27,7 @@ from tests.envoy.support import (
     proxy,
     workload,
 )
+from tests.network import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ process. Setups: anonymous, htpasswd basic auth, bearer tokens from
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import subprocess
 import time
@@ -19,17 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshext.kube import certs
+from tests.network import free_port
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 USERNAME = "meshext"
 PASSWORD = "s3cret-pa55"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

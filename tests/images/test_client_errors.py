@@ -17,7 +17,8 @@ from meshext.images.errors import (
     Unauthorized,
 )
 from tests.images.conftest import registry_config, unique
-from tests.images.registry import Registry, free_port
+from tests.images.registry import Registry
+from tests.network import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,9 @@ from tests.images.conftest import (
     unique,
 )
 from tests.images.layouts import CNCF_CONFIG, CNCF_LAYER, OCI_LAYER_GZIP, Entry, Layout, tar_layer
-from tests.images.registry import Registry, free_port
+from tests.images.registry import Registry
 from tests.images.wasm import proxy_wasm_module
+from tests.network import free_port
 
 
 def local_resolver(cache: ModuleCache) -> ImageResolver:

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.images.registry import PASSWORD, USERNAME, free_port
+from tests.images.registry import PASSWORD, USERNAME
+from tests.network import free_port
 
 SERVICE = "meshext-test-registry"
 ISSUER = "meshext-test-token-issuer"

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from meshext.cli.kube import kube
 from meshext.cli.migrate import migrate
 from meshext.istio.migrate import Migration, migrate_documents
+from tests.documents import sme_document
 
 
 def _sme(
@@ -22,19 +23,15 @@ def _sme(
     version: str = "v1",
     config: object = None,
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {"image": f"quay.io/acme/{name}:v1"}
-    if phase is not None:
-        spec["phase"] = phase
-    if priority is not None:
-        spec["priority"] = priority
-    if config is not None:
-        spec["config"] = config
-    return {
-        "apiVersion": f"maistra.io/{version}",
-        "kind": "ServiceMeshExtension",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
+    return sme_document(
+        name,
+        namespace,
+        f"quay.io/acme/{name}:v1",
+        version=version,
+        phase=phase,
+        priority=priority,
+        config=config,
+    )
 
 
 def _migrate(*documents: dict[str, Any]) -> Migration:

@@ -22,6 +22,7 @@ from meshext.istio.render import (
     render,
 )
 from meshext.mesh.resolution import ImageFormat, ResolvedModule
+from tests.documents import sme_document
 
 SHA = "c" * 64
 DIGEST = "sha256:" + "d" * 64
@@ -43,25 +44,19 @@ def _sme(
     annotations: dict[str, str] | None = None,
     **spec: Any,
 ) -> ServiceMeshExtension:
-    body: dict[str, Any] = {"image": "quay.io/acme/header:v1", **spec}
-    if phase is not None:
-        body["phase"] = phase
-    if priority is not None:
-        body["priority"] = priority
-    if config is not None:
-        body["config"] = config
     resource = decode(
-        {
-            "apiVersion": f"maistra.io/{version}",
-            "kind": "ServiceMeshExtension",
-            "metadata": {
-                "name": "header",
-                "namespace": namespace,
-                "uid": "uid-1",
-                "annotations": annotations or {},
-            },
-            "spec": body,
-        }
+        sme_document(
+            "header",
+            namespace,
+            "quay.io/acme/header:v1",
+            version=version,
+            phase=phase,
+            priority=priority,
+            config=config,
+            annotations=annotations,
+            uid="uid-1",
+            **spec,
+        )
     )
     assert isinstance(resource, ServiceMeshExtension)
     return resource

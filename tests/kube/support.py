@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -45,8 +44,10 @@ from meshext.kube.controller import Controller, ControllerSettings
 from meshext.kube.crds import ConversionWebhook, custom_resource_definitions
 from meshext.kube.secrets import KubePullSecretStore
 from meshext.kube.tasks import cancel_and_wait
+from tests.documents import sme_document
 from tests.images.wasm import proxy_wasm_module
 from tests.kube_harness import KubeApiServer
+from tests.network import free_port
 
 T = TypeVar("T")
 
@@ -58,15 +59,12 @@ WASM_PLUGINS = "wasmplugins.extensions.istio.io"
 ENVOY_FILTERS = "envoyfilters.networking.istio.io"
 
 
+extension = sme_document
+"""A ServiceMeshExtension document (see :func:`tests.documents.sme_document`)."""
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- kubectl
@@ -157,36 +155,6 @@ def member_roll(namespace: str, members: list[str]) -> dict[str, Any]:
         "kind": "ServiceMeshMemberRoll",
         "metadata": {"name": "default", "namespace": namespace},
         "spec": {"members": members},
-    }
-
-
-def extension(
-    name: str,
-    namespace: str,
-    image: str,
-    *,
-    version: str = "v1",
-    phase: str | None = "PostAuthZ",
-    priority: int | None = 10,
-    config: object = None,
-    annotations: dict[str, str] | None = None,
-    **spec: Any,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"image": image, **spec}
-    if phase is not None:
-        body["phase"] = phase
-    if priority is not None:
-        body["priority"] = priority
-    if config is not None:
-        body["config"] = config
-    meta: dict[str, Any] = {"name": name, "namespace": namespace}
-    if annotations:
-        meta["annotations"] = annotations
-    return {
-        "apiVersion": f"maistra.io/{version}",
-        "kind": "ServiceMeshExtension",
-        "metadata": meta,
-        "spec": body,
     }
 
 

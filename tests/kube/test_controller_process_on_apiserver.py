@@ -22,11 +22,11 @@ from tests.kube.support import (
     Mesh,
     eventually,
     extension,
-    free_port,
     unique,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
+from tests.network import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 

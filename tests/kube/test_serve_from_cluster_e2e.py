@@ -17,10 +17,11 @@ from meshext.envoy.node import HostPort
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
 from meshext.server.modules import RunningServer
-from tests.envoy.harness import eventually, free_port
+from tests.envoy.harness import eventually
 from tests.envoy.support import build_examples
 from tests.kube.support import Cluster, Mesh, extension
 from tests.kube_harness import KubeApiServer
+from tests.network import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 

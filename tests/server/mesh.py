@@ -25,8 +25,9 @@ from meshext.server.app import RunningControlPlane, ServeOptions, running_contro
 from meshext.server.control import ExtensionReport
 from meshext.server.delivery import DeliveryState
 from meshext.server.modules import RunningServer
-from tests.envoy.harness import eventually, free_port
+from tests.envoy.harness import eventually
 from tests.envoy.support import build_examples
+from tests.network import free_port
 
 T = TypeVar("T")
 

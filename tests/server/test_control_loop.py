@@ -16,7 +16,7 @@ from meshext.envoy.wasm import ModuleDelivery
 from meshext.mesh.extension import Extension
 from meshext.mesh.resolution import Resolution
 from meshext.mesh.workload import ProxyKind
-from meshext.server.control import ControlPlane, RetryPolicy
+from meshext.server.control import ControlPlane, ResolveSchedule
 from meshext.sources.folder import LoadResult, load_folder
 from meshext.xds.cache import SnapshotCache
 from meshext.xds.types import Node
@@ -87,7 +87,7 @@ async def running(
         cache,
         ModuleDelivery(),
         debounce=0.01,
-        retry=RetryPolicy(first_retry=0.05),
+        retry=ResolveSchedule(first_retry=0.05),
         settle_timeout=settle_timeout,
     )
     task = asyncio.create_task(control.run(source))
@@ -181,7 +181,7 @@ async def test_always_images_are_checked_again_periodically(tmp_path: Path) -> N
     )
     source.queue.put_nowait(config(tmp_path, document))
     control = ControlPlane(
-        resolver, cache, ModuleDelivery(), debounce=0.01, retry=RetryPolicy(refresh_always=0.1)
+        resolver, cache, ModuleDelivery(), debounce=0.01, retry=ResolveSchedule(refresh_always=0.1)
     )
     task = asyncio.create_task(control.run(source))
     try:

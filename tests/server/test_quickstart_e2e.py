@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.envoy.harness import free_port
+from tests.network import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,8 @@ import pytest
 from meshext.envoy.node import DeliveryMode
 from meshext.server.app import running_control_plane
 from meshext.server.delivery import DeliveryState
-from tests.envoy.harness import eventually, free_port
+from tests.envoy.harness import eventually
+from tests.network import free_port
 from tests.server.mesh import running_mesh, serve_options, sme
 
 pytestmark = pytest.mark.e2e

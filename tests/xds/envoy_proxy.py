@@ -11,7 +11,6 @@ stats and wait, with generous timeouts, for conditions to hold.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -27,14 +26,6 @@ WAIT_SECONDS = 60.0
 
 class EnvoyFailed(RuntimeError):
     """Envoy exited or a condition did not hold in time; carries the log tail."""
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class EnvoyProxy:

@@ -18,8 +18,9 @@ from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
 from meshext.xds.server import AdsServer, ConnectionInfo
 from meshext.xds.snapshot import Snapshot
+from tests.network import free_port
 from tests.xds import resources
-from tests.xds.envoy_proxy import EnvoyProxy, free_port
+from tests.xds.envoy_proxy import EnvoyProxy
 from tests.xds.recorder import Recorder
 
 pytestmark = pytest.mark.e2e
