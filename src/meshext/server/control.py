@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """When to resolve an image again."""
+class ResolveSchedule:
+    """When to resolve an image again (retries inside one resolve are the resolver's)."""
 
     first_retry: float = 2.0
     max_retry: float = 300.0
@@ -79,7 +79,7 @@ class ProxyRecord:
     """Per applied extension: (ECDS resource name, version offered)."""
     rejections: dict[str, str] = field(default_factory=dict)
     """Last rejection per type URL, for resources other than extension configs."""
-    resources: Any = None
+    resources: EnvoyResources | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class ControlPlane:
         delivery: ModuleDelivery,
         *,
         sinks: Sequence[StatusSink] = (),
-        retry: RetryPolicy = RetryPolicy(),
+        retry: ResolveSchedule = ResolveSchedule(),
         debounce: float = 0.05,
         settle_timeout: float = 30.0,
     ) -> None:
@@ -397,11 +397,11 @@ class ControlPlane:
 
         resources = generate(plan)
         snapshot = round_cache.snapshot_of(resources)
-        versions = {
-            p.key: (name, snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name) or "")
-            for p in plan.applied
-            for name in (names.extension_config_name(p.key),)
-        }
+        versions: dict[ResourceKey, tuple[str, str]] = {}
+        for planned in plan.applied:
+            name = names.extension_config_name(planned.key)
+            version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name) or ""
+            versions[planned.key] = (name, version)
         if not self._tracker.rejects(proxy.node_id):
             return _Generated(resources, snapshot, versions, {})
         left_out: dict[ResourceKey, str] = {}
