@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from meshext.api.base import SpecModel
 from meshext.api.meta import ObjectMeta, ResourceKey
 from meshext.api.phase import Phase
-from meshext.images.reference import parse_image_reference
+from meshext.images.reference import ReferenceKind, parse_image_reference
 
 GROUP = "maistra.io"
 KIND = "ServiceMeshExtension"
@@ -45,7 +45,8 @@ class _SpecCommon(SpecModel):
     @field_validator("image")
     @classmethod
     def _image_has_tag_or_digest(cls, value: str) -> str:
-        parse_image_reference(value)
+        if parse_image_reference(value).kind is ReferenceKind.HTTP:
+            raise ValueError("http(s) module URLs are a WasmPlugin feature; use an image")
         return value
 
     @field_validator("phase", mode="before")

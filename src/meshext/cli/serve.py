@@ -88,7 +88,18 @@ def serve(
 @click.option("--name", required=True, help="Workload name.")
 @click.option("--namespace", "-n", required=True)
 @click.option("--labels", "-l", default="", help="Workload labels, k=v,k2=v2.")
-@click.option("--listen", required=True, help="Inbound port, or address:port.")
+@click.option(
+    "--listen",
+    required=True,
+    multiple=True,
+    help="Inbound port, or address:port; repeat for more ports (same address and app).",
+)
+@click.option(
+    "--outbound",
+    multiple=True,
+    help="PORT=HOST:PORT: the app sends to 127.0.0.1:PORT, Envoy forwards to HOST:PORT; "
+    "repeatable (sidecars only).",
+)
 @click.option("--app", required=True, help="host:port of the application behind the sidecar.")
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True)
 @click.option("--delta", is_flag=True, help="Use the incremental (delta) xDS protocol.")
@@ -100,7 +111,8 @@ def bootstrap(
     name: str,
     namespace: str,
     labels: str,
-    listen: str,
+    listen: tuple[str, ...],
+    outbound: tuple[str, ...],
     app: str,
     xds_address: str,
     delta: bool,
@@ -115,7 +127,9 @@ def bootstrap(
             name=name,
             namespace=namespace,
             labels=parse_labels(labels),
-            listen=listen,
+            listen=listen[0],
+            extra_ports=listen[1:],
+            outbound=outbound,
             app=app,
             xds=AdsServer(parse_host_port(xds_address), delta=delta),
             admin_port=admin_port,

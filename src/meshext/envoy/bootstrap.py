@@ -12,7 +12,7 @@ the admin interface on loopback, and takes listeners and clusters dynamically:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,10 @@ from meshext.envoy.node import (
     DEFAULT_INBOUND_ADDRESS,
     DeliveryMode,
     HostPort,
+    Outbound,
     node_metadata,
     parse_host_port,
+    parse_outbound,
     parse_port,
     proxy_from_node,
 )
@@ -62,12 +64,16 @@ def sidecar_bootstrap(
     kind: ProxyKind = ProxyKind.SIDECAR,
     node_id: str | None = None,
     module_delivery: DeliveryMode | None = None,
+    extra_ports: Sequence[int | str] = (),
+    outbound: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The bootstrap of proxy ``name`` in ``namespace`` (a sidecar unless ``kind`` says gateway).
 
     ``listen`` is the inbound port, or ``address:port`` to bind one address (default
-    ``0.0.0.0``); ``app`` is the ``host:port`` it forwards to. ``node_id`` defaults to
-    ``<kind>~<name>.<namespace>~<port>``, unique per proxy on one host.
+    ``0.0.0.0``); ``app`` is the ``host:port`` it forwards to. ``extra_ports`` are more
+    inbound ports on the same address, forwarding to the same ``app``; ``outbound``
+    entries ``PORT=HOST:PORT`` are outbound listeners (sidecars only). ``node_id``
+    defaults to ``<kind>~<name>.<namespace>~<port>``, unique per proxy on one host.
     """
     if not name:
         raise BootstrapError("name: a proxy needs a workload name")
@@ -80,6 +86,7 @@ def sidecar_bootstrap(
         parse_port(admin_port)
     except ValueError as exc:
         raise BootstrapError(f"admin port: {exc}") from exc
+    more_ports, outbound_listeners = _traffic(kind, inbound_port, extra_ports, outbound)
     metadata = node_metadata(
         namespace=namespace,
         labels=labels,
@@ -89,6 +96,8 @@ def sidecar_bootstrap(
         app=app_address,
         inbound_address=inbound_address,
         module_delivery=module_delivery,
+        extra_inbound_ports=more_ports,
+        outbound=outbound_listeners,
     )
     bootstrap: dict[str, Any] = {
         "node": {
@@ -123,6 +132,30 @@ def sidecar_bootstrap(
 def gateway_bootstrap(**kwargs: Any) -> dict[str, Any]:
     """:func:`sidecar_bootstrap` for a gateway proxy."""
     return sidecar_bootstrap(kind=ProxyKind.GATEWAY, **kwargs)
+
+
+def _traffic(
+    kind: ProxyKind, inbound_port: int, extra_ports: Sequence[int | str], outbound: Sequence[str]
+) -> tuple[tuple[int, ...], tuple[Outbound, ...]]:
+    """The extra inbound ports and the outbound listeners, checked."""
+    try:
+        ports = tuple(parse_port(p) for p in extra_ports)
+    except ValueError as exc:
+        raise BootstrapError(f"listen: {exc}") from exc
+    if len({inbound_port, *ports}) != len(ports) + 1:
+        raise BootstrapError("listen: a port is given twice")
+    if outbound and kind is ProxyKind.GATEWAY:
+        raise BootstrapError("outbound: a gateway has no outbound listeners")
+    try:
+        entries = tuple(parse_outbound(text) for text in outbound)
+    except ValueError as exc:
+        raise BootstrapError(f"outbound: {exc}") from exc
+    taken = {inbound_port, *ports}
+    for entry in entries:
+        if entry.port in taken:
+            raise BootstrapError(f"outbound: port {entry.port} is already in use")
+        taken.add(entry.port)
+    return ports, entries
 
 
 def _check_node(node: dict[str, Any]) -> None:

@@ -35,18 +35,24 @@ def extension_config_name(key: ResourceKey) -> str:
     return f"{PREFIX}.{key.kind.lower()}.{key.namespace}.{key.name}"
 
 
-def vm_id(module_sha256: str, env: Mapping[str, str] | None = None) -> str:
+def vm_id(
+    module_sha256: str, env: Mapping[str, str] | None = None, host_env: tuple[str, ...] = ()
+) -> str:
     """The VM id of a module: extensions with the same module (and environment) share a VM.
 
     Derived from the module's sha256 so it is stable across restarts and pushes
     (changing a vm_id makes Envoy start new VMs and leaks V8 memory). Envoy's VM key
     leaves the environment variables out, so extensions that set different ones get
-    different ids rather than silently sharing a VM with someone else's environment.
+    different ids rather than silently sharing a VM with someone else's environment
+    (or with access to other variables of the proxy's own, ``host_env``).
     """
     base = f"{PREFIX}.{module_sha256[:16]}"
-    if not env:
+    if not env and not host_env:
         return base
-    digest = hashlib.sha256(json.dumps(dict(sorted(env.items()))).encode()).hexdigest()
+    document: object = dict(sorted((env or {}).items()))
+    if host_env:
+        document = [document, sorted(host_env)]
+    digest = hashlib.sha256(json.dumps(document).encode()).hexdigest()
     return f"{base}.env-{digest[:12]}"
 
 
@@ -67,3 +73,17 @@ def inbound_stat_prefix(port: int) -> str:
 
 def gateway_stat_prefix(port: int) -> str:
     return f"gateway_{port}"
+
+
+def outbound_listener_name(port: int) -> str:
+    """A sidecar's outbound listener, where its application sends to one upstream."""
+    return f"{PREFIX}.outbound.{port}"
+
+
+def outbound_stat_prefix(port: int) -> str:
+    return f"outbound_{port}"
+
+
+def outbound_cluster_name(port: int) -> str:
+    """The upstream an outbound listener forwards to."""
+    return f"{PREFIX}.outbound.{port}"

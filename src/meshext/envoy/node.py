@@ -16,6 +16,11 @@ key                 required  value
                               (gateway) the proxy forwards to; IPv6 as ``[addr]:port``
 ``MODULE_DELIVERY`` no        ``local`` (module files are readable on the proxy's host)
                               or ``remote`` (fetch them from meshext's module server)
+``INBOUND_PORTS``   no        every port the proxy listens on, comma separated, the
+                              first being ``INBOUND_PORT``; all forward to the app
+``OUTBOUND``        no        outbound listeners, comma separated ``PORT=HOST:PORT``:
+                              the app sends to ``127.0.0.1:PORT``, the proxy forwards
+                              to the upstream ``HOST:PORT``
 ==================  ========  ===========================================================
 
 :func:`proxy_from_node` turns a ``Node`` into a :class:`ProxyInfo`, raising
@@ -46,6 +51,8 @@ INBOUND_PORT: Final = "INBOUND_PORT"
 INBOUND_ADDRESS: Final = "INBOUND_ADDRESS"
 APP_ADDRESS: Final = "APP_ADDRESS"
 MODULE_DELIVERY: Final = "MODULE_DELIVERY"
+INBOUND_PORTS: Final = "INBOUND_PORTS"
+OUTBOUND: Final = "OUTBOUND"
 
 DEFAULT_INBOUND_ADDRESS: Final = "0.0.0.0"
 
@@ -80,6 +87,17 @@ class HostPort:
 
 
 @dataclass(frozen=True)
+class Outbound:
+    """An outbound listener: the app sends to loopback ``port``, Envoy forwards to ``upstream``."""
+
+    port: int
+    upstream: HostPort
+
+    def __str__(self) -> str:
+        return f"{self.port}={self.upstream}"
+
+
+@dataclass(frozen=True)
 class ProxyInfo:
     """A proxy as meshext sees it: who it is, what it fronts, where it listens."""
 
@@ -92,6 +110,13 @@ class ProxyInfo:
     """The proxy's own choice of module delivery; ``None`` leaves it to meshext."""
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Every metadata key the node sent, as plain JSON values."""
+    extra_inbound_ports: tuple[int, ...] = ()
+    """Ports the proxy listens on besides ``inbound_port``."""
+    outbound: tuple[Outbound, ...] = ()
+
+    @property
+    def inbound_ports(self) -> tuple[int, ...]:
+        return (self.inbound_port, *self.extra_inbound_ports)
 
     @property
     def kind(self) -> ProxyKind:
@@ -164,15 +189,33 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
         kind=read.choice(PROXY_KIND, ProxyKind, ProxyKind.SIDECAR),
         name=read.text(WORKLOAD_NAME) or "",
     )
+    inbound_port = read.port(INBOUND_PORT)
+    ports = read.port_list(INBOUND_PORTS)
+    if ports and ports[0] != inbound_port:
+        raise read.fail(INBOUND_PORTS, f"must start with INBOUND_PORT {inbound_port}")
+    outbound = read.outbound(OUTBOUND)
+    clash = set(ports) & {o.port for o in outbound}
+    if clash:
+        raise read.fail(OUTBOUND, f"port {min(clash)} is also an inbound port")
     return ProxyInfo(
         node_id=node_id,
         workload=workload,
-        inbound_port=read.port(INBOUND_PORT),
+        inbound_port=inbound_port,
         app=read.host_port(APP_ADDRESS),
         inbound_address=read.ip_address(INBOUND_ADDRESS, DEFAULT_INBOUND_ADDRESS),
         module_delivery=read.choice(MODULE_DELIVERY, DeliveryMode, None),
         metadata=read.metadata,
+        extra_inbound_ports=ports[1:],
+        outbound=outbound,
     )
+
+
+def parse_outbound(text: str) -> Outbound:
+    """``PORT=HOST:PORT``; raises ``ValueError`` saying what is wrong."""
+    port, sep, upstream = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r} is not PORT=HOST:PORT")
+    return Outbound(parse_port(port), parse_host_port(upstream))
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -245,6 +288,30 @@ class _MetadataReader:
             raise self.fail(key, f"{value!r} is not an IP address") from exc
         return value
 
+    def port_list(self, key: str) -> tuple[int, ...]:
+        text = self.text(key)
+        if text is None:
+            return ()
+        try:
+            ports = tuple(parse_port(p) for p in text.split(","))
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from exc
+        if len(set(ports)) != len(ports):
+            raise self.fail(key, f"{text!r} lists a port twice")
+        return ports
+
+    def outbound(self, key: str) -> tuple[Outbound, ...]:
+        text = self.text(key)
+        if text is None:
+            return ()
+        try:
+            entries = tuple(parse_outbound(item) for item in text.split(","))
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from exc
+        if len({e.port for e in entries}) != len(entries):
+            raise self.fail(key, f"{text!r} lists a port twice")
+        return entries
+
     def host_port(self, key: str) -> HostPort:
         try:
             return parse_host_port(self.required_text(key))
@@ -262,6 +329,8 @@ def node_metadata(
     app: HostPort,
     inbound_address: str = DEFAULT_INBOUND_ADDRESS,
     module_delivery: DeliveryMode | None = None,
+    extra_inbound_ports: tuple[int, ...] = (),
+    outbound: tuple[Outbound, ...] = (),
 ) -> dict[str, Any]:
     """The node metadata :func:`proxy_from_node` reads, as plain JSON values."""
     metadata: dict[str, Any] = {
@@ -275,6 +344,10 @@ def node_metadata(
     }
     if module_delivery is not None:
         metadata[MODULE_DELIVERY] = module_delivery.value
+    if extra_inbound_ports:
+        metadata[INBOUND_PORTS] = ",".join(str(p) for p in (inbound_port, *extra_inbound_ports))
+    if outbound:
+        metadata[OUTBOUND] = ",".join(str(o) for o in outbound)
     return metadata
 
 

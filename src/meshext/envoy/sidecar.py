@@ -7,13 +7,19 @@ delivery settings always give byte-identical resources (see
 What a proxy gets
 -----------------
 
-- A **sidecar** gets one inbound listener, ``meshext.inbound.<port>`` on
-  ``INBOUND_ADDRESS:INBOUND_PORT``, whose HTTP connection manager routes every request
-  to the cluster ``meshext.app`` (the application at ``APP_ADDRESS``). No outbound
-  listener is generated: outbound traffic is never patched.
-- A **gateway** gets one listener, ``meshext.gateway.<port>``, routing to its backend
-  at ``APP_ADDRESS``. Extensions go on every HTTP filter chain of every listener a
-  gateway has (today: one listener with one chain).
+- A **sidecar** gets one inbound listener per port it serves (``INBOUND_PORT`` and
+  ``INBOUND_PORTS``), ``meshext.inbound.<port>`` on ``INBOUND_ADDRESS``, whose HTTP
+  connection manager routes every request to the cluster ``meshext.app`` (the
+  application at ``APP_ADDRESS``); and one outbound listener per ``OUTBOUND`` entry,
+  ``meshext.outbound.<port>`` on ``127.0.0.1:<port>``, routing to the cluster
+  ``meshext.outbound.<port>`` (the upstream the application calls).
+- A **gateway** gets one listener per port, ``meshext.gateway.<port>``, routing to its
+  backend at ``APP_ADDRESS``.
+
+Each listener carries the extensions whose traffic match selects it
+(:mod:`meshext.mesh.traffic`): a ServiceMeshExtension runs on inbound and gateway
+listeners, a WasmPlugin where its ``match`` says (all listeners by default). NETWORK
+extensions are network filters ahead of the connection manager, in phase order.
 - ``meshext.modules``, the module server's cluster, when any module is fetched remotely.
 
 The HTTP filter chain
@@ -43,6 +49,7 @@ the chain, hence the listener.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -69,10 +76,19 @@ from meshext.envoy.resources import (
     EnvoyResources,
     pack,
 )
-from meshext.envoy.wasm import WASM_FILTER_TYPE_URL, ModuleDelivery, extension_config
+from meshext.api.phase import Phase
+from meshext.envoy.wasm import (
+    NETWORK_WASM_FILTER_TYPE_URL,
+    WASM_FILTER_TYPE_URL,
+    ModuleDelivery,
+    extension_config,
+)
 from meshext.mesh.placement import JWT_AUTHN, RBAC, ROUTER, place_phases
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan
+from meshext.mesh.traffic import Direction, FilterLayer, Side
 from meshext.mesh.workload import ProxyKind
+
+OUTBOUND_ADDRESS: Final = "127.0.0.1"
 
 ExtensionConfigFactory = Callable[[PlannedExtension, DeliveryMode], Any]
 """Makes the ECDS resource of one extension; the default is :func:`extension_config`."""
@@ -125,59 +141,170 @@ def proxy_resources(
         )
     mode = delivery.mode_for(proxy) if plan.applied else delivery.mode
     make_config = extension_configs or (lambda p, m: extension_config(p, m, delivery))
-    configs = {names.extension_config_name(p.key): make_config(p, mode) for p in plan.applied}
-    if proxy.kind is ProxyKind.GATEWAY:
-        listener_name = names.gateway_listener_name(proxy.inbound_port)
-        stat_prefix = names.gateway_stat_prefix(proxy.inbound_port)
-        direction = base_pb2.UNSPECIFIED
-    else:
-        listener_name = names.inbound_listener_name(proxy.inbound_port)
-        stat_prefix = names.inbound_stat_prefix(proxy.inbound_port)
-        direction = base_pb2.INBOUND
-    listener = listener_pb2.Listener(
-        name=listener_name,
-        address=_socket_address(proxy.inbound_address, proxy.inbound_port),
-        traffic_direction=direction,
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                name="http",
-                filters=[
-                    listener_components_pb2.Filter(
-                        name=names.HCM_FILTER,
-                        typed_config=pack(
-                            _connection_manager(listener_name, stat_prefix, plan, config_source)
-                        ),
-                    )
-                ],
-            )
-        ],
-    )
+    specs = listener_specs(proxy)
+    used = {
+        p.key
+        for spec in specs
+        for p in (*network_chain(plan, spec.side), *_by_phase_flat(plan, spec.side))
+    }
+    configs = {
+        names.extension_config_name(p.key): make_config(p, mode)
+        for p in plan.applied
+        if p.key in used
+    }
+    listeners = [_listener(spec, plan, config_source) for spec in specs]
     clusters = [_static_cluster(names.APP_CLUSTER, proxy.app)]
+    clusters.extend(
+        _static_cluster(names.outbound_cluster_name(o.port), o.upstream) for o in proxy.outbound
+    )
     if plan.applied and mode is DeliveryMode.REMOTE and delivery.server is not None:
         clusters.append(_static_cluster(names.MODULES_CLUSTER, delivery.server))
     return EnvoyResources(
-        listeners=(listener,),
+        listeners=tuple(listeners),
         clusters=tuple(sorted(clusters, key=lambda c: str(c.name))),
         extension_configs=dict(sorted(configs.items())),
     )
 
 
-def filter_chain(plan: WorkloadPlan) -> list[str | PlannedExtension]:
-    """The HTTP filter chain of the plan's workload: anchor names and extensions, in order."""
-    return place_phases(MESH_FILTERS, plan.by_phase())
+@dataclass(frozen=True)
+class ListenerSpec:
+    """One listener of a proxy: where it binds, where it forwards, what traffic it carries."""
+
+    name: str
+    stat_prefix: str
+    address: str
+    port: int
+    cluster: str
+    side: Side
+
+    @property
+    def traffic_direction(self) -> Any:
+        return _DIRECTIONS[self.side.direction]
 
 
-def filter_names(plan: WorkloadPlan) -> list[str]:
+_DIRECTIONS: Final = {
+    Direction.INBOUND: base_pb2.INBOUND,
+    Direction.OUTBOUND: base_pb2.OUTBOUND,
+    Direction.GATEWAY: base_pb2.UNSPECIFIED,
+}
+
+
+def listener_specs(proxy: ProxyInfo) -> tuple[ListenerSpec, ...]:
+    """The proxy's listeners: one per inbound (or gateway) port, one per outbound upstream.
+
+    Outbound listeners bind loopback only: they exist for the application beside the proxy.
+    An outbound listener's traffic is matched on the upstream's port (the destination).
+    """
+    if proxy.kind is ProxyKind.GATEWAY:
+        return tuple(
+            ListenerSpec(
+                names.gateway_listener_name(port),
+                names.gateway_stat_prefix(port),
+                proxy.inbound_address,
+                port,
+                names.APP_CLUSTER,
+                Side(Direction.GATEWAY, port),
+            )
+            for port in proxy.inbound_ports
+        )
+    inbound = tuple(
+        ListenerSpec(
+            names.inbound_listener_name(port),
+            names.inbound_stat_prefix(port),
+            proxy.inbound_address,
+            port,
+            names.APP_CLUSTER,
+            Side(Direction.INBOUND, port),
+        )
+        for port in proxy.inbound_ports
+    )
+    outbound = tuple(
+        ListenerSpec(
+            names.outbound_listener_name(o.port),
+            names.outbound_stat_prefix(o.port),
+            OUTBOUND_ADDRESS,
+            o.port,
+            names.outbound_cluster_name(o.port),
+            Side(Direction.OUTBOUND, o.upstream.port),
+        )
+        for o in proxy.outbound
+    )
+    return inbound + outbound
+
+
+def filter_chain(plan: WorkloadPlan, side: Side | None = None) -> list[str | PlannedExtension]:
+    """The HTTP filter chain on ``side`` (every HTTP extension when ``None``): anchor names
+    and extensions, in order."""
+    return place_phases(MESH_FILTERS, _by_phase(plan, side, FilterLayer.HTTP))
+
+
+def network_chain(plan: WorkloadPlan, side: Side | None = None) -> list[PlannedExtension]:
+    """The network (L4) wasm filters on ``side``, in phase order, all before the
+    connection manager."""
+    return [p for p in plan.applied if p.extension.layer is FilterLayer.NETWORK and _on(p, side)]
+
+
+def filter_names(plan: WorkloadPlan, side: Side | None = None) -> list[str]:
     """The HTTP filter chain as Envoy filter names (extensions by their ECDS names)."""
     return [
         item if isinstance(item, str) else names.extension_config_name(item.key)
-        for item in filter_chain(plan)
+        for item in filter_chain(plan, side)
     ]
 
 
-def _http_filters(plan: WorkloadPlan, config_source: ConfigDirectory | None) -> list[Any]:
+def _on(planned: PlannedExtension, side: Side | None) -> bool:
+    return side is None or planned.extension.traffic.selects(side)
+
+
+def _by_phase(
+    plan: WorkloadPlan, side: Side | None, layer: FilterLayer
+) -> dict[Phase, list[PlannedExtension]]:
+    grouped: dict[Phase, list[PlannedExtension]] = {}
+    for planned in plan.applied:
+        if planned.extension.layer is layer and _on(planned, side):
+            grouped.setdefault(planned.phase, []).append(planned)
+    return grouped
+
+
+def _by_phase_flat(plan: WorkloadPlan, side: Side) -> list[PlannedExtension]:
+    return [p for group in _by_phase(plan, side, FilterLayer.HTTP).values() for p in group]
+
+
+def _listener(spec: ListenerSpec, plan: WorkloadPlan, config_source: ConfigDirectory | None) -> Any:
+    network = [
+        listener_components_pb2.Filter(
+            name=names.extension_config_name(p.key),
+            config_discovery=config_source_pb2.ExtensionConfigSource(
+                config_source=_extension_config_source(
+                    names.extension_config_name(p.key), config_source
+                ),
+                type_urls=[NETWORK_WASM_FILTER_TYPE_URL],
+            ),
+        )
+        for p in network_chain(plan, spec.side)
+    ]
+    hcm = _connection_manager(spec.name, spec.stat_prefix, plan, config_source, spec)
+    return listener_pb2.Listener(
+        name=spec.name,
+        address=_socket_address(spec.address, spec.port),
+        traffic_direction=spec.traffic_direction,
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                name="http",
+                filters=[
+                    *network,
+                    listener_components_pb2.Filter(name=names.HCM_FILTER, typed_config=pack(hcm)),
+                ],
+            )
+        ],
+    )
+
+
+def _http_filters(
+    plan: WorkloadPlan, config_source: ConfigDirectory | None, side: Side | None
+) -> list[Any]:
     filters = []
-    for item in filter_chain(plan):
+    for item in filter_chain(plan, side):
         if isinstance(item, str):
             filters.append(hcm_pb2.HttpFilter(name=item, typed_config=pack(_ANCHOR_CONFIGS[item])))
             continue
@@ -214,7 +341,11 @@ def _extension_config_source(name: str, directory: ConfigDirectory | None) -> An
 
 
 def _connection_manager(
-    route_name: str, stat_prefix: str, plan: WorkloadPlan, config_source: ConfigDirectory | None
+    route_name: str,
+    stat_prefix: str,
+    plan: WorkloadPlan,
+    config_source: ConfigDirectory | None,
+    spec: ListenerSpec,
 ) -> Any:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
@@ -229,7 +360,7 @@ def _connection_manager(
                         route_components_pb2.Route(
                             match=route_components_pb2.RouteMatch(prefix="/"),
                             route=route_components_pb2.RouteAction(
-                                cluster=names.APP_CLUSTER,
+                                cluster=spec.cluster,
                                 # The application decides how long a request may take.
                                 timeout=duration_pb2.Duration(seconds=0),
                             ),
@@ -238,7 +369,7 @@ def _connection_manager(
                 )
             ],
         ),
-        http_filters=_http_filters(plan, config_source),
+        http_filters=_http_filters(plan, config_source, spec.side),
     )
 
 

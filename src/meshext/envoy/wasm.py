@@ -19,6 +19,11 @@ The ``envoy.config.core.v3.TypedExtensionConfig`` named
   exactly, which Envoy hands to ``proxy_on_configure`` as raw bytes;
 - ``failure_policy``: from ``Extension.failure_policy`` (fail closed by default, as in
   Maistra).
+
+A NETWORK extension (WasmPlugin ``type: NETWORK``) gets the same ``PluginConfig``
+wrapped in ``envoy.extensions.filters.network.wasm.v3.Wasm`` instead: an L4 filter
+that sees the connection's bytes. ``Extension.host_env`` become the VM's
+``host_env_keys`` (the proxy process's own variables).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Final
 
 from envoy.config.core.v3 import backoff_pb2, base_pb2, extension_pb2, http_uri_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as wasm_filter_pb2
+from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -38,10 +44,14 @@ from meshext.envoy.resources import pack
 from meshext.mesh.extension import FailurePolicy
 from meshext.mesh.planner import PlannedExtension
 from meshext.mesh.resolution import ResolvedModule
+from meshext.mesh.traffic import FilterLayer
 from meshext.server.modules import module_url
 
 V8_RUNTIME: Final = "envoy.wasm.runtime.v8"
 WASM_FILTER_TYPE_URL: Final = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+NETWORK_WASM_FILTER_TYPE_URL: Final = (
+    "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm"
+)
 
 _FAILURE_POLICIES: Final = {
     FailurePolicy.FAIL_CLOSED: wasm_pb2.FAIL_CLOSED,
@@ -113,16 +123,18 @@ def code_source(
 
 
 def wasm_filter(planned: PlannedExtension, code: base_pb2.AsyncDataSource) -> Any:
-    """The ``envoy.extensions.filters.http.wasm.v3.Wasm`` filter of one extension."""
+    """The wasm filter of one extension: HTTP, or network for a NETWORK extension."""
     ext = planned.extension
     module = _module(planned)
     vm_config = wasm_pb2.VmConfig(
-        vm_id=names.vm_id(module.sha256, ext.env),
+        vm_id=names.vm_id(module.sha256, ext.env, ext.host_env),
         runtime=V8_RUNTIME,
         code=code,
     )
     if ext.env:
         vm_config.environment_variables.key_values.update(dict(sorted(ext.env.items())))
+    if ext.host_env:
+        vm_config.environment_variables.host_env_keys.extend(ext.host_env)
     plugin = wasm_pb2.PluginConfig(
         name=ext.name,
         root_id=ext.root_id or "",
@@ -130,6 +142,8 @@ def wasm_filter(planned: PlannedExtension, code: base_pb2.AsyncDataSource) -> An
         configuration=pack(wrappers_pb2.StringValue(value=ext.config)),
         failure_policy=_FAILURE_POLICIES[ext.failure_policy],
     )
+    if ext.layer is FilterLayer.NETWORK:
+        return network_wasm_pb2.Wasm(config=plugin)
     return wasm_filter_pb2.Wasm(config=plugin)
 
 

@@ -6,7 +6,9 @@ Three forms are accepted:
   with Docker's defaults (``docker.io``, ``library/`` for single-component names).
   Maistra requires a tag or a digest: a bare repository is an error;
 * ``oci-layout:<dir>[:tag|@digest]``, an OCI image layout folder on this host;
-* ``file:<path>``, a plain ``.wasm`` module on this host.
+* ``file:<path>``, a plain ``.wasm`` module on this host;
+* ``http://`` or ``https://`` URL of a plain ``.wasm`` module (WasmPlugin only), which
+  meshext downloads, verifies and caches itself.
 
 Relative local paths are resolved against a base folder (the folder of the manifest
 that named them) by :meth:`ImageReference.with_base`.
@@ -15,6 +17,7 @@ that named them) by :meth:`ImageReference.with_base`.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +42,7 @@ class ReferenceKind(StrEnum):
     REGISTRY = "registry"
     OCI_LAYOUT = "oci-layout"
     FILE = "file"
+    HTTP = "http"
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class ImageReference:
 
     @property
     def is_local(self) -> bool:
-        return self.kind is not ReferenceKind.REGISTRY
+        return self.kind in (ReferenceKind.FILE, ReferenceKind.OCI_LAYOUT)
 
     @property
     def is_latest(self) -> bool:
@@ -78,6 +82,8 @@ class ImageReference:
         return replace(self, path=str((base / self.path).resolve()))
 
     def __str__(self) -> str:
+        if self.kind is ReferenceKind.HTTP:
+            return self.path
         if self.kind is ReferenceKind.FILE:
             return f"file:{self.path}"
         if self.kind is ReferenceKind.OCI_LAYOUT:
@@ -102,7 +108,33 @@ def parse_image_reference(text: str) -> ImageReference:
         return ImageReference(kind=ReferenceKind.FILE, path=path)
     if text.startswith("oci-layout:"):
         return _parse_layout(text.removeprefix("oci-layout:").removeprefix("//"))
+    if text.startswith(("http://", "https://")):
+        return ImageReference(kind=ReferenceKind.HTTP, path=parse_module_url(text))
     return _parse_registry(text)
+
+
+def parse_module_url(text: str) -> str:
+    """An ``http(s)://`` module URL, checked; raises :class:`ImageReferenceError`.
+
+    User names and passwords in the URL are refused: they would show in status,
+    logs and rendered resources.
+    """
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ImageReferenceError(f"{text!r} is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImageReferenceError(f"{text!r} is not an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ImageReferenceError(
+            f"{parts.scheme}://{parts.hostname}: credentials in a module URL are refused"
+        )
+    if port == 0:
+        raise ImageReferenceError(f"{text!r}: port 0 is not a port")
+    if any(c.isspace() for c in text):
+        raise ImageReferenceError(f"{text!r} contains white space")
+    return text
 
 
 def _parse_layout(rest: str) -> ImageReference:

@@ -12,7 +12,10 @@ STATS              PreStats         after authz, before the stats filter
 (unspecified)      PostStats        Istio puts them last, before the router
 =================  ===============  ============================================
 
-A WasmPlugin without ``priority`` gets 0, as in Istio.
+A WasmPlugin without ``priority`` gets 0, as in Istio. Its ``match`` becomes a
+:class:`~meshext.mesh.traffic.TrafficMatch`, its ``type`` the filter layer and its
+``targetRefs`` :class:`Target` s; a ServiceMeshExtension keeps Maistra's traffic
+(inbound and gateways) on the HTTP layer.
 """
 
 from __future__ import annotations
@@ -25,7 +28,22 @@ from enum import StrEnum
 from meshext.api.extension import ServiceMeshExtension
 from meshext.api.meta import ResourceKey
 from meshext.api.phase import Phase
-from meshext.api.wasmplugin import FailStrategy, PluginPhase, WasmPlugin, image_url_to_reference
+from meshext.api.wasmplugin import (
+    FailStrategy,
+    PluginPhase,
+    PluginType,
+    TrafficSelector,
+    WasmPlugin,
+    WorkloadMode,
+    image_url_to_reference,
+)
+from meshext.mesh import traffic
+from meshext.mesh.traffic import FilterLayer, TrafficMatch
+
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""The label a Gateway API gateway's proxies carry, naming their Gateway."""
+GATEWAY_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
+"""The label naming the GatewayClass of a gateway's proxies."""
 
 PLUGIN_PHASES: Mapping[PluginPhase, Phase] = {
     PluginPhase.AUTHN: Phase.PRE_AUTHN,
@@ -52,6 +70,17 @@ class PullSettings:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A resource a WasmPlugin attaches to (``targetRefs``), by kind and name."""
+
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
 class Extension:
     """An extension as the planner sees it, whatever API declared it.
 
@@ -71,6 +100,12 @@ class Extension:
     expected_sha256: str | None = None
     root_id: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    host_env: tuple[str, ...] = ()
+    """Environment variables of the proxy's own process the VM may read (``valueFrom: HOST``)."""
+    traffic: TrafficMatch = traffic.MAISTRA_TRAFFIC
+    layer: FilterLayer = FilterLayer.HTTP
+    targets: tuple[Target, ...] = ()
+    """When not empty, the extension applies only to proxies of these resources."""
 
     @property
     def namespace(self) -> str:
@@ -112,11 +147,9 @@ def from_wasm_plugin(plugin: WasmPlugin) -> Extension:
         FailStrategy.FAIL_OPEN: FailurePolicy.FAIL_OPEN,
         FailStrategy.FAIL_RELOAD: FailurePolicy.FAIL_RELOAD,
     }[spec.fail_strategy]
-    env = (
-        {e.name: e.value for e in spec.vm_config.env if e.value_from == "INLINE"}
-        if spec.vm_config
-        else {}
-    )
+    env_vars = spec.vm_config.env if spec.vm_config else ()
+    env = {e.name: e.value for e in env_vars if e.value_from == "INLINE"}
+    host_env = tuple(sorted(e.name for e in env_vars if e.value_from == "HOST"))
     return Extension(
         key=plugin.key,
         generation=plugin.metadata.generation,
@@ -133,6 +166,30 @@ def from_wasm_plugin(plugin: WasmPlugin) -> Extension:
         expected_sha256=spec.sha256,
         root_id=spec.plugin_name,
         env=env,
+        host_env=host_env,
+        traffic=traffic_match(spec.match),
+        layer=FilterLayer.NETWORK if spec.plugin_type is PluginType.NETWORK else FilterLayer.HTTP,
+        targets=tuple(Target(t.kind, t.name) for t in spec.targets),
+    )
+
+
+_MODES = {
+    WorkloadMode.UNDEFINED: traffic.CLIENT_AND_SERVER,
+    WorkloadMode.CLIENT_AND_SERVER: traffic.CLIENT_AND_SERVER,
+    WorkloadMode.CLIENT: traffic.CLIENT,
+    WorkloadMode.SERVER: traffic.SERVER,
+}
+
+
+def traffic_match(selectors: tuple[TrafficSelector, ...]) -> TrafficMatch:
+    """A WasmPlugin's ``match``: no selectors means all traffic, as in Istio."""
+    if not selectors:
+        return traffic.ALL_TRAFFIC
+    return TrafficMatch(
+        tuple(
+            traffic.TrafficSelector(_MODES[s.mode], frozenset(p.number for p in s.ports))
+            for s in selectors
+        )
     )
 
 

@@ -14,6 +14,7 @@ from enum import StrEnum
 from meshext.api.meta import ResourceKey
 from meshext.api.phase import Phase
 from meshext.mesh.extension import Extension
+from meshext.mesh.targets import target_mismatch
 from meshext.mesh.resolution import Resolution, ResolutionState, ResolvedModule
 from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
@@ -29,6 +30,7 @@ class SkipReason(StrEnum):
     EXTENSIONS_DISABLED = "ExtensionsDisabled"
     OTHER_NAMESPACE = "OtherNamespace"
     SELECTOR_MISMATCH = "SelectorMismatch"
+    TARGET_MISMATCH = "TargetMismatch"
     NOT_READY = "NotReady"
     NO_PHASE = "NoPhase"
 
@@ -149,6 +151,10 @@ def _decide(
     if not workload.matches(ext.selector):
         wanted = ",".join(f"{k}={v}" for k, v in sorted(ext.selector.items()))
         return skip(SkipReason.SELECTOR_MISMATCH, f"workload labels do not include {wanted}")
+    if ext.targets:
+        mismatch = target_mismatch(ext, workload, mesh.namespace)
+        if mismatch is not None:
+            return skip(SkipReason.TARGET_MISMATCH, mismatch)
     module: ResolvedModule | None = None
     if resolution is not None and resolution.state is ResolutionState.READY:
         module = resolution.module
