@@ -65,6 +65,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import duration_pb2
 
+from meshext.api.phase import Phase
 from meshext.envoy import names
 from meshext.envoy.errors import GenerationError
 from meshext.envoy.files import ConfigDirectory
@@ -76,7 +77,6 @@ from meshext.envoy.resources import (
     EnvoyResources,
     pack,
 )
-from meshext.api.phase import Phase
 from meshext.envoy.wasm import (
     NETWORK_WASM_FILTER_TYPE_URL,
     WASM_FILTER_TYPE_URL,
