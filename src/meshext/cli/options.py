@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from meshext.images.auth import DockerConfig
 from meshext.images.config import RegistryConfig
+from meshext.images.http_module import HttpModulePolicy
 from meshext.images.secrets import load_docker_config
 
 
@@ -31,3 +33,9 @@ def registry_options(
     return RegistryConfig(
         insecure_registries=frozenset(insecure_registry), ca_file=ca_file, credentials=credentials
     )
+
+
+def with_http_module_policy(config: RegistryConfig, *, allow_unpinned: bool) -> RegistryConfig:
+    """``config`` with the operator's policy for WasmPlugin http(s) module URLs."""
+    policy = dataclasses.replace(HttpModulePolicy(), require_sha256=not allow_unpinned)
+    return dataclasses.replace(config, http_modules=policy)

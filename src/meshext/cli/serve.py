@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import yaml
 
-from meshext.cli.options import parse_labels, registry_options
+from meshext.cli.options import parse_labels, registry_options, with_http_module_policy
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
 from meshext.mesh.workload import ProxyKind
@@ -48,6 +48,11 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option(
+    "--allow-unpinned-http-modules",
+    is_flag=True,
+    help="Accept WasmPlugin http(s) module URLs without spec.sha256 (trust the server).",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def serve(
     config: Path | None,
@@ -61,6 +66,7 @@ def serve(
     insecure_registry: tuple[str, ...],
     ca_file: Path | None,
     registry_config: Path | None,
+    allow_unpinned_http_modules: bool,
     log_level: str,
 ) -> None:
     """Serve the extensions declared under --config (or in the cluster of --kubeconfig)
@@ -78,7 +84,10 @@ def serve(
         cache_dir=cache_dir or default_cache_dir(),
         cache_max_bytes=cache_max_bytes,
         module_delivery=DeliveryMode(module_delivery),
-        registry=registry_options(insecure_registry, ca_file, registry_config),
+        registry=with_http_module_policy(
+            registry_options(insecure_registry, ca_file, registry_config),
+            allow_unpinned=allow_unpinned_http_modules,
+        ),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(options, kubeconfig))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshext.images.auth import DockerConfig
+from meshext.images.http_module import HttpModulePolicy
 from meshext.images.reference import registry_api_host
 
 MiB = 1024 * 1024
@@ -71,6 +72,8 @@ class RegistryConfig:
     chunk_size: int = 8 * MiB
     """Blobs larger than this are pushed in chunks of this size."""
     user_agent: str = "meshext"
+    http_modules: HttpModulePolicy = field(default_factory=HttpModulePolicy)
+    """What ``http(s)://`` module URLs (WasmPlugin) may do."""
 
     def allows_plain_http(self, netloc: str) -> bool:
         """True if ``netloc`` (``host[:port]``) was listed as an insecure registry."""

@@ -56,6 +56,21 @@ class Puller:
             self._cache.grant(top.digest, identity)
         return record
 
+    async def commit_download(self, path: Path, sha256: str, url: str) -> ImageRecord:
+        """A module downloaded (and its sha256 verified) into a work folder: checked, cached."""
+        digest = f"sha256:{sha256}"
+        cached = self._cache.image(digest)
+        if cached is not None:
+            return cached
+        return await self._commit(
+            path,
+            what=f"the module at {url}",
+            digest=digest,
+            image_digest=None,
+            image_format=ImageFormat.HTTP_MODULE,
+            manifest_yaml=None,
+        )
+
     async def load_file(self, path: Path) -> ImageRecord:
         """A plain ``.wasm`` file: copied, checked and cached under its own hash."""
         with self._cache.work_folder() as work:

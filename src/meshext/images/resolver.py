@@ -4,6 +4,9 @@
 Per reference kind:
 
 * ``file:PATH`` - the file is read, checked and cached under its hash each resolve;
+* ``http(s)://`` (WasmPlugin) - downloaded by :mod:`meshext.images.http_module`; with a
+  sha256 a cached module answers without a request, without one (when the operator
+  allows it) the last download of the URL answers unless the policy is ``Always``;
 * ``oci-layout:DIR[:tag|@digest]`` - ``index.json`` is read each resolve (it is local
   and cheap); an image digest already in the cache is not read again;
 * a registry image - by pull policy:
@@ -49,6 +52,7 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
+from meshext.images.http_module import fetch_module
 from meshext.images.pull import Puller
 from meshext.images.reference import (
     ImageReference,
@@ -157,6 +161,8 @@ class ImageResolver:
             record = await self._puller.load_file(Path(reference.path))
         elif reference.kind is ReferenceKind.OCI_LAYOUT:
             record = await self._from_layout(reference, progress)
+        elif reference.kind is ReferenceKind.HTTP:
+            record = await self._from_url(reference.path, request)
         else:
             access = await self._access(request, reference)
             always = request.policy == ALWAYS or (not request.policy and reference.is_latest)
@@ -194,6 +200,54 @@ class ImageResolver:
         return self.cache.image(top.digest) or await self._puller.pull(
             source, top, _LOCAL_IDENTITY, progress
         )
+
+    async def _from_url(self, url: str, request: PullRequest) -> ImageRecord:
+        expected = request.expected_sha256
+        if expected:
+            cached = self.cache.image(f"sha256:{expected}")
+            if cached is not None:
+                return cached
+        elif request.policy != ALWAYS:
+            digest = self.cache.tag(f"url:{url}")
+            cached = self.cache.image(digest) if digest else None
+            if cached is not None:
+                return cached
+
+        async def fetch() -> ImageRecord:
+            with self.cache.work_folder() as work:
+                path = work / "download.wasm"
+                async with httpx.AsyncClient(
+                    verify=self._config.ssl_context(),
+                    timeout=self._config.timeout,
+                    transport=self._transport,
+                    headers={"User-Agent": self._config.user_agent},
+                ) as client:
+                    sha256 = await fetch_module(
+                        url,
+                        path,
+                        expected_sha256=expected,
+                        max_bytes=self._config.limits.module,
+                        policy=self._config.http_modules,
+                        client=client,
+                    )
+                record = await self._puller.commit_download(path, sha256, url)
+            self.cache.store_tag(f"url:{url}", record.digest)
+            return record
+
+        return await self._with_url_retries(url, fetch)
+
+    async def _with_url_retries(
+        self, url: str, operation: Callable[[], Awaitable[ImageRecord]]
+    ) -> ImageRecord:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await operation()
+            except ImageError as exc:
+                if not exc.retryable or attempt >= self._retries.attempts:
+                    raise
+                await asyncio.sleep(self._retries.delay(attempt))
 
     async def _from_registry(
         self,

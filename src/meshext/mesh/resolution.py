@@ -24,6 +24,8 @@ class ImageFormat(StrEnum):
     WASM_ARTIFACT = "wasm-artifact"
     CNCF_ARTIFACT = "cncf-wasm-artifact"
     LOCAL_FILE = "local-file"
+    HTTP_MODULE = "http-module"
+    """A plain ``.wasm`` downloaded from an ``http(s)://`` URL."""
 
 
 @dataclass(frozen=True)
