@@ -128,5 +128,7 @@ int example_configure(const char *config, size_t size, void **state);
 void example_free(void *state);
 /* Handles a request's headers; returns ACTION_CONTINUE or ACTION_PAUSE. */
 int32_t example_request_headers(void *state, uint32_t context_id);
+/* The configured state of the plugin a stream or connection belongs to, or NULL. */
+void *example_state_of(uint32_t context_id);
 
 #endif

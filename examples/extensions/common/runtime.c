@@ -154,6 +154,11 @@ int32_t proxy_on_request_headers(uint32_t context_id, uint32_t headers, uint32_t
   return action;
 }
 
+void *example_state_of(uint32_t context_id) {
+  stream_context_t *stream = *stream_slot(context_id);
+  return stream != NULL && stream->root != NULL ? stream->root->state : NULL;
+}
+
 EXPORT(proxy_on_done)
 int32_t proxy_on_done(uint32_t context_id) {
   (void)context_id;
