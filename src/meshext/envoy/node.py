@@ -194,7 +194,7 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
     if ports and ports[0] != inbound_port:
         raise read.fail(INBOUND_PORTS, f"must start with INBOUND_PORT {inbound_port}")
     outbound = read.outbound(OUTBOUND)
-    clash = set(ports) & {o.port for o in outbound}
+    clash = {inbound_port, *ports} & {o.port for o in outbound}
     if clash:
         raise read.fail(OUTBOUND, f"port {min(clash)} is also an inbound port")
     return ProxyInfo(
