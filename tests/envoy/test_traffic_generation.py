@@ -105,10 +105,12 @@ def test_client_extensions_run_outbound_server_extensions_inbound_and_smes_inbou
     )
     inbound = result["meshext.inbound.15006"]
     outbound = result["meshext.outbound.15001"]
-    assert f"http:{ecds('server')}" in inbound and f"http:{ecds('both')}" in inbound
+    assert f"http:{ecds('server')}" in inbound
+    assert f"http:{ecds('both')}" in inbound
     assert f"http:{ecds('client')}" not in inbound
     assert "http:meshext.servicemeshextension.apps.maistra" in inbound
-    assert f"http:{ecds('client')}" in outbound and f"http:{ecds('both')}" in outbound
+    assert f"http:{ecds('client')}" in outbound
+    assert f"http:{ecds('both')}" in outbound
     assert f"http:{ecds('server')}" not in outbound
     assert "http:meshext.servicemeshextension.apps.maistra" not in outbound
 
@@ -237,7 +239,7 @@ def test_bootstrap_writes_extra_ports_and_outbound_listeners_and_refuses_them_on
     assert metadata["OUTBOUND"] == "15001=10.1.2.3:9080"
     with pytest.raises(BootstrapError, match="outbound: a gateway"):
         sidecar_bootstrap(**common, kind=ProxyKind.GATEWAY, outbound=("15001=10.1.2.3:9080",))
-    with pytest.raises(BootstrapError, match="outbound: .*not PORT=HOST:PORT"):
+    with pytest.raises(BootstrapError, match=r"outbound: .*not PORT=HOST:PORT"):
         sidecar_bootstrap(**common, outbound=("10.1.2.3:9080",))
     with pytest.raises(BootstrapError, match="already in use"):
         sidecar_bootstrap(**common, outbound=("8080=10.1.2.3:9080",))
