@@ -156,6 +156,8 @@ class EnvoyProxy:
             kind=self.proxy.kind,
             node_id=self.proxy.node_id,
             module_delivery=self.proxy.module_delivery or DeliveryMode.LOCAL,
+            extra_ports=self.proxy.extra_inbound_ports,
+            outbound=[str(o) for o in self.proxy.outbound],
         )
 
     def write(self, resources: EnvoyResources) -> None:
