@@ -15,7 +15,8 @@ from rich.table import Table
 from meshext.api.meta import ResourceKey
 from meshext.cli.console import make_console
 from meshext.cli.options import parse_labels, registry_options
-from meshext.envoy.sidecar import filter_chain
+from meshext.envoy import names
+from meshext.envoy.sidecar import filter_chain, filter_names, network_chain
 from meshext.images.cache import ModuleCache
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
@@ -23,6 +24,7 @@ from meshext.mesh.extension import Extension
 from meshext.mesh.model import build_model
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
 from meshext.mesh.resolution import Resolution
+from meshext.mesh.traffic import Direction, Side
 from meshext.mesh.workload import ProxyKind, Workload
 from meshext.server.app import default_cache_dir
 from meshext.sources.folder import load_folder
@@ -49,6 +51,16 @@ def validate(folder: Path) -> None:
 @click.option("--namespace", "-n", required=True, help="Namespace of the workload.")
 @click.option("--labels", "-l", default="", help="Workload labels, k=v,k2=v2.")
 @click.option("--gateway", is_flag=True, help="The workload is a gateway, not a sidecar.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Explain the listener of this port (inbound, gateway, or with --outbound the "
+    "destination port); default: any port.",
+)
+@click.option(
+    "--outbound", is_flag=True, help="Explain the sidecar's outbound side (what the app sends)."
+)
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
 @click.option(
     "--offline",
@@ -64,6 +76,8 @@ def describe(
     namespace: str,
     labels: str,
     gateway: bool,
+    port: int | None,
+    outbound: bool,
     output: str,
     offline: bool,
     cache_dir: Path | None,
@@ -74,6 +88,12 @@ def describe(
     """Explain which extensions from FOLDER run on a workload, in what order, and why
     the others do not. Images are resolved (pulled into the module cache) unless
     --offline, so defaults from their manifest.yaml count and broken images show."""
+    if outbound and gateway:
+        raise click.UsageError("a gateway has no outbound side; drop --outbound or --gateway")
+    side = Side(
+        Direction.GATEWAY if gateway else Direction.OUTBOUND if outbound else Direction.INBOUND,
+        port,
+    )
     result = load_folder(folder)
     model = build_model(r.resource for r in result.resources)
     workload = Workload(
@@ -94,9 +114,9 @@ def describe(
     for error in [*result.errors, *model.errors]:
         err.print(f"[yellow]warning[/yellow]: {error}")
     if output == "json":
-        click.echo(json.dumps(plan_to_json(plan), indent=2))
+        click.echo(json.dumps(plan_to_json(plan, side), indent=2))
         return
-    _print_plan(plan)
+    _print_plan(plan, side)
 
 
 async def _resolve_all(
@@ -106,14 +126,15 @@ async def _resolve_all(
     return {e.key: r for e, r in zip(extensions, results, strict=True)}
 
 
-def plan_to_json(plan: WorkloadPlan) -> dict[str, Any]:
-    return {
+def plan_to_json(plan: WorkloadPlan, side: Side | None = None) -> dict[str, Any]:
+    """The plan as JSON; with ``side``, which extensions run on that listener, and its chains."""
+    document: dict[str, Any] = {
         "workload": {
             "namespace": plan.workload.namespace,
             "labels": dict(plan.workload.labels),
             "kind": plan.workload.kind.value,
         },
-        "extensions": [_applied_json(p, i) for i, p in enumerate(plan.applied, start=1)],
+        "extensions": [_applied_json(p, i, side) for i, p in enumerate(plan.applied, start=1)],
         "skipped": [
             {
                 "kind": s.key.kind,
@@ -125,10 +146,28 @@ def plan_to_json(plan: WorkloadPlan) -> dict[str, Any]:
             for s in plan.skipped
         ],
     }
+    if side is not None:
+        document["listener"] = {"direction": side.direction.value, "port": side.port}
+        document["networkFilters"] = [
+            names.extension_config_name(p.key) for p in network_chain(plan, side)
+        ]
+        document["httpFilters"] = filter_names(plan, side)
+    return document
 
 
-def _applied_json(planned: PlannedExtension, order: int) -> dict[str, Any]:
+def _applied_json(planned: PlannedExtension, order: int, side: Side | None) -> dict[str, Any]:
     module = planned.module
+    ext = planned.extension
+    extra: dict[str, Any] = {
+        "type": ext.layer.value,
+        "match": [
+            {"directions": sorted(d.value for d in s.directions), "ports": sorted(s.ports)}
+            for s in ext.traffic.selectors
+        ],
+        "targets": [{"kind": t.kind, "name": t.name} for t in ext.targets],
+    }
+    if side is not None:
+        extra["onListener"] = ext.traffic.selects(side)
     return {
         "order": order,
         "kind": planned.key.kind,
@@ -139,10 +178,11 @@ def _applied_json(planned: PlannedExtension, order: int) -> dict[str, Any]:
         "image": planned.extension.image,
         "sha256": module.sha256 if module else None,
         "imageDigest": module.image_digest if module else None,
+        **extra,
     }
 
 
-def _print_plan(plan: WorkloadPlan) -> None:
+def _print_plan(plan: WorkloadPlan, side: Side) -> None:
     console = make_console()
     w = plan.workload
     labels = ",".join(f"{k}={v}" for k, v in sorted(w.labels.items())) or "(none)"
@@ -150,14 +190,31 @@ def _print_plan(plan: WorkloadPlan) -> None:
         f"[bold]{w.kind.value}[/bold] in namespace [bold]{w.namespace}[/bold], labels {labels}"
     )
     table = Table(title="Extensions, in execution order", title_justify="left")
-    for column in ("#", "phase", "priority", "extension", "image"):
+    for column in ("#", "phase", "priority", "extension", "type", "traffic", f"on {side}", "image"):
         table.add_column(column)
     for i, p in enumerate(plan.applied, start=1):
-        table.add_row(str(i), p.phase.value, str(p.priority), str(p.key), p.extension.image)
+        ext = p.extension
+        table.add_row(
+            str(i),
+            p.phase.value,
+            str(p.priority),
+            str(p.key),
+            ext.layer.value,
+            ext.traffic.describe(),
+            "yes" if ext.traffic.selects(side) else "no",
+            ext.image,
+        )
     console.print(table)
-    chain = filter_chain(plan)
+    network = network_chain(plan, side)
+    if network:
+        shown = [f"[cyan]{p.key.name}[/cyan]" for p in network]
+        console.print(
+            f"Network filters ({side}): " + " → ".join([*shown, names.HCM_FILTER]),
+            highlight=False,
+        )
+    chain = filter_chain(plan, side)
     rendered = [c if isinstance(c, str) else f"[cyan]{c.key.name}[/cyan]" for c in chain]
-    console.print("HTTP filter chain: " + " → ".join(rendered))
+    console.print(f"HTTP filter chain ({side}): " + " → ".join(rendered), highlight=False)
     if plan.skipped:
         skipped = Table(title="Not applied", title_justify="left")
         for column in ("extension", "reason", "detail"):

@@ -46,13 +46,18 @@ MAISTRA: frozenset[Direction] = frozenset({Direction.INBOUND, Direction.GATEWAY}
 
 @dataclass(frozen=True)
 class Side:
-    """One listener of a proxy: its direction and the port traffic is matched on."""
+    """One listener of a proxy: its direction and the port traffic is matched on.
+
+    ``port`` ``None`` stands for any port of that direction (to explain a workload
+    without naming a port): port restrictions are then not applied.
+    """
 
     direction: Direction
-    port: int
+    port: int | None
 
     def __str__(self) -> str:
-        return f"{self.direction.value} port {self.port}"
+        port = "any port" if self.port is None else f"port {self.port}"
+        return f"{self.direction.value} {port}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,9 @@ class TrafficSelector:
     ports: frozenset[int] = frozenset()
 
     def selects(self, side: Side) -> bool:
-        return side.direction in self.directions and (not self.ports or side.port in self.ports)
+        if side.direction not in self.directions:
+            return False
+        return not self.ports or side.port is None or side.port in self.ports
 
 
 @dataclass(frozen=True)
