@@ -130,6 +130,7 @@ class Mesh:
         delta: bool = False,
         delivery: DeliveryMode | None = None,
         kind: ProxyKind = ProxyKind.SIDECAR,
+        outbound: tuple[str, ...] = (),
     ) -> Sidecar:
         app = await start_echo_app()
         port = free_port()
@@ -143,6 +144,7 @@ class Mesh:
             admin_port=free_port(),
             kind=kind,
             module_delivery=delivery,
+            outbound=outbound,
         )
         envoy = EnvoyProcess(bootstrap, self.workdir, name=f"{name}.{namespace}.{port}")
         sidecar = Sidecar(envoy, app, port, bootstrap["node"]["id"])
