@@ -139,3 +139,16 @@ async def test_a_plugin_targeting_a_gateway_runs_on_that_gateways_proxies_only(
     )
     assert on_edge == ["x-edge-only", "x-everywhere"]
     assert on_other == on_sidecar == ["x-everywhere"]
+
+
+async def test_a_client_plugin_on_a_sidecar_without_outbound_listeners_stays_off_harmlessly(
+    mesh: Mesh,
+) -> None:
+    mesh.write("plugins.yaml", tag("client", match=[{"mode": "CLIENT"}]), tag("both"))
+    sidecar = await mesh.sidecar("web", "bookinfo", WEB)
+    received = await mesh.until(
+        lambda: headers_at(sidecar.url + "/"), lambda h: h == ["x-both"], "the plugin for all"
+    )
+    await mesh.until_running("both")
+    assert received == ["x-both"]
+    assert mesh.report("client").proxies == ()

@@ -400,15 +400,16 @@ class ControlPlane:
         versions: dict[ResourceKey, tuple[str, str]] = {}
         for planned in plan.applied:
             name = names.extension_config_name(planned.key)
-            version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name) or ""
-            versions[planned.key] = (name, version)
+            version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name)
+            if version is not None:  # None: its traffic match selects none of the listeners
+                versions[planned.key] = (name, version)
         if not self._tracker.rejects(proxy.node_id):
             return _Generated(resources, snapshot, versions, {})
         left_out: dict[ResourceKey, str] = {}
         keep: list[PlannedExtension] = []
         replacements: dict[str, Any] = {}
         for planned in plan.applied:
-            name, version = versions[planned.key]
+            name, version = versions.get(planned.key, ("", ""))
             if not self._tracker.is_rejected(proxy.node_id, name, version):
                 keep.append(planned)
                 continue
