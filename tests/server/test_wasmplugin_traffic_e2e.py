@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -9,13 +11,17 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
+from meshext.images.config import RegistryConfig
+from meshext.images.http_module import HttpModulePolicy
 from meshext.mesh.extension import GATEWAY_NAME_LABEL
 from meshext.mesh.workload import ProxyKind
 from meshext.quickstart.echo import start_echo_app
+from meshext.server.modules import start_module_server
 from tests.envoy.support import build_examples
 from tests.network import free_port
-from tests.server.mesh import Mesh, running_mesh
+from tests.server.mesh import Mesh, running_mesh, serve_options
 
 pytestmark = pytest.mark.e2e
 
@@ -24,17 +30,25 @@ PLUGIN_HEADERS = frozenset({"x-client", "x-server", "x-both", "x-edge-only", "x-
 
 
 def wasm_plugin(name: str, module: str, config: Mapping[str, Any], **spec: Any) -> str:
+    body = {"url": f"file://{build_examples() / (module + '.wasm')}", "pluginConfig": dict(config)}
     document = {
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": {"name": name, "namespace": "bookinfo"},
-        "spec": {
-            "url": f"file://{build_examples() / (module + '.wasm')}",
-            "pluginConfig": dict(config),
-            **spec,
-        },
+        "spec": {**body, **spec},
     }
     return json.dumps(document)
+
+
+def static_module_app(module: bytes) -> web.Application:
+    """A plain web server holding one module, as a user's HTTP(S) module host would."""
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=module, content_type="application/wasm")
+
+    app = web.Application()
+    app.router.add_get("/header-append.wasm", serve)
+    return app
 
 
 def tag(name: str, **spec: Any) -> str:
@@ -152,3 +166,49 @@ async def test_a_client_plugin_on_a_sidecar_without_outbound_listeners_stays_off
     await mesh.until_running("both")
     assert received == ["x-both"]
     assert mesh.report("client").proxies == ()
+
+
+async def test_an_http_module_runs_when_its_sha256_matches_and_is_refused_clearly_when_not(
+    tmp_path: Path,
+) -> None:
+    module = (build_examples() / "header-append.wasm").read_bytes()
+    sha = hashlib.sha256(module).hexdigest()
+    server = await start_module_server(static_module_app(module), "127.0.0.1", 0)
+    url = f"{server.base_url}/header-append.wasm"
+    options = dataclasses.replace(
+        serve_options(tmp_path),
+        registry=RegistryConfig(http_modules=HttpModulePolicy(allow_loopback=True)),
+    )
+    try:
+        async with running_mesh(tmp_path, options) as mesh:
+            mesh.control_plane()
+            mesh.write(
+                "plugins.yaml",
+                wasm_plugin(
+                    "pinned",
+                    "header-append",
+                    {"name": "x-both", "value": "on"},
+                    url=url,
+                    sha256=sha,
+                ),
+                wasm_plugin(
+                    "wrong",
+                    "header-append",
+                    {"name": "x-client", "value": "on"},
+                    url=url,
+                    sha256="0" * 64,
+                ),
+            )
+            sidecar = await mesh.sidecar("web", "bookinfo", WEB)
+            received = await mesh.until(
+                lambda: headers_at(sidecar.url + "/"),
+                lambda h: h == ["x-both"],
+                "the pinned module",
+            )
+            wrong = mesh.report("wrong").status.deployment
+    finally:
+        await server.stop()
+    assert received == ["x-both"]
+    assert not wrong.ready
+    assert wrong.message is not None
+    assert f"the module's sha256 is {sha}, spec.sha256 says {'0' * 64}; refused" in wrong.message
