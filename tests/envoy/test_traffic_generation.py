@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -22,6 +24,7 @@ from meshext.mesh import traffic
 from meshext.mesh.planner import PlannedExtension
 from meshext.mesh.traffic import FilterLayer, TrafficMatch, TrafficSelector
 from meshext.mesh.workload import ProxyKind
+from tests.core.test_cli import meshext
 from tests.envoy.support import plan, planned, proxy, workload
 
 DELIVERY = ModuleDelivery()
@@ -243,3 +246,59 @@ def test_bootstrap_writes_extra_ports_and_outbound_listeners_and_refuses_them_on
         sidecar_bootstrap(**common, outbound=("10.1.2.3:9080",))
     with pytest.raises(BootstrapError, match="already in use"):
         sidecar_bootstrap(**common, outbound=("8080=10.1.2.3:9080",))
+
+
+def test_host_env_vars_become_host_env_keys_and_get_a_vm_of_their_own() -> None:
+    info = proxy()
+    plain = plugin("plain")
+    with_host = plugin("with-host")
+    with_host = dataclasses.replace(
+        with_host,
+        module=plain.module,
+        extension=dataclasses.replace(with_host.extension, host_env=("POD_NAME",)),
+    )
+    resources = proxy_resources(info, plan([plain, with_host], info.workload), DELIVERY)
+    configs = {}
+    for name in (ecds("plain"), ecds("with-host")):
+        wasm = http_wasm_pb2.Wasm()
+        assert resources.extension_configs[name].typed_config.Unpack(wasm)
+        configs[name] = wasm.config.vm_config
+    host_vm = configs[ecds("with-host")]
+    assert list(host_vm.environment_variables.host_env_keys) == ["POD_NAME"]
+    assert host_vm.vm_id != configs[ecds("plain")].vm_id
+
+
+def test_extra_listen_ports_share_the_first_ones_address() -> None:
+    common: dict[str, Any] = {
+        "name": "web",
+        "namespace": "apps",
+        "labels": {},
+        "listen": "127.0.0.1:8080",
+        "app": "127.0.0.1:80",
+        "xds": AdsServer(HostPort("127.0.0.1", 15010)),
+        "admin_port": 15000,
+    }
+    document = sidecar_bootstrap(**common, extra_ports=("8081", "127.0.0.1:8082"))
+    assert document["node"]["metadata"]["INBOUND_PORTS"] == "8080,8081,8082"
+    with pytest.raises(BootstrapError, match="binds the first one's address"):
+        sidecar_bootstrap(**common, extra_ports=("10.0.0.1:8081",))
+    with pytest.raises(BootstrapError, match="given twice"):
+        sidecar_bootstrap(**common, extra_ports=("8080",))
+
+
+def test_the_bootstrap_command_takes_repeated_listen_and_outbound_options() -> None:
+    done = meshext(
+        "bootstrap", "--name", "web", "-n", "apps", "--listen", "8080", "--listen", "8081",
+        "--outbound", "15001=10.1.2.3:9080", "--outbound", "15002=db.apps:5432",
+        "--app", "127.0.0.1:80", "-o", "json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads(done.stdout)["node"]["metadata"]
+    assert metadata["INBOUND_PORTS"] == "8080,8081"
+    assert metadata["OUTBOUND"] == "15001=10.1.2.3:9080,15002=db.apps:5432"
+    refused = meshext(
+        "bootstrap", "--name", "gw", "-n", "apps", "--listen", "8080", "--gateway",
+        "--outbound", "15001=10.1.2.3:9080", "--app", "127.0.0.1:80",
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "outbound: a gateway has no outbound listeners" in refused.stderr

@@ -86,7 +86,9 @@ def sidecar_bootstrap(
         parse_port(admin_port)
     except ValueError as exc:
         raise BootstrapError(f"admin port: {exc}") from exc
-    more_ports, outbound_listeners = _traffic(kind, inbound_port, extra_ports, outbound)
+    more_ports, outbound_listeners = _traffic(
+        kind, inbound_address, inbound_port, extra_ports, outbound
+    )
     metadata = node_metadata(
         namespace=namespace,
         labels=labels,
@@ -135,13 +137,22 @@ def gateway_bootstrap(**kwargs: Any) -> dict[str, Any]:
 
 
 def _traffic(
-    kind: ProxyKind, inbound_port: int, extra_ports: Sequence[int | str], outbound: Sequence[str]
+    kind: ProxyKind,
+    inbound_address: str,
+    inbound_port: int,
+    extra_ports: Sequence[int | str],
+    outbound: Sequence[str],
 ) -> tuple[tuple[int, ...], tuple[Outbound, ...]]:
-    """The extra inbound ports and the outbound listeners, checked."""
-    try:
-        ports = tuple(parse_port(p) for p in extra_ports)
-    except ValueError as exc:
-        raise BootstrapError(f"listen: {exc}") from exc
+    """The extra inbound ports (all on the first one's address) and the outbound listeners."""
+    ports = []
+    for listen in extra_ports:
+        address, port = _listen(listen)
+        if address != inbound_address and not (isinstance(listen, int) or listen.strip().isdigit()):
+            raise BootstrapError(
+                f"listen: {listen!r}: every inbound port binds the first one's address "
+                f"{inbound_address}"
+            )
+        ports.append(port)
     if len({inbound_port, *ports}) != len(ports) + 1:
         raise BootstrapError("listen: a port is given twice")
     if outbound and kind is ProxyKind.GATEWAY:
@@ -155,7 +166,7 @@ def _traffic(
         if entry.port in taken:
             raise BootstrapError(f"outbound: port {entry.port} is already in use")
         taken.add(entry.port)
-    return ports, entries
+    return tuple(ports), entries
 
 
 def _check_node(node: dict[str, Any]) -> None:
