@@ -216,11 +216,14 @@ class ImageResolver:
         async def fetch() -> ImageRecord:
             with self.cache.work_folder() as work:
                 path = work / "download.wasm"
+                # An explicit transport: no proxy from the environment, so the checked
+                # destination is the one connected to.
                 async with httpx.AsyncClient(
-                    verify=self._config.ssl_context(),
+                    transport=self._transport
+                    or httpx.AsyncHTTPTransport(verify=self._config.ssl_context()),
                     timeout=self._config.timeout,
-                    transport=self._transport,
                     headers={"User-Agent": self._config.user_agent},
+                    follow_redirects=False,
                 ) as client:
                     sha256 = await fetch_module(
                         url,
