@@ -203,3 +203,18 @@ async def test_an_https_module_url_is_verified_and_may_not_redirect_to_plain_htt
         assert untrusted.module is None
     finally:
         await runner.cleanup()
+
+
+async def test_an_unpinned_module_url_is_fetched_again_only_under_always(
+    served: ModuleServer, cache: ModuleCache
+) -> None:
+    url = f"{served.base}/module.wasm"
+    unpinned = resolver(cache, HttpModulePolicy(allow_loopback=True, require_sha256=False))
+    for _ in range(2):
+        resolution = await unpinned.resolve(extension(url))
+        assert resolution.module is not None, resolution.message
+    assert served.hits["/module.wasm"] == 1
+    for _ in range(2):
+        resolution = await unpinned.resolve(extension(url, policy="Always"))
+        assert resolution.module is not None, resolution.message
+    assert served.hits["/module.wasm"] == 3

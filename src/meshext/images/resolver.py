@@ -52,7 +52,6 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
-from meshext.images.http_module import fetch_module
 from meshext.images.pull import Puller
 from meshext.images.reference import (
     ImageReference,
@@ -61,6 +60,7 @@ from meshext.images.reference import (
     parse_image_reference,
 )
 from meshext.images.source import LayoutSource, RegistrySource
+from meshext.images.url_source import UrlModuleSource
 from meshext.mesh.extension import Extension
 from meshext.mesh.resolution import PullSecretStore, Resolution, ResolvedModule
 
@@ -124,6 +124,9 @@ class ImageResolver:
         self._retries = retries
         self._transport = transport
         self._puller = Puller(cache, registry_config.limits)
+        self._urls = UrlModuleSource(
+            cache, self._puller, registry_config, retries, transport=transport
+        )
         self._clients: dict[tuple[str, str], RegistryClient] = {}
 
     def __repr__(self) -> str:
@@ -162,7 +165,9 @@ class ImageResolver:
         elif reference.kind is ReferenceKind.OCI_LAYOUT:
             record = await self._from_layout(reference, progress)
         elif reference.kind is ReferenceKind.HTTP:
-            record = await self._from_url(reference.path, request)
+            record = await self._urls.fetch(
+                reference.path, request.expected_sha256, always=request.policy == ALWAYS
+            )
         else:
             access = await self._access(request, reference)
             always = request.policy == ALWAYS or (not request.policy and reference.is_latest)
@@ -200,57 +205,6 @@ class ImageResolver:
         return self.cache.image(top.digest) or await self._puller.pull(
             source, top, _LOCAL_IDENTITY, progress
         )
-
-    async def _from_url(self, url: str, request: PullRequest) -> ImageRecord:
-        expected = request.expected_sha256
-        if expected:
-            cached = self.cache.image(f"sha256:{expected}")
-            if cached is not None:
-                return cached
-        elif request.policy != ALWAYS:
-            digest = self.cache.tag(f"url:{url}")
-            cached = self.cache.image(digest) if digest else None
-            if cached is not None:
-                return cached
-
-        async def fetch() -> ImageRecord:
-            with self.cache.work_folder() as work:
-                path = work / "download.wasm"
-                # An explicit transport: no proxy from the environment, so the checked
-                # destination is the one connected to.
-                async with httpx.AsyncClient(
-                    transport=self._transport
-                    or httpx.AsyncHTTPTransport(verify=self._config.ssl_context()),
-                    timeout=self._config.timeout,
-                    headers={"User-Agent": self._config.user_agent},
-                    follow_redirects=False,
-                ) as client:
-                    sha256 = await fetch_module(
-                        url,
-                        path,
-                        expected_sha256=expected,
-                        max_bytes=self._config.limits.module,
-                        policy=self._config.http_modules,
-                        client=client,
-                    )
-                record = await self._puller.commit_download(path, sha256, url)
-            self.cache.store_tag(f"url:{url}", record.digest)
-            return record
-
-        return await self._with_url_retries(url, fetch)
-
-    async def _with_url_retries(
-        self, url: str, operation: Callable[[], Awaitable[ImageRecord]]
-    ) -> ImageRecord:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await operation()
-            except ImageError as exc:
-                if not exc.retryable or attempt >= self._retries.attempts:
-                    raise
-                await asyncio.sleep(self._retries.delay(attempt))
 
     async def _from_registry(
         self,
