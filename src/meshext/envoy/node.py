@@ -194,6 +194,8 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
     if ports and ports[0] != inbound_port:
         raise read.fail(INBOUND_PORTS, f"must start with INBOUND_PORT {inbound_port}")
     outbound = read.outbound(OUTBOUND)
+    if outbound and workload.kind is ProxyKind.GATEWAY:
+        raise read.fail(OUTBOUND, "a gateway has no outbound listeners")
     clash = {inbound_port, *ports} & {o.port for o in outbound}
     if clash:
         raise read.fail(OUTBOUND, f"port {min(clash)} is also an inbound port")

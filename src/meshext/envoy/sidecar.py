@@ -195,29 +195,23 @@ def listener_specs(proxy: ProxyInfo) -> tuple[ListenerSpec, ...]:
     Outbound listeners bind loopback only: they exist for the application beside the proxy.
     An outbound listener's traffic is matched on the upstream's port (the destination).
     """
-    if proxy.kind is ProxyKind.GATEWAY:
-        return tuple(
-            ListenerSpec(
-                names.gateway_listener_name(port),
-                names.gateway_stat_prefix(port),
-                proxy.inbound_address,
-                port,
-                names.APP_CLUSTER,
-                Side(Direction.GATEWAY, port),
-            )
-            for port in proxy.inbound_ports
-        )
+    gateway = proxy.kind is ProxyKind.GATEWAY
+    direction = Direction.GATEWAY if gateway else Direction.INBOUND
+    listener_name = names.gateway_listener_name if gateway else names.inbound_listener_name
+    stat_prefix = names.gateway_stat_prefix if gateway else names.inbound_stat_prefix
     inbound = tuple(
         ListenerSpec(
-            names.inbound_listener_name(port),
-            names.inbound_stat_prefix(port),
+            listener_name(port),
+            stat_prefix(port),
             proxy.inbound_address,
             port,
             names.APP_CLUSTER,
-            Side(Direction.INBOUND, port),
+            Side(direction, port),
         )
         for port in proxy.inbound_ports
     )
+    if gateway:
+        return inbound
     outbound = tuple(
         ListenerSpec(
             names.outbound_listener_name(o.port),

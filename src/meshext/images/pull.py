@@ -58,17 +58,8 @@ class Puller:
 
     async def commit_download(self, path: Path, sha256: str, url: str) -> ImageRecord:
         """A module downloaded (and its sha256 verified) into a work folder: checked, cached."""
-        digest = f"sha256:{sha256}"
-        cached = self._cache.image(digest)
-        if cached is not None:
-            return cached
-        return await self._commit(
-            path,
-            what=f"the module at {url}",
-            digest=digest,
-            image_digest=None,
-            image_format=ImageFormat.HTTP_MODULE,
-            manifest_yaml=None,
+        return await self._commit_plain(
+            path, sha256, what=f"the module at {url}", image_format=ImageFormat.HTTP_MODULE
         )
 
     async def load_file(self, path: Path) -> ImageRecord:
@@ -89,19 +80,29 @@ class Puller:
                 raise InvalidImage(f"{path} is a folder, not a .wasm file") from exc
             except OSError as exc:
                 raise InvalidImage(f"cannot read {path}: {exc}") from exc
-            sha256 = _file_sha256(copy)
-            digest = f"sha256:{sha256}"
-            cached = self._cache.image(digest)
-            if cached is not None:
-                return cached
-            return await self._commit(
+            return await self._commit_plain(
                 copy,
+                _file_sha256(copy),
                 what=f"module file {path}",
-                digest=digest,
-                image_digest=None,
                 image_format=ImageFormat.LOCAL_FILE,
-                manifest_yaml=None,
             )
+
+    async def _commit_plain(
+        self, module: Path, sha256: str, *, what: str, image_format: ImageFormat
+    ) -> ImageRecord:
+        """A plain ``.wasm`` (no image around it), cached under its own hash."""
+        digest = f"sha256:{sha256}"
+        cached = self._cache.image(digest)
+        if cached is not None:
+            return cached
+        return await self._commit(
+            module,
+            what=what,
+            digest=digest,
+            image_digest=None,
+            image_format=image_format,
+            manifest_yaml=None,
+        )
 
     async def _download(
         self, source: ImageSource, top: FetchedManifest, progress: Progress | None
