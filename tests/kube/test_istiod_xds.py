@@ -216,7 +216,6 @@ async def test_every_phase_reaches_the_sidecar_inbound_chain_in_maistras_order(
     chain = service_chain(config)
     assert plugin_filter(namespace, "elsewhere") not in chain.filters
     phases = {rendered[name]: phase for _, name, phase, _ in placed}
-    print("inbound chain:", chain.filters)
     # Istio's slots: PostAuthN and PreAuthZ share AUTHZ, PostAuthZ and PreStats share
     # STATS (ordered by priority only, as the priorities above keep Maistra's order),
     # and PostStats runs before Istio's stats filter instead of after it.
@@ -278,7 +277,6 @@ async def test_exact_placement_puts_every_phase_where_maistra_did(
     async with running_controller(kube_apiserver, tmp_path / "cache"):
         config = await proxy_having(istiod, web, set(rendered.values()))
     chain = service_chain(config)
-    print("inbound chain:", chain.filters)
     assert_maistra_order(chain.filters, {rendered[n]: p for _, n, p, _ in placed})
     at = {name: chain.filters.index(rendered[name]) for _, name, _, _ in placed}
     # Priority descending within a phase, across both scopes.
@@ -330,32 +328,47 @@ async def test_extensions_stay_off_outbound_traffic_and_gateways_need_exact_plac
             annotations=EXACT,
         ),
     )
+    # Not rendered by meshext: a WasmPlugin without ``match``, for comparison.
+    unmatched = {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "unmatched", "namespace": namespace},
+        "spec": {"url": f"{MODULE_SERVER}/modules/sha256/{'0' * 64}", "phase": "AUTHN"},
+    }
+    cluster.apply(unmatched)
     plain, placed = plugin_filter(namespace, "plain"), exact_filter(namespace, "placed")
+    both_ways = plugin_filter(namespace, "unmatched")
     web = Workload("web-0", namespace, WEB)
     ingress = Workload(
         "ingress-0", namespace, {"istio": "ingressgateway"}, ip="10.1.0.20", kind="router"
     )
     async with running_controller(kube_apiserver, tmp_path / "cache"):
-        sidecar = await proxy_having(istiod, web, {plain, placed})
+        sidecar = await proxy_having(istiod, web, {plain, placed, both_ways})
 
         async def gateway_config() -> ProxyConfig | None:
             config = await fetch_proxy_config(istiod.grpc_address, ingress)
             names = {f for c in config.http_chains() for f in c.filters}
-            return config if placed in names else None
+            return config if {placed, both_ways} <= names else None
 
         edge: ProxyConfig = await eventually(gateway_config, "the gateway's HTTP listener")
+    cluster.delete(WASM_PLUGINS, "unmatched", namespace)
     outbound = [c for c in sidecar.http_chains() if c.listener != INBOUND]
     assert outbound, "istiod built no outbound HTTP chain for the Service"
     for chain in outbound:
         assert plain not in chain.filters, chain
         assert placed not in chain.filters, chain
+        # Without ``match`` a WasmPlugin also runs on what the workload sends out.
+        assert both_ways in chain.filters, chain
+    for chain in inbound_http_chains(sidecar):
+        assert {plain, placed, both_ways} <= set(chain.filters), chain
     gateway_chains = edge.http_chains()
-    print("gateway chains:", gateway_chains)
+    assert gateway_chains, "istiod built no HTTP chain for the Gateway"
     for chain in gateway_chains:
         assert placed in chain.filters, chain
-        # Istio counts gateway listeners as CLIENT traffic; a WasmPlugin matching
-        # SERVER (sidecar inbound) does not reach gateways.
+        # Istio counts gateway listeners as CLIENT traffic: a WasmPlugin matching
+        # SERVER (sidecar inbound) does not reach gateways, one without match does.
         assert plain not in chain.filters, chain
+        assert both_ways in chain.filters, chain
 
 
 async def test_deleted_and_failing_extensions_disappear_from_istiods_output(
