@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from envoy.config.bootstrap.v3 import bootstrap_pb2
 
 from meshext.api.phase import Phase
 from meshext.images.config import RegistryConfig
 from meshext.istio.render import IstioOptions
+from tests.envoy.harness import ENVOY
 from tests.images.registry import start_registry
 from tests.istiod_harness import ROOT_NAMESPACE, Istiod
 from tests.kube.istio_proxy import HttpChain, ProxyConfig, Workload, fetch_proxy_config
@@ -441,3 +443,30 @@ async def test_an_image_reference_reaches_the_proxy_as_istio_emits_it_for_its_ag
     assert wasm.sha256 == digest.removeprefix("sha256:")
     assert json.loads(wasm.configuration) == {"k": "v"}
     assert wasm.failure_policy == "FAIL_CLOSED"
+
+
+async def test_upstream_envoy_refuses_istiods_listener_for_istio_proxys_own_filters(
+    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, istiod: Istiod, tmp_path: Path
+) -> None:
+    """What stands between istiod's output and an upstream Envoy (docs/kubernetes.md)."""
+    namespace = mesh.members[0]
+    cluster.apply(web_service(namespace))
+    cluster.apply(extension("edge", namespace, f"file:{wasm_file(tmp_path / 'modules', 'edge')}"))
+    web = Workload("web-0", namespace, WEB)
+    async with running_controller(kube_apiserver, tmp_path / "cache"):
+        config = await proxy_having(istiod, web, {plugin_filter(namespace, "edge")})
+    bootstrap = bootstrap_pb2.Bootstrap()
+    bootstrap.node.CopyFrom(web.node())
+    bootstrap.static_resources.listeners.append(config.listeners[INBOUND])
+    path = tmp_path / "istiod-inbound.pb"
+    path.write_bytes(bootstrap.SerializeToString())
+    checked = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode != 0
+    refused = checked.stdout + checked.stderr
+    assert "Didn't find a registered implementation for 'istio.metadata_exchange'" in refused
