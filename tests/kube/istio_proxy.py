@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2, extension_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -139,7 +139,7 @@ def _wasm_filter(resource: str, typed_config: any_pb2.Any) -> WasmFilter:
     )
 
 
-def _managers(chain: listener_pb2.FilterChain) -> list[hcm_pb2.HttpConnectionManager]:
+def _managers(chain: listener_components_pb2.FilterChain) -> list[hcm_pb2.HttpConnectionManager]:
     found = []
     for network_filter in chain.filters:
         if network_filter.name == HCM:

@@ -13,6 +13,7 @@ name, root id, configuration and module reference.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -27,9 +29,10 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from meshext.api.phase import Phase
 from meshext.images.config import RegistryConfig
 from meshext.istio.render import IstioOptions
-from tests.envoy.harness import ENVOY
+from tests.envoy.harness import ENVOY, EchoApp
 from tests.images.registry import start_registry
 from tests.istiod_harness import ROOT_NAMESPACE, Istiod
+from tests.kube.istio_envoy import upstream_bootstrap
 from tests.kube.istio_proxy import HttpChain, ProxyConfig, Workload, fetch_proxy_config
 from tests.kube.support import (
     MESHEXT,
@@ -44,6 +47,7 @@ from tests.kube.support import (
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
+from tests.network import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
@@ -470,3 +474,80 @@ async def test_upstream_envoy_refuses_istiods_listener_for_istio_proxys_own_filt
     assert checked.returncode != 0
     refused = checked.stdout + checked.stderr
     assert "Didn't find a registered implementation for 'istio.metadata_exchange'" in refused
+
+
+async def test_one_request_runs_through_istiods_inbound_chain_in_upstream_envoy(
+    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, istiod: Istiod, tmp_path: Path
+) -> None:
+    namespace = mesh.members[0]
+    module = wasm_file(tmp_path / "modules", "istiod-relayed-marker")
+    cluster.apply(web_service(namespace))
+    cluster.apply(extension("relayed", namespace, f"file:{module}", phase="PreAuthN"))
+    web = Workload("web-0", namespace, WEB)
+    resource = plugin_filter(namespace, "relayed")
+    async with running_controller(kube_apiserver, tmp_path / "cache"):
+        config = await proxy_having(istiod, web, {resource})
+        plugin = cluster.get(WASM_PLUGINS, "relayed", namespace)
+    assert plugin is not None
+    sha = hashlib.sha256(module.read_bytes()).hexdigest()
+    # The module logs its marker from its request-headers callback.
+    logged = (
+        f"wasm log {namespace}.relayed~istio-translated-wasmplugin "
+        f"{plugin['spec']['pluginName']}: istiod-relayed-marker"
+    )
+    async with EchoApp() as app:
+        listen = free_port()
+        path = tmp_path / "istiod-inbound.pb"
+        path.write_bytes(
+            upstream_bootstrap(
+                config,
+                web,
+                service_port=8080,
+                listen_port=listen,
+                app_port=app.port,
+                modules={sha: module},
+            )
+        )
+        log_path = tmp_path / "envoy.log"
+        with log_path.open("wb") as log:
+            envoy = subprocess.Popen(
+                [
+                    str(ENVOY),
+                    "-c",
+                    str(path),
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "warning",
+                    "--component-log-level",
+                    "wasm:info",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+
+            async def answer() -> httpx.Response | None:
+                assert envoy.poll() is None, log_path.read_text()
+                return await _get_or_none(client, f"http://127.0.0.1:{listen}/through-istiod")
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                response = await eventually(answer, "Envoy to answer on istiod's inbound chain")
+            assert response.status_code == 200
+            assert response.json()["path"] == "/through-istiod"
+            await eventually(
+                lambda: logged in log_path.read_text() or None,
+                "the wasm filter's log line",
+            )
+        finally:
+            envoy.terminate()
+            envoy.wait(timeout=30)
+
+
+async def _get_or_none(client: httpx.AsyncClient, url: str) -> httpx.Response | None:
+    try:
+        return await client.get(url)
+    except httpx.TransportError:
+        return None
