@@ -534,7 +534,9 @@ async def test_one_request_runs_through_istiods_inbound_chain_in_upstream_envoy(
                 return await _get_or_none(client, f"http://127.0.0.1:{listen}/through-istiod")
 
             async with httpx.AsyncClient(timeout=30) as client:
-                response = await eventually(answer, "Envoy to answer on istiod's inbound chain")
+                response: httpx.Response = await eventually(
+                    answer, "Envoy to answer on istiod's inbound chain"
+                )
             assert response.status_code == 200
             assert response.json()["path"] == "/through-istiod"
             await eventually(
