@@ -8,7 +8,7 @@ there (running the script when it is missing) and starts it with:
 * the kubeconfig of :class:`tests.kube_harness.KubeApiServer` (cluster admin),
 * a mesh config file naming ``istio-system`` as the root namespace,
 * plaintext xDS (the ``15010`` port of a real istiod) on a free loopback port,
-  HTTP (``/ready``, ``/debug``) and monitoring on free loopback ports,
+  HTTP (``/ready``, ``/debug``), monitoring and ControlZ on free loopback ports,
 * no secure xDS port and no webhook port, so no TLS files are needed, and no
   Gateway API controllers (their CRDs are not installed).
 
@@ -142,6 +142,8 @@ class Istiod:
             "--clusterID=Kubernetes",
             "--domain=cluster.local",
             "--shutdownDuration=1s",
+            f"--ctrlz_address={LOOPBACK}",
+            f"--ctrlz_port={free_port()}",
             "--log_output_level=default:info",
         ]
         env = {
