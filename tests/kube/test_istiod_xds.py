@@ -243,6 +243,7 @@ async def test_every_phase_reaches_the_sidecar_inbound_chain_in_maistras_order(
         assert json.loads(wasm.configuration) == {"extension": name}
         assert wasm.root_id == plugin["spec"]["pluginName"]
         assert wasm.url == f"{MODULE_SERVER}/modules/sha256/{sha}"
+        assert wasm.cluster == "_", "istiod leaves the fetch to its agent"
         assert wasm.sha256 == sha
         assert wasm.failure_policy == "FAIL_CLOSED"
 
