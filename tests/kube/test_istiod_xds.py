@@ -176,21 +176,18 @@ def assert_maistra_order(filters: tuple[str, ...], placed: dict[str, Phase]) -> 
     assert [placed[n].rank for n in ranked] == sorted(placed[n].rank for n in ranked), ranked
 
 
-async def test_every_phase_reaches_the_sidecar_inbound_chain_in_maistras_order(
-    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, istiod: Istiod, tmp_path: Path
+Placed = list[tuple[str, str, Phase, int]]
+"""(SME namespace, name, phase, priority) of extensions selecting the web workload."""
+
+
+def apply_web_workload(
+    cluster: Cluster,
+    namespace: str,
+    placed: Placed,
+    modules: Path,
+    annotations: dict[str, str] | None = None,
 ) -> None:
-    namespace, root = mesh.members[0], mesh.control_plane
-    modules = tmp_path / "modules"
-    # (SME namespace, name, phase, priority): mesh-wide ones from the control plane.
-    placed = [
-        (root, "g-preauthn", Phase.PRE_AUTHN, 5),
-        (namespace, "preauthn", Phase.PRE_AUTHN, 1),
-        (namespace, "postauthn", Phase.POST_AUTHN, 9),
-        (root, "g-preauthz", Phase.PRE_AUTHZ, 2),
-        (namespace, "postauthz", Phase.POST_AUTHZ, 8),
-        (namespace, "prestats", Phase.PRE_STATS, 3),
-        (root, "g-poststats", Phase.POST_STATS, 0),
-    ]
+    """The web Service with authentication and authorization policies, and ``placed``."""
     cluster.apply(web_service(namespace), allow_all(namespace), jwt_policy(namespace))
     cluster.apply(
         *(
@@ -201,10 +198,31 @@ async def test_every_phase_reaches_the_sidecar_inbound_chain_in_maistras_order(
                 phase=phase.value,
                 priority=priority,
                 config={"extension": name},
+                annotations=annotations,
                 workloadSelector={"labels": WEB},
             )
             for ns, name, phase, priority in placed
-        ),
+        )
+    )
+
+
+async def test_every_phase_reaches_the_sidecar_inbound_chain_in_maistras_order(
+    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, istiod: Istiod, tmp_path: Path
+) -> None:
+    namespace, root = mesh.members[0], mesh.control_plane
+    modules = tmp_path / "modules"
+    # Mesh-wide extensions come from the control plane.
+    placed: Placed = [
+        (root, "g-preauthn", Phase.PRE_AUTHN, 5),
+        (namespace, "preauthn", Phase.PRE_AUTHN, 1),
+        (namespace, "postauthn", Phase.POST_AUTHN, 9),
+        (root, "g-preauthz", Phase.PRE_AUTHZ, 2),
+        (namespace, "postauthz", Phase.POST_AUTHZ, 8),
+        (namespace, "prestats", Phase.PRE_STATS, 3),
+        (root, "g-poststats", Phase.POST_STATS, 0),
+    ]
+    apply_web_workload(cluster, namespace, placed, modules)
+    cluster.apply(
         # Selects another workload: must not reach this one.
         extension(
             "elsewhere",
@@ -253,7 +271,7 @@ async def test_exact_placement_puts_every_phase_where_maistra_did(
 ) -> None:
     namespace, root = mesh.members[0], mesh.control_plane
     modules = tmp_path / "modules"
-    placed = [
+    placed: Placed = [
         (namespace, "x-preauthn", Phase.PRE_AUTHN, 1),
         (root, "xg-preauthn", Phase.PRE_AUTHN, 7),
         (namespace, "x-postauthn", Phase.POST_AUTHN, 0),
@@ -263,22 +281,7 @@ async def test_exact_placement_puts_every_phase_where_maistra_did(
         (namespace, "x-poststats", Phase.POST_STATS, 2),
         (root, "xg-poststats", Phase.POST_STATS, 1),
     ]
-    cluster.apply(web_service(namespace), allow_all(namespace), jwt_policy(namespace))
-    cluster.apply(
-        *(
-            extension(
-                name,
-                ns,
-                f"file:{wasm_file(modules, name)}",
-                phase=phase.value,
-                priority=priority,
-                config={"extension": name},
-                annotations=EXACT,
-                workloadSelector={"labels": WEB},
-            )
-            for ns, name, phase, priority in placed
-        )
-    )
+    apply_web_workload(cluster, namespace, placed, modules, annotations=EXACT)
     web = Workload("web-0", namespace, WEB)
     rendered = {name: exact_filter(ns, name) for ns, name, _, _ in placed}
     async with running_controller(kube_apiserver, tmp_path / "cache"):
