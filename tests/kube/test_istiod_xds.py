@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from meshext.api.phase import Phase
 from meshext.images.config import RegistryConfig
 from meshext.istio.render import IstioOptions
+from meshext.kube.certs import self_signed
 from tests.envoy.harness import ENVOY, EchoApp
 from tests.images.registry import start_registry
 from tests.istiod_harness import ROOT_NAMESPACE, Istiod
@@ -44,6 +47,7 @@ from tests.kube.support import (
     extension,
     running_controller,
     settings,
+    unique,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
@@ -480,6 +484,43 @@ async def test_upstream_envoy_refuses_istiods_listener_for_istio_proxys_own_filt
     assert "Didn't find a registered implementation for 'istio.metadata_exchange'" in refused
 
 
+@contextmanager
+def controller_process(api: KubeApiServer, workdir: Path) -> Iterator[str]:
+    """``meshext kube controller --istio`` serving modules on loopback; yields its URL."""
+    admin_port = free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    _, cert, key = self_signed(["127.0.0.1"]).write(workdir / "tls")
+    setpriv = shutil.which("setpriv")
+    command = [
+        *([setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []),
+        str(MESHEXT),
+        "kube",
+        "controller",
+        f"--kubeconfig={api.kubeconfig_path}",
+        "--namespace=default",
+        "--identity=istiod-tests",
+        f"--lease-name={unique('lease')}",
+        "--istio",
+        f"--module-url={admin}",
+        f"--admin-address=127.0.0.1:{admin_port}",
+        f"--webhook-address=127.0.0.1:{free_port()}",
+        f"--webhook-cert={cert}",
+        f"--webhook-key={key}",
+        f"--cache={workdir / 'cache'}",
+    ]
+    with (workdir / "controller.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield admin
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 async def test_one_request_runs_through_istiods_inbound_chain_in_upstream_envoy(
     kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, istiod: Istiod, tmp_path: Path
 ) -> None:
@@ -489,11 +530,19 @@ async def test_one_request_runs_through_istiods_inbound_chain_in_upstream_envoy(
     cluster.apply(extension("relayed", namespace, f"file:{module}", phase="PreAuthN"))
     web = Workload("web-0", namespace, WEB)
     resource = plugin_filter(namespace, "relayed")
-    async with running_controller(kube_apiserver, tmp_path / "cache"):
+    with controller_process(kube_apiserver, tmp_path / "controller") as module_server:
         config = await proxy_having(istiod, web, {resource})
         plugin = cluster.get(WASM_PLUGINS, "relayed", namespace)
-    assert plugin is not None
-    sha = hashlib.sha256(module.read_bytes()).hexdigest()
+        assert plugin is not None
+        # What istio-proxy's agent does: fetch the module istiod names, check its sha256.
+        wasm = config.wasm(resource)
+        assert wasm.url.startswith(f"{module_server}/modules/sha256/")
+        async with httpx.AsyncClient(timeout=30) as client:
+            fetched = (await client.get(wasm.url)).raise_for_status().content
+    assert hashlib.sha256(fetched).hexdigest() == wasm.sha256
+    local = tmp_path / "agent" / f"{wasm.sha256}.wasm"
+    local.parent.mkdir()
+    local.write_bytes(fetched)
     # The module logs its marker from its request-headers callback.
     logged = (
         f"wasm log {namespace}.relayed~istio-translated-wasmplugin "
@@ -509,7 +558,7 @@ async def test_one_request_runs_through_istiods_inbound_chain_in_upstream_envoy(
                 service_port=8080,
                 listen_port=listen,
                 app_port=app.port,
-                modules={sha: module},
+                modules={wasm.sha256: local},
             )
         )
         log_path = tmp_path / "envoy.log"
