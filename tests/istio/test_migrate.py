@@ -159,3 +159,11 @@ def test_the_command_fails_when_a_document_cannot_be_converted(tmp_path: Path) -
     result = CliRunner().invoke(kube, ["migrate", str(source)])
     assert result.exit_code == 1
     assert "error:" in result.stderr
+
+
+def test_a_migrated_extension_stays_on_inbound_traffic_and_warns_about_gateways() -> None:
+    result = _migrate(_sme("header", "PreAuthN", 5))
+    (plugin,) = result.documents
+    assert plugin["spec"]["match"] == [{"mode": "SERVER"}]
+    assert "gateways no longer run this extension" in _warnings(result)
+    assert "meshext.io/placement: exact" in _warnings(result)

@@ -81,6 +81,7 @@ def test_wasm_plugin_fetches_the_module_from_meshext_by_sha256() -> None:
         "priority": 10,
         "failStrategy": "FAIL_CLOSE",
         "type": "HTTP",
+        "match": [{"mode": "SERVER"}],
     }
 
 

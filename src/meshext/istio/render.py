@@ -15,6 +15,9 @@ Two renderings, chosen per extension by the ``meshext.io/placement`` annotation:
     PostStats                   (unspecified)  Istio runs it before its stats filter
     ==========================  =============  ===========================================
 
+    Every WasmPlugin matches ``mode: SERVER`` (sidecar inbound), as Maistra never ran
+    extensions on outbound traffic; gateways need the exact placement below.
+
 ``EnvoyFilter`` (``meshext.io/placement: exact``, ``networking.istio.io/v1alpha3``)
     The wasm filter is inserted next to Istio's own filters following Maistra's anchor
     table, keeping all six phases apart; the EnvoyFilter ``priority`` (the order
@@ -316,6 +319,8 @@ def render_wasm_plugin(
         spec["priority"] = priority
     spec["failStrategy"] = "FAIL_CLOSE"
     spec["type"] = "HTTP"
+    spec["match"] = [dict(m) for m in SIDECAR_INBOUND_MATCH]
+    notes.append(GATEWAY_NOTE)
     namespace = target_namespace(sme, control_plane_namespace, options.root_namespace)
     manifest = {
         "apiVersion": WASM_PLUGIN_API_VERSION,
@@ -324,6 +329,20 @@ def render_wasm_plugin(
         "spec": spec,
     }
     return Rendering(manifest, tuple(notes))
+
+
+# Maistra ran an extension on the sidecar's inbound traffic, never on what the workload
+# sends out. A WasmPlugin without ``match`` runs in both directions; ``mode: SERVER``
+# keeps it to inbound listeners. Istio counts gateway listeners as CLIENT traffic, so
+# no one WasmPlugin can cover sidecar inbound and gateways without also covering
+# sidecar outbound: gateways are reached through exact placement instead.
+SIDECAR_INBOUND_MATCH: tuple[Mapping[str, str], ...] = ({"mode": "SERVER"},)
+GATEWAY_NOTE = Note(
+    "spec.match",
+    "the WasmPlugin runs on sidecar inbound traffic only (mode SERVER); Istio treats "
+    "gateway listeners as client traffic, so gateways no longer run this extension: "
+    "use meshext.io/placement: exact (EnvoyFilter) for gateways",
+)
 
 
 def oci_url(image: str) -> str:
