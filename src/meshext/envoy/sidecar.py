@@ -69,6 +69,7 @@ from meshext.envoy.resources import (
     EnvoyResources,
     pack,
 )
+from meshext.envoy.tls import upstream_tls_socket_proto
 from meshext.envoy.wasm import WASM_FILTER_TYPE_URL, ModuleDelivery, extension_config
 from meshext.mesh.placement import JWT_AUTHN, RBAC, ROUTER, place_phases
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan
@@ -154,7 +155,7 @@ def proxy_resources(
     )
     clusters = [_static_cluster(names.APP_CLUSTER, proxy.app)]
     if plan.applied and mode is DeliveryMode.REMOTE and delivery.server is not None:
-        clusters.append(_static_cluster(names.MODULES_CLUSTER, delivery.server))
+        clusters.append(_modules_cluster(delivery))
     return EnvoyResources(
         listeners=(listener,),
         clusters=tuple(sorted(clusters, key=lambda c: str(c.name))),
@@ -269,6 +270,21 @@ def _static_cluster(name: str, target: HostPort) -> Any:
             ],
         ),
     )
+
+
+def _modules_cluster(delivery: ModuleDelivery) -> Any:
+    """The module server's cluster, over TLS verified by the mesh's roots when it has them."""
+    assert delivery.server is not None
+    cluster = _static_cluster(names.MODULES_CLUSTER, delivery.server)
+    if delivery.tls is not None:
+        cluster.transport_socket.CopyFrom(
+            upstream_tls_socket_proto(
+                server_identity=delivery.tls.server_identity,
+                sni=delivery.server.host,
+                trusted_ca_pem=delivery.tls.trusted_ca_pem,
+            )
+        )
+    return cluster
 
 
 def _describe(workload: Any) -> str:

@@ -3,6 +3,9 @@
 One asyncio loop runs everything: the config source, image resolution, the control
 loop, the ADS server (gRPC), the module server and the admin API (HTTP). Addresses
 default to loopback; the ADS and module addresses are what proxies must reach.
+
+By default xDS is mutual TLS and the module server HTTPS, both with a certificate
+from the mesh CA (:mod:`meshext.identity`); ``insecure_xds`` serves both in plaintext.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import gc
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from meshext.envoy.node import DeliveryMode, HostPort
-from meshext.envoy.wasm import ModuleDelivery
+from meshext.envoy.wasm import ModuleDelivery, ModuleServerTls
+from meshext.identity.authority import CaSettings, refresh_ssl_context, server_ssl_context
+from meshext.identity.ca import CertificateAuthority
+from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
@@ -59,6 +66,9 @@ class ServeOptions:
     cache_max_bytes: int | None = None
     module_delivery: DeliveryMode = DeliveryMode.LOCAL
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    insecure_xds: bool = False
+    """Serve xDS and modules in plaintext, to anyone who reaches them."""
+    ca: CaSettings = field(default_factory=CaSettings)
 
 
 @dataclass
@@ -70,6 +80,10 @@ class RunningControlPlane:
     xds_port: int
     modules: RunningServer
     admin: RunningServer
+    ca: CertificateAuthority | None = None
+    """The mesh CA, ``None`` when serving in plaintext."""
+    server_identity: str | None = None
+    """The SPIFFE id of the control plane's certificate, ``None`` in plaintext."""
 
     @property
     def xds_address(self) -> HostPort:
@@ -100,26 +114,50 @@ async def running_control_plane(
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
-    modules = await start_module_server(module_app(cache), module_host.host, module_host.port)
+    xds_host = listen_address(options.xds_address)
+    ca, server_cert = None, None
+    if not options.insecure_xds:
+        ca = options.ca.load()
+        server_cert = ServerCertificate(ca, hosts=(xds_host.host, module_host.host))
+    ssl_context = None if server_cert is None else server_ssl_context(server_cert)
+    modules = await start_module_server(
+        module_app(cache), module_host.host, module_host.port, ssl_context=ssl_context
+    )
+    module_tls = None
+    if server_cert is not None:
+        module_tls = ModuleServerTls(server_cert.ca.bundle_pem.decode(), server_cert.identity.uri)
     delivery = ModuleDelivery(
-        mode=options.module_delivery, server=HostPort(module_host.host, modules.port)
+        mode=options.module_delivery,
+        server=HostPort(module_host.host, modules.port),
+        tls=module_tls,
     )
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks)
-    ads = AdsServer(snapshots, control, registry=registry)
+    security = None if server_cert is None else MeshStreamSecurity(server_cert)
+    ads = AdsServer(snapshots, control, registry=registry, security=security)
     admin: RunningServer | None = None
-    loop_task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         xds_port = await ads.start(options.xds_address)
         admin_host = listen_address(options.admin_address)
         app = admin_app(control, ads, registry, lambda: control.loaded)
         admin = await start_module_server(app, admin_host.host, admin_host.port)
-        loop_task = asyncio.create_task(control.run(source), name="control loop")
-        yield RunningControlPlane(control, ads, xds_port, modules, admin)
+        tasks.append(asyncio.create_task(control.run(source), name="control loop"))
+        if server_cert is not None and ssl_context is not None:
+            tasks.append(asyncio.create_task(_renew_https(ssl_context, server_cert)))
+        yield RunningControlPlane(
+            control,
+            ads,
+            xds_port,
+            modules,
+            admin,
+            ca=ca,
+            server_identity=None if server_cert is None else server_cert.identity.uri,
+        )
     finally:
-        if loop_task is not None:
-            loop_task.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+                await task
         await ads.stop(grace=1.0)
         if admin is not None:
             await admin.stop()
@@ -149,9 +187,11 @@ async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -
             running_control_plane(options, source=source, secrets=secrets, sinks=sinks)
         )
         tune_garbage_collector()
+        xds_host = listen_address(options.xds_address).host
         log.info(
-            "meshext serving: xDS on 127.0.0.1:%d, modules on %s, admin on %s",
-            running.xds_port,
+            "meshext serving: xDS on %s (%s), modules on %s, admin on %s",
+            HostPort(xds_host, running.xds_port),
+            "PLAINTEXT" if options.insecure_xds else "mutual TLS",
             running.modules.base_url,
             running.admin_url,
         )
@@ -166,6 +206,13 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(100_000, middle, old)
+
+
+async def _renew_https(context: ssl.SSLContext, server: ServerCertificate) -> None:
+    """Keep the module server's certificate current (checked every ten minutes)."""
+    while True:
+        await asyncio.sleep(600)
+        refresh_ssl_context(context, server)
 
 
 class _NoSecrets:
