@@ -82,5 +82,6 @@ async def test_modules_delivered_over_http_are_verified_and_run(tmp_path: Path) 
         report = await mesh.until_running("tag")
         url = report.status.deployment.url or ""
         assert url.startswith(mesh.running.modules.base_url + "/modules/sha256/")
+        assert url.startswith("https://")
         stats = await sidecar.envoy.stats()
         assert any(k.startswith("cluster.meshext.modules.") for k in stats)
