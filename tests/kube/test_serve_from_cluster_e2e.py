@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from meshext.envoy.bootstrap import AdsServer, sidecar_bootstrap
+from meshext.identity import ca as mesh_ca
+from meshext.identity.issuance import proxy_credentials
 from meshext.envoy.node import HostPort
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
@@ -28,7 +30,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 @pytest.fixture
 def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
-    """A `meshext serve --kubeconfig` process; yields its xDS port."""
+    """A `meshext serve --kubeconfig` process with the CA in ``tmp_path/ca``; yields its
+    xDS port."""
+    mesh_ca.load_or_create(tmp_path / "ca", "cluster.local")
     xds = free_port()
     process = subprocess.Popen(
         [
@@ -38,6 +42,8 @@ def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
             "--admin-address", f"127.0.0.1:{free_port()}",
             "--module-address", f"127.0.0.1:{free_port()}",
             "--cache-dir", str(tmp_path / "cache"),
+            "--mesh-ca-cert", str(tmp_path / "ca" / mesh_ca.CA_CERT_FILE),
+            "--mesh-ca-key", str(tmp_path / "ca" / mesh_ca.CA_KEY_FILE),
         ],
         stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ},
@@ -75,13 +81,15 @@ async def test_an_sme_applied_with_kubectl_runs_in_the_sidecar_and_gets_status(
         )
     )
     port = free_port()
+    ca = mesh_ca.load_or_create(tmp_path / "ca", "cluster.local")
+    _, tls = proxy_credentials(ca, namespace, directory=tmp_path / "credentials")
     bootstrap = sidecar_bootstrap(
         name="httpbin",
         namespace=namespace,
         labels={"app": "httpbin"},
         listen=f"127.0.0.1:{port}",
         app=f"127.0.0.1:{app.port}",
-        xds=AdsServer(HostPort("127.0.0.1", serve)),
+        xds=AdsServer(HostPort("127.0.0.1", serve), tls=tls),
         admin_port=free_port(),
     )
     async with EnvoyProcess(bootstrap, tmp_path, name="sidecar"):
