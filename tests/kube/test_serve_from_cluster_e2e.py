@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from meshext.envoy.bootstrap import AdsServer, sidecar_bootstrap
+from meshext.envoy.node import HostPort
 from meshext.identity import ca as mesh_ca
 from meshext.identity.issuance import proxy_credentials
-from meshext.envoy.node import HostPort
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
 from meshext.server.modules import RunningServer

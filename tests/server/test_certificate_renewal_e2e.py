@@ -40,7 +40,8 @@ async def test_renewing_the_certificate_under_load_fails_no_request_and_keeps_xd
         sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN)
         await mesh.until(sidecar.appended, lambda h: h == ["v1"], "the header")
         ca, written = mesh.running.ca, sidecar.credentials
-        assert ca is not None and written is not None
+        assert ca is not None
+        assert written is not None
 
         outcomes = {"ok": 0, "failed": 0}
         stop = asyncio.Event()
@@ -59,7 +60,9 @@ async def test_renewing_the_certificate_under_load_fails_no_request_and_keeps_xd
                 written = issue_credentials(ca, written.identity, written.directory)
                 serial = x509.load_pem_x509_certificate(written.issued.cert_pem).serial_number
                 await mesh.until(
-                    lambda: serials_in_use(sidecar), lambda s: serial in s, "the new certificate"
+                    lambda: serials_in_use(sidecar),
+                    lambda s, serial=serial: serial in s,  # type: ignore[misc]
+                    "the new certificate",
                 )
             # The stream opened before the renewals still delivers.
             mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "v2"}))

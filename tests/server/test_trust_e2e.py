@@ -49,7 +49,7 @@ def target(mesh: Mesh) -> str:
 
 
 def node_metadata(sidecar: Sidecar) -> dict[str, Any]:
-    metadata: dict[str, Any] = sidecar.envoy.bootstrap["node"]["metadata"]  # type: ignore[index]
+    metadata: dict[str, Any] = sidecar.envoy.bootstrap["node"]["metadata"]
     return dict(metadata)
 
 
@@ -122,10 +122,8 @@ async def test_a_certificate_of_another_namespace_is_denied_with_a_log_and_a_met
         )
     assert not answer.got_configuration
     assert answer.code is grpc.StatusCode.PERMISSION_DENIED
-    assert (
-        "bookinfo" in answer.details
-        and "spiffe://cluster.local/ns/payments/sa/default" in answer.details
-    )
+    assert "bookinfo" in answer.details
+    assert "spiffe://cluster.local/ns/payments/sa/default" in answer.details
     logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert any("'bookinfo'" in line and "/ns/payments/" in line for line in logged)
     denied = mesh.running.ads.registry.get_sample_value(

@@ -14,12 +14,12 @@ from typing import Literal
 
 import pytest
 
-from meshext.xds import types
-from meshext.xds.cache import SnapshotCache
 from meshext.envoy.tls import upstream_tls_socket
 from meshext.identity import ca as mesh_ca
 from meshext.identity.issuance import proxy_credentials
 from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.xds import types
+from meshext.xds.cache import SnapshotCache
 from meshext.xds.server import AdsServer, ConnectionInfo
 from meshext.xds.snapshot import Snapshot
 from tests.network import free_port
