@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -157,21 +158,23 @@ def bootstrap(
     """Print the Envoy bootstrap of a sidecar (or gateway) served by meshext, and write
     its credentials (key, certificate from the mesh CA, CA bundle) for mutual TLS."""
     try:
-        tls = None
-        if not insecure_xds:
-            settings = ca_settings(mesh_ca_cert, mesh_ca_key, trust_domain)
-            _, tls = issue_for_proxy(settings, namespace, service_account, credentials_dir)
-        document = sidecar_bootstrap(
+        make = functools.partial(
+            sidecar_bootstrap,
             name=name,
             namespace=namespace,
             labels=parse_labels(labels),
             listen=listen,
             app=app,
-            xds=AdsServer(parse_host_port(xds_address), delta=delta, tls=tls),
             admin_port=admin_port,
             kind=ProxyKind.GATEWAY if gateway else ProxyKind.SIDECAR,
             module_delivery=DeliveryMode(module_delivery) if module_delivery else None,
         )
+        address = parse_host_port(xds_address)
+        document = make(xds=AdsServer(address, delta=delta))  # arguments checked first
+        if not insecure_xds:
+            settings = ca_settings(mesh_ca_cert, mesh_ca_key, trust_domain)
+            _, tls = issue_for_proxy(settings, namespace, service_account, credentials_dir)
+            document = make(xds=AdsServer(address, delta=delta, tls=tls))
     except (BootstrapError, IdentityError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
