@@ -1,7 +1,8 @@
 """Which CA a meshext process uses, and the TLS server side built on it.
 
-The CA is the operator's (``--mesh-ca-cert`` and ``--mesh-ca-key``) or meshext's own,
-kept in the state folder and created on first use. ``meshext serve`` and
+The CA is the operator's (``--mesh-ca-cert`` and ``--mesh-ca-key``; older roots still
+trusted during a rotation in ``trust-bundle.pem`` beside the certificate) or meshext's
+own, kept in the state folder and created on first use. ``meshext serve`` and
 ``meshext bootstrap`` on one host thus agree on it without configuration.
 """
 
@@ -33,7 +34,8 @@ class CaSettings:
         if (self.cert is None) != (self.key is None):
             raise IdentityError("give both --mesh-ca-cert and --mesh-ca-key, or neither")
         if self.cert is not None and self.key is not None:
-            return ca_files.load_files(self.cert, self.key)
+            extra = self.cert.parent / ca_files.EXTRA_ROOTS_FILE
+            return ca_files.load_files(self.cert, self.key, extra_roots=extra)
         return ca_files.load_or_create(self.directory or default_ca_dir(), self.trust_domain)
 
 
