@@ -7,6 +7,7 @@ started from ``meshext bootstrap`` keeps a valid certificate without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,6 +19,7 @@ import click
 from meshext.identity.authority import CaSettings
 from meshext.identity.credentials import read_identity
 from meshext.identity.errors import IdentityError
+from meshext.identity.exchange import request_certificate
 from meshext.identity.issuance import issue_for_proxy
 from meshext.identity.spiffe import DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN
 
@@ -97,6 +99,38 @@ def issue(
             service_account or DEFAULT_SERVICE_ACCOUNT,
             credentials_dir,
             lifetime=timedelta(hours=ttl_hours),
+        )
+    except IdentityError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(
+        f"{written.identity} valid until {written.issued.not_after:%Y-%m-%d %H:%M:%S} UTC "
+        f"in {written.directory}"
+    )
+
+
+@credentials.command("fetch")
+@click.option("--ca-url", required=True, help="meshext's certificate exchange, https://host:port.")
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The projected service-account token (audience: meshext's --token-audience).",
+)
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The mesh CA's certificate, to verify the exchange.",
+)
+@click.option("--credentials-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def fetch(ca_url: str, token_file: Path, ca_bundle: Path, credentials_dir: Path) -> None:
+    """Exchange a service-account token for a certificate (Kubernetes mode)."""
+    try:
+        written = asyncio.run(
+            request_certificate(
+                ca_url, token_file.read_text().strip(), ca_bundle.read_bytes(), credentials_dir
+            )
         )
     except IdentityError as exc:
         click.echo(f"error: {exc}", err=True)

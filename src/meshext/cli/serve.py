@@ -59,6 +59,18 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     is_flag=True,
     help="Serve xDS and modules in PLAINTEXT: anyone who reaches them can impersonate a proxy.",
 )
+@click.option(
+    "--certificate-address",
+    default="127.0.0.1:15012",
+    show_default=True,
+    help="With --kubeconfig: where proxies exchange a service-account token for a certificate.",
+)
+@click.option(
+    "--token-audience",
+    default="meshext",
+    show_default=True,
+    help="Audience the service-account tokens must be minted for.",
+)
 @ca_options
 def serve(
     config: Path | None,
@@ -74,6 +86,8 @@ def serve(
     registry_config: Path | None,
     log_level: str,
     insecure_xds: bool,
+    certificate_address: str,
+    token_audience: str,
     mesh_ca_cert: Path | None,
     mesh_ca_key: Path | None,
     trust_domain: str,
@@ -96,6 +110,8 @@ def serve(
         registry=registry_options(insecure_registry, ca_file, registry_config),
         insecure_xds=insecure_xds,
         ca=ca_settings(mesh_ca_cert, mesh_ca_key, trust_domain),
+        certificate_address=certificate_address,
+        token_audience=token_audience,
     )
     if insecure_xds:
         logging.getLogger("meshext").warning(

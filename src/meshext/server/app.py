@@ -26,6 +26,7 @@ from meshext.envoy.node import DeliveryMode, HostPort
 from meshext.envoy.wasm import ModuleDelivery, ModuleServerTls
 from meshext.identity.authority import CaSettings, refresh_ssl_context, server_ssl_context
 from meshext.identity.ca import CertificateAuthority
+from meshext.identity.exchange import DEFAULT_AUDIENCE, TokenAuthenticator, exchange_app
 from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
@@ -69,6 +70,9 @@ class ServeOptions:
     insecure_xds: bool = False
     """Serve xDS and modules in plaintext, to anyone who reaches them."""
     ca: CaSettings = field(default_factory=CaSettings)
+    certificate_address: str = "127.0.0.1:15012"
+    """Where proxies exchange a token for a certificate (with a token authenticator)."""
+    token_audience: str = DEFAULT_AUDIENCE
 
 
 @dataclass
@@ -82,6 +86,8 @@ class RunningControlPlane:
     admin: RunningServer
     ca: CertificateAuthority | None = None
     """The mesh CA, ``None`` when serving in plaintext."""
+    certificates: RunningServer | None = None
+    """The token-for-certificate exchange, when a token authenticator was given."""
     server_identity: str | None = None
     """The SPIFFE id of the control plane's certificate, ``None`` in plaintext."""
 
@@ -94,6 +100,31 @@ class RunningControlPlane:
         return self.admin.base_url
 
 
+@dataclass(frozen=True)
+class _ServerTls:
+    """The control plane's side of TLS: its certificate and what is built on it."""
+
+    server: ServerCertificate
+    ssl_context: ssl.SSLContext
+    security: MeshStreamSecurity
+    module_tls: ModuleServerTls
+
+    @classmethod
+    def create(cls, options: ServeOptions) -> _ServerTls:
+        hosts = (
+            listen_address(options.xds_address).host,
+            listen_address(options.module_address).host,
+            listen_address(options.certificate_address).host,
+        )
+        server = ServerCertificate(options.ca.load(), hosts=hosts)
+        return cls(
+            server,
+            server_ssl_context(server),
+            MeshStreamSecurity(server),
+            ModuleServerTls(server.ca.bundle_pem.decode(), server.identity.uri),
+        )
+
+
 @contextlib.asynccontextmanager
 async def running_control_plane(
     options: ServeOptions,
@@ -101,8 +132,10 @@ async def running_control_plane(
     source: ConfigSource | None = None,
     secrets: PullSecretStore | None = None,
     sinks: tuple[StatusSink, ...] = (),
+    authenticator: TokenAuthenticator | None = None,
 ) -> AsyncIterator[RunningControlPlane]:
-    """Start every component; on exit stop them all, even after an error."""
+    """Start every component; on exit stop them all, even after an error. With an
+    ``authenticator`` (and TLS), proxies can also exchange tokens for certificates."""
     if source is None:
         if options.config is None:
             raise ValueError("either a config folder or a config source is needed")
@@ -114,44 +147,49 @@ async def running_control_plane(
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
-    xds_host = listen_address(options.xds_address)
-    ca, server_cert = None, None
-    if not options.insecure_xds:
-        ca = options.ca.load()
-        server_cert = ServerCertificate(ca, hosts=(xds_host.host, module_host.host))
-    ssl_context = None if server_cert is None else server_ssl_context(server_cert)
+    tls = None if options.insecure_xds else _ServerTls.create(options)
     modules = await start_module_server(
-        module_app(cache), module_host.host, module_host.port, ssl_context=ssl_context
+        module_app(cache),
+        module_host.host,
+        module_host.port,
+        ssl_context=tls.ssl_context if tls else None,
     )
-    module_tls = None
-    if server_cert is not None:
-        module_tls = ModuleServerTls(server_cert.ca.bundle_pem.decode(), server_cert.identity.uri)
     delivery = ModuleDelivery(
         mode=options.module_delivery,
         server=HostPort(module_host.host, modules.port),
-        tls=module_tls,
+        tls=tls.module_tls if tls else None,
     )
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks)
-    security = None if server_cert is None else MeshStreamSecurity(server_cert)
-    ads = AdsServer(snapshots, control, registry=registry, security=security)
+    ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
     admin: RunningServer | None = None
+    certificates: RunningServer | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
+        if authenticator is not None and tls is not None:
+            where = listen_address(options.certificate_address)
+            certificates = await start_module_server(
+                exchange_app(tls.server.ca, authenticator),
+                where.host,
+                where.port,
+                ssl_context=tls.ssl_context,
+            )
+            log.info("certificate exchange on %s", certificates.base_url)
         xds_port = await ads.start(options.xds_address)
         admin_host = listen_address(options.admin_address)
         app = admin_app(control, ads, registry, lambda: control.loaded)
         admin = await start_module_server(app, admin_host.host, admin_host.port)
         tasks.append(asyncio.create_task(control.run(source), name="control loop"))
-        if server_cert is not None and ssl_context is not None:
-            tasks.append(asyncio.create_task(_renew_https(ssl_context, server_cert)))
+        if tls is not None:
+            tasks.append(asyncio.create_task(_renew_https(tls.ssl_context, tls.server)))
         yield RunningControlPlane(
             control,
             ads,
             xds_port,
             modules,
             admin,
-            ca=ca,
-            server_identity=None if server_cert is None else server_cert.identity.uri,
+            ca=tls.server.ca if tls else None,
+            certificates=certificates,
+            server_identity=tls.server.identity.uri if tls else None,
         )
     finally:
         for task in tasks:
@@ -161,6 +199,8 @@ async def running_control_plane(
         await ads.stop(grace=1.0)
         if admin is not None:
             await admin.stop()
+        if certificates is not None:
+            await certificates.stop()
         await modules.stop()
 
 
@@ -171,6 +211,7 @@ async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -
         source: ConfigSource | None = None
         secrets: PullSecretStore | None = None
         sinks: tuple[StatusSink, ...] = ()
+        authenticator: TokenAuthenticator | None = None
         if kubeconfig is not None:
             # Imported only when serving from a cluster: the Kubernetes client costs a
             # folder-serving process about 36 MiB (measured by benchmarks/ads_scale).
@@ -178,13 +219,17 @@ async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -
             from meshext.kube.secrets import KubePullSecretStore  # noqa: PLC0415
             from meshext.kube.source import KubernetesSource  # noqa: PLC0415
             from meshext.kube.status import KubernetesStatusSink  # noqa: PLC0415
+            from meshext.kube.token_review import KubeTokenAuthenticator  # noqa: PLC0415
 
             client = await stack.enter_async_context(await KubeClient.connect(kubeconfig))
             source = KubernetesSource(client)
             secrets = KubePullSecretStore(client)
             sinks = (KubernetesStatusSink(client),)
+            authenticator = KubeTokenAuthenticator(client, options.token_audience)
         running = await stack.enter_async_context(
-            running_control_plane(options, source=source, secrets=secrets, sinks=sinks)
+            running_control_plane(
+                options, source=source, secrets=secrets, sinks=sinks, authenticator=authenticator
+            )
         )
         tune_garbage_collector()
         xds_host = listen_address(options.xds_address).host
