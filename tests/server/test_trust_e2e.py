@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from meshext.identity import ca as mesh_ca
@@ -165,3 +166,17 @@ async def test_a_namespace_a_certificate_cannot_read_namespace_b_configuration(
     assert not theirs.got_configuration
     assert theirs.code is grpc.StatusCode.PERMISSION_DENIED
     await still_enforcing(sidecar)
+
+
+async def test_the_admin_api_shows_the_identity_each_stream_proved(
+    guarded: tuple[Mesh, Sidecar],
+) -> None:
+    mesh, sidecar = guarded
+    async with httpx.AsyncClient(timeout=10) as client:
+        body = (await client.get(mesh.running.admin_url + "/api/v1/proxies")).json()
+        security = (await client.get(mesh.running.admin_url + "/api/v1/security")).json()
+    [proxy] = [p for p in body["proxies"] if p["node"] == sidecar.node_id]
+    assert [s["identity"] for s in proxy["streams"]] == [
+        "spiffe://cluster.local/ns/bookinfo/sa/default"
+    ]
+    assert security == {"xds": "mutual-tls"}

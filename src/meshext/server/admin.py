@@ -163,6 +163,7 @@ def proxy_json(record: ProxyRecord, connections: list[ConnectionInfo]) -> dict[s
         {
             "protocol": str(c.protocol),
             "peer": c.peer,
+            "identity": c.identity or None,
             "connectedSince": c.connected_since.isoformat(),
             "responsesSent": c.responses_sent,
             "types": {
