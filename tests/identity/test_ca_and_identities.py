@@ -16,6 +16,7 @@ from meshext.identity import ca as mesh_ca
 from meshext.identity.authority import CaSettings
 from meshext.identity.credentials import issue_credentials, read_identity
 from meshext.identity.errors import IdentityError
+from meshext.identity.issuance import renew_due
 from meshext.identity.peer import MeshStreamSecurity, ServerCertificate, spiffe_id_of
 from meshext.identity.spiffe import SpiffeId, parse_spiffe_id
 from meshext.xds.server import StreamDenied
@@ -175,3 +176,21 @@ def test_the_server_certificate_names_its_hosts_and_is_reissued_at_half_life() -
     later = current.renew_after() + timedelta(seconds=1)
     assert checker.server.current(now=later) is not current
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_serve_renews_only_the_folders_past_half_their_lifetime(tmp_path: Path) -> None:
+    ca = mesh_ca.create("cluster.local")
+    fresh = issue_credentials(ca, BOOKINFO, tmp_path / "bookinfo" / "default")
+    foreign = mesh_ca.create("other.example")
+    issue_credentials(
+        foreign,
+        SpiffeId("other.example", "payments", "default"),
+        tmp_path / "payments" / "default",
+    )
+    (tmp_path / "junk" / "x").mkdir(parents=True)
+    assert renew_due(ca, tmp_path) == []
+    later = fresh.issued.renew_after() + timedelta(minutes=1)
+    [renewed] = renew_due(ca, tmp_path, now=later)
+    assert renewed.identity == BOOKINFO
+    assert renewed.cert_path.read_bytes() != fresh.issued.cert_pem
+    assert renewed.cert_path.read_bytes() == renewed.issued.cert_pem

@@ -18,5 +18,9 @@ def default_ca_dir() -> Path:
     return state_dir() / "ca"
 
 
+def credentials_root() -> Path:
+    return state_dir() / "credentials"
+
+
 def default_credentials_dir(namespace: str, service_account: str) -> Path:
-    return state_dir() / "credentials" / namespace / service_account
+    return credentials_root() / namespace / service_account

@@ -27,7 +27,9 @@ from meshext.envoy.wasm import ModuleDelivery, ModuleServerTls
 from meshext.identity.authority import CaSettings, refresh_ssl_context, server_ssl_context
 from meshext.identity.ca import CertificateAuthority
 from meshext.identity.exchange import DEFAULT_AUDIENCE, TokenAuthenticator, exchange_app
+from meshext.identity.issuance import keep_folders_renewed
 from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.identity.state import credentials_root
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
@@ -231,6 +233,12 @@ async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -
                 options, source=source, secrets=secrets, sinks=sinks, authenticator=authenticator
             )
         )
+        if running.ca is not None:
+            # Proxies bootstrapped on this host keep valid certificates without a timer.
+            renewal = asyncio.create_task(
+                keep_folders_renewed(running.ca, credentials_root()), name="renewal"
+            )
+            stack.callback(renewal.cancel)
         tune_garbage_collector()
         xds_host = listen_address(options.xds_address).host
         log.info(
