@@ -28,6 +28,12 @@ the ADS push.
 
     .venv/bin/python benchmarks/ads_scale/run.py --through-control-plane --proxies 1000
 
+``--mtls`` runs either mode with xDS over mutual TLS as ``meshext serve`` does by
+default: a CA in the work folder, one certificate per simulated proxy, each stream
+authorized from its peer certificate. Without it the server is plaintext, to compare.
+
+    .venv/bin/python benchmarks/ads_scale/run.py --proxies 1000 --mtls
+
 Prints one JSON object with the results.
 """
 
@@ -69,6 +75,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshext.api.meta import ResourceKey
 from meshext.envoy import names
 from meshext.envoy.node import HostPort, node_metadata
+from meshext.identity import ca as mesh_ca
+from meshext.identity.authority import CaSettings
+from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.identity.spiffe import SpiffeId
 from meshext.mesh.workload import ProxyKind
 from meshext.server import app
 from meshext.server.control import ControlPlane
@@ -225,11 +235,16 @@ async def serve(args: argparse.Namespace) -> None:
     gc_clock = GcClock()
     cache = SnapshotCache()
     bench = Bench(cache, args.proxies)
-    server = AdsServer(cache, bench)
+    security = None
+    if args.mtls:
+        ca = mesh_ca.load_or_create(Path(args.workdir) / "ca", "cluster.local")
+        security = MeshStreamSecurity(ServerCertificate(ca, hosts=()))
+    server = AdsServer(cache, bench, security=security)
     gc.collect()
     rss_idle = rss_bytes()
     port = await server.start(f"127.0.0.1:{args.port}")
     print(json.dumps({"listening": port}), flush=True)
+    connect_cpu = time.process_time()
     bench.started = time.perf_counter()
     try:
         await asyncio.wait_for(bench.done.wait(), args.timeout)
@@ -241,6 +256,7 @@ async def serve(args: argparse.Namespace) -> None:
         )
         raise
     connect_seconds = time.perf_counter() - bench.started
+    connect_cpu = time.process_time() - connect_cpu
     await asyncio.sleep(1.0)
     gc.collect()
     rss_connected = rss_bytes()
@@ -278,6 +294,7 @@ async def serve(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "connect_all_s": connect_seconds,
+                "connect_server_cpu_s": connect_cpu,
                 "rss_idle": rss_idle,
                 "rss_connected": rss_connected,
                 "nacks": bench.nacks,
@@ -677,6 +694,8 @@ async def serve_control_plane(args: argparse.Namespace) -> None:
         admin_address="127.0.0.1:0",
         module_address="127.0.0.1:0",
         cache_dir=workdir / "cache",
+        insecure_xds=not args.mtls,
+        ca=CaSettings(directory=workdir / "ca"),
     )
     gc_clock = GcClock()
     async with contextlib.AsyncExitStack() as stack:
@@ -765,12 +784,16 @@ class Proxy:
         protocol: str,
         debug: bool,
         metadata: dict[str, Any] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.debug = debug
         self.metadata = metadata
-        self.channel = grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}",
-            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)],
+        target = f"127.0.0.1:{port}"
+        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)]
+        self.channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=options)
         )
         self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
         self.node_id = node_id
@@ -853,8 +876,19 @@ def filter_names(packed: Any) -> list[str]:
     return names
 
 
+def proxy_credentials(ca: mesh_ca.CertificateAuthority, namespace: str) -> grpc.ChannelCredentials:
+    """A key and certificate of its own for one simulated proxy, as Envoy would hold."""
+    issued = ca.issue_workload(SpiffeId(ca.trust_domain, namespace, "default"))
+    return grpc.ssl_channel_credentials(
+        root_certificates=issued.bundle_pem,
+        private_key=issued.key_pem,
+        certificate_chain=issued.cert_pem,
+    )
+
+
 async def clients(args: argparse.Namespace) -> None:
     asyncio.create_task(exit_with_parent())  # noqa: RUF006 (runs until the process ends)
+    ca = mesh_ca.load_or_create(Path(args.workdir) / "ca", "cluster.local") if args.mtls else None
     proxies = []
     for index in range(args.first, args.first + args.count):
         metadata: dict[str, Any] | None = None
@@ -862,7 +896,12 @@ async def clients(args: argparse.Namespace) -> None:
             node_id, metadata = simulated_proxy(index)
         else:
             node_id = f"proxy-{index}"
-        proxies.append(Proxy(args.port, node_id, args.protocol, args.debug, metadata))
+            metadata = {"NAMESPACE": "bench"} if args.mtls else None
+        credentials = None
+        if ca is not None:
+            assert metadata is not None
+            credentials = proxy_credentials(ca, str(metadata["NAMESPACE"]))
+        proxies.append(Proxy(args.port, node_id, args.protocol, args.debug, metadata, credentials))
     tasks = []
     for proxy in proxies:
         tasks.append(asyncio.create_task(proxy.run()))
@@ -910,6 +949,7 @@ def run_processes(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     script = str(Path(__file__).resolve())
     python = sys.executable
     mode = ["--through-control-plane"] if args.through_control_plane else []
+    mode += ["--mtls"] if args.mtls else []
     server = subprocess.Popen(
         [
             python,
@@ -942,6 +982,7 @@ def run_processes(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     f"--protocol={args.protocol}",
                     f"--first={first}",
                     f"--count={min(share, args.proxies - first)}",
+                    f"--workdir={workdir}",
                     *mode,
                     *(["--debug"] if args.debug else []),
                 ],
@@ -973,6 +1014,7 @@ def summarize(
         "rounds": len(rounds),
         "client_processes": args.client_processes,
         "tune_gc": "as meshext serve" if args.through_control_plane else args.tune_gc,
+        "xds": "mutual TLS" if args.mtls else "plaintext",
         "connect_all_s": round(result["connect_all_s"], 3),
         "all_acked_s_p50": round(statistics.median(all_acked), 3),
         "all_acked_s_p99": round(percentile(all_acked, 0.99), 3),
@@ -980,6 +1022,8 @@ def summarize(
         "proxy_ack_s_p50": round(percentile(latencies, 0.50), 3),
         "proxy_ack_s_p99": round(percentile(latencies, 0.99), 3),
     }
+    if "connect_server_cpu_s" in result:
+        summary["connect_server_cpu_s"] = round(result["connect_server_cpu_s"], 3)
     if not args.through_control_plane:
         summary["publish_s_p50"] = round(statistics.median(r["publish_s"] for r in rounds), 4)
     summary.update(
@@ -1043,6 +1087,9 @@ def main() -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="log errors and progress")
     common.add_argument(
+        "--mtls", action="store_true", help="xDS over mutual TLS (meshext serve's default)"
+    )
+    common.add_argument(
         "--through-control-plane",
         action="store_true",
         help="run the real control plane over a config folder and change an extension "
@@ -1063,6 +1110,7 @@ def main() -> None:
     client_args.add_argument("--protocol", choices=["sotw", "delta"], required=True)
     client_args.add_argument("--first", type=int, required=True)
     client_args.add_argument("--count", type=int, required=True)
+    client_args.add_argument("--workdir", required=True)
     parser.add_argument("--proxies", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between rounds")

@@ -1,4 +1,7 @@
-"""`meshext serve --kubeconfig`: the cluster as the source, real Envoy as the proxy."""
+"""`meshext serve --kubeconfig`: the cluster as the source, real Envoy as the proxy.
+
+The sidecar gets its certificate as a pod would: a service-account token minted by
+the API server for meshext's audience, exchanged with `meshext credentials fetch`."""
 
 from __future__ import annotations
 
@@ -7,13 +10,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from meshext.envoy.bootstrap import AdsServer, sidecar_bootstrap
+from meshext.envoy.bootstrap import AdsServer, XdsTls, sidecar_bootstrap
 from meshext.envoy.node import HostPort
+from meshext.envoy.tls import CredentialFiles
+from meshext.identity import ca as mesh_ca
+from meshext.identity.spiffe import control_plane_id
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
 from meshext.server.modules import RunningServer
@@ -26,10 +33,17 @@ from tests.network import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("istio_crds")]
 
 
+@dataclass(frozen=True)
+class Served:
+    xds: int
+    certificates: int
+
+
 @pytest.fixture
-def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
-    """A `meshext serve --kubeconfig` process; yields its xDS port."""
-    xds = free_port()
+def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[Served]:
+    """A `meshext serve --kubeconfig` process with the CA in ``tmp_path/ca``."""
+    mesh_ca.load_or_create(tmp_path / "ca", "cluster.local")
+    xds, certificates = free_port(), free_port()
     process = subprocess.Popen(
         [
             sys.executable, "-m", "meshext", "serve",
@@ -38,12 +52,15 @@ def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
             "--admin-address", f"127.0.0.1:{free_port()}",
             "--module-address", f"127.0.0.1:{free_port()}",
             "--cache-dir", str(tmp_path / "cache"),
+            "--mesh-ca-cert", str(tmp_path / "ca" / mesh_ca.CA_CERT_FILE),
+            "--mesh-ca-key", str(tmp_path / "ca" / mesh_ca.CA_KEY_FILE),
+            "--certificate-address", f"127.0.0.1:{certificates}",
         ],
         stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ},
     )  # fmt: skip
     try:
-        yield xds
+        yield Served(xds, certificates)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -51,6 +68,25 @@ def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def fetch_credentials(serve: Served, tmp_path: Path, credentials: Path) -> str:
+    """`meshext credentials fetch`, retried while the exchange starts."""
+
+    async def attempt() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable, "-m", "meshext", "credentials", "fetch",
+                "--ca-url", f"https://127.0.0.1:{serve.certificates}",
+                "--token-file", str(tmp_path / "token"),
+                "--ca-bundle", str(tmp_path / "ca" / mesh_ca.CA_CERT_FILE),
+                "--credentials-dir", str(credentials),
+            ],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = await eventually(attempt, lambda r: r.returncode == 0, "credentials", deadline=60)
+    return done.stdout
 
 
 @pytest.fixture
@@ -61,7 +97,7 @@ async def app() -> AsyncIterator[RunningServer]:
 
 
 async def test_an_sme_applied_with_kubectl_runs_in_the_sidecar_and_gets_status(
-    cluster: Cluster, mesh: Mesh, serve: int, app: RunningServer, tmp_path: Path
+    cluster: Cluster, mesh: Mesh, serve: Served, app: RunningServer, tmp_path: Path
 ) -> None:
     namespace = mesh.members[0]
     module = build_examples() / "header-append.wasm"
@@ -75,13 +111,20 @@ async def test_an_sme_applied_with_kubectl_runs_in_the_sidecar_and_gets_status(
         )
     )
     port = free_port()
+    cluster.kubectl("create", "serviceaccount", "httpbin", "-n", namespace)
+    token = cluster.kubectl("create", "token", "httpbin", "-n", namespace, "--audience", "meshext")
+    (tmp_path / "token").write_text(token.strip())
+    credentials = tmp_path / "credentials"
+    fetched = await fetch_credentials(serve, tmp_path, credentials)
+    assert f"spiffe://cluster.local/ns/{namespace}/sa/httpbin" in fetched
+    tls = XdsTls(CredentialFiles(str(credentials)), control_plane_id("cluster.local").uri)
     bootstrap = sidecar_bootstrap(
         name="httpbin",
         namespace=namespace,
         labels={"app": "httpbin"},
         listen=f"127.0.0.1:{port}",
         app=f"127.0.0.1:{app.port}",
-        xds=AdsServer(HostPort("127.0.0.1", serve)),
+        xds=AdsServer(HostPort("127.0.0.1", serve.xds), tls=tls),
         admin_port=free_port(),
     )
     async with EnvoyProcess(bootstrap, tmp_path, name="sidecar"):

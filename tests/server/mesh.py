@@ -18,6 +18,9 @@ import httpx
 
 from meshext.envoy.bootstrap import AdsServer, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode
+from meshext.identity.authority import CaSettings
+from meshext.identity.credentials import WrittenCredentials
+from meshext.identity.issuance import proxy_credentials
 from meshext.mesh.workload import ProxyKind
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
@@ -80,6 +83,8 @@ class Sidecar:
     app: RunningServer
     port: int
     node_id: str
+    credentials: WrittenCredentials | None = None
+    """The sidecar's key and certificate (``None`` against a plaintext server)."""
 
     @property
     def url(self) -> str:
@@ -131,23 +136,30 @@ class Mesh:
         delivery: DeliveryMode | None = None,
         kind: ProxyKind = ProxyKind.SIDECAR,
         outbound: tuple[str, ...] = (),
+        service_account: str = "default",
     ) -> Sidecar:
         app = await start_echo_app()
         port = free_port()
+        credentials, tls = None, None
+        if self.running.ca is not None:
+            folder = self.workdir / "credentials" / f"{name}.{namespace}.{port}"
+            credentials, tls = proxy_credentials(
+                self.running.ca, namespace, service_account, folder
+            )
         bootstrap = sidecar_bootstrap(
             name=name,
             namespace=namespace,
             labels=labels,
             listen=f"127.0.0.1:{port}",
             app=f"127.0.0.1:{app.port}",
-            xds=AdsServer(self.running.xds_address, delta=delta),
+            xds=AdsServer(self.running.xds_address, delta=delta, tls=tls),
             admin_port=free_port(),
             kind=kind,
             module_delivery=delivery,
             outbound=outbound,
         )
         envoy = EnvoyProcess(bootstrap, self.workdir, name=f"{name}.{namespace}.{port}")
-        sidecar = Sidecar(envoy, app, port, bootstrap["node"]["id"])
+        sidecar = Sidecar(envoy, app, port, bootstrap["node"]["id"], credentials)
         self.sidecars.append(sidecar)
         await envoy.start()
         return sidecar
@@ -183,6 +195,7 @@ def serve_options(workdir: Path, *, xds_port: int = 0, module_port: int = 0) -> 
         admin_address="127.0.0.1:0",
         module_address=f"127.0.0.1:{module_port}",
         cache_dir=workdir / "cache",
+        ca=CaSettings(directory=workdir / "ca"),
     )
 
 

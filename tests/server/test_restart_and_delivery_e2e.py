@@ -73,14 +73,22 @@ async def test_restarting_meshext_keeps_sidecars_serving_and_sends_nothing_new(
         await sidecar.app.stop()
 
 
-async def test_modules_delivered_over_http_are_verified_and_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_modules_delivered_over_https_are_verified_and_run(
+    tmp_path: Path, delta: bool
+) -> None:
     async with running_mesh(tmp_path) as mesh:
         mesh.control_plane()
         mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "remote"}))
-        sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
+        sidecar = await mesh.sidecar(
+            "httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE, delta=delta
+        )
         await mesh.until(sidecar.appended, lambda h: h == ["remote"], "the remotely fetched module")
         report = await mesh.until_running("tag")
         url = report.status.deployment.url or ""
         assert url.startswith(mesh.running.modules.base_url + "/modules/sha256/")
+        assert url.startswith("https://")
         stats = await sidecar.envoy.stats()
         assert any(k.startswith("cluster.meshext.modules.") for k in stats)
+        # The fetch went over TLS, verified against the mesh CA.
+        assert stats.get("cluster.meshext.modules.ssl.handshake", 0) >= 1

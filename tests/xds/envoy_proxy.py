@@ -39,8 +39,10 @@ class EnvoyProxy:
         xds_port: int,
         mode: Literal["sotw", "delta"],
         metadata: Mapping[str, object] | None = None,
+        transport_socket: Mapping[str, object] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.transport_socket = transport_socket
         self.node_id = node_id
         self.xds_port = xds_port
         self.mode = mode
@@ -83,6 +85,11 @@ class EnvoyProxy:
                         "name": "xds",
                         "type": "STATIC",
                         "connect_timeout": "1s",
+                        **(
+                            {"transport_socket": self.transport_socket}
+                            if self.transport_socket
+                            else {}
+                        ),
                         "typed_extension_protocol_options": {
                             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -14,6 +14,10 @@ from typing import Literal
 
 import pytest
 
+from meshext.envoy.tls import upstream_tls_socket
+from meshext.identity import ca as mesh_ca
+from meshext.identity.issuance import proxy_credentials
+from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
 from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
 from meshext.xds.server import AdsServer, ConnectionInfo
@@ -39,6 +43,7 @@ class Mesh:
     envoy: EnvoyProxy
     port: int
     xds_port: int
+    security: MeshStreamSecurity
 
     @property
     def cache(self) -> SnapshotCache:
@@ -84,14 +89,24 @@ async def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     recorder = Recorder(cache)
     port = free_port()
     recorder.snapshots[NODE] = resources.snapshot(port, {"a": "1", "b": "1"})
-    server = AdsServer(cache, recorder)
+    ca = mesh_ca.create("cluster.local")
+    security = MeshStreamSecurity(ServerCertificate(ca, hosts=()))
+    server = AdsServer(cache, recorder, security=security)
     xds_port = await server.start()
+    _, tls = proxy_credentials(ca, "shop", directory=tmp_path / "credentials")
     envoy = EnvoyProxy(
-        tmp_path, node_id=NODE, xds_port=xds_port, mode=mode, metadata={"NAMESPACE": "shop"}
+        tmp_path,
+        node_id=NODE,
+        xds_port=xds_port,
+        mode=mode,
+        metadata={"NAMESPACE": "shop"},
+        transport_socket=upstream_tls_socket(
+            server_identity=tls.server_identity, sni="", files=tls.credentials
+        ),
     )
     try:
         async with envoy:
-            yield Mesh(server, recorder, envoy, port, xds_port)
+            yield Mesh(server, recorder, envoy, port, xds_port, security)
     finally:
         await server.stop(0)
 
@@ -113,6 +128,7 @@ async def test_envoy_serves_the_snapshot_and_acks_each_resource(mesh: Mesh) -> N
     assert info is not None
     assert info.protocol == mesh.envoy.mode
     assert info.user_agent.startswith("envoy ")
+    assert info.identity == "spiffe://cluster.local/ns/shop/sa/default"
 
 
 async def test_an_extension_config_update_applies_in_place_and_leaves_the_others_alone(
@@ -192,10 +208,10 @@ async def test_a_restarted_server_sends_nothing_to_an_up_to_date_envoy_that_kept
     recorder = Recorder(cache)
     rebuilt = resources.snapshot(mesh.port, {"a": "1", "b": "1"})
     recorder.snapshots[NODE] = rebuilt
-    restarted = AdsServer(cache, recorder)
+    restarted = AdsServer(cache, recorder, security=mesh.security)
     await restarted.start(f"127.0.0.1:{mesh.xds_port}")
     try:
-        again = Mesh(restarted, recorder, mesh.envoy, mesh.port, mesh.xds_port)
+        again = Mesh(restarted, recorder, mesh.envoy, mesh.port, mesh.xds_port, mesh.security)
         await again.converged(rebuilt)
         info = again.connection()
         assert info is not None

@@ -202,7 +202,13 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     help="WasmPlugin url: meshext's module server, or the image for Istio to pull.",
 )
 @click.option("--module-cluster", help="Envoy cluster of the module server (exact placement).")
-@click.option("--admin-address", default="0.0.0.0:8080", show_default=True)
+@click.option(
+    "--admin-address",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="Probes, metrics and the module server; in a cluster bind the pod's address "
+    "(0.0.0.0:8080) so probes and proxies reach it.",
+)
 @click.option("--webhook-address", default="0.0.0.0:8443", show_default=True)
 @click.option("--webhook-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--webhook-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))

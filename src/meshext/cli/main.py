@@ -6,6 +6,7 @@ import click
 
 from meshext import __version__
 from meshext.cli.describe import describe, validate
+from meshext.cli.identity import credentials
 from meshext.cli.image import image
 from meshext.cli.kube import kube
 from meshext.cli.migrate import migrate
@@ -23,6 +24,7 @@ def cli() -> None:
 cli.add_command(validate)
 cli.add_command(describe)
 cli.add_command(image)
+cli.add_command(credentials)
 cli.add_command(kube)
 for command in (serve, bootstrap, status, proxies, config_dump, quickstart, migrate):
     cli.add_command(command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sys
@@ -12,9 +13,13 @@ from pathlib import Path
 import click
 import yaml
 
+from meshext.cli.identity import ca_options, ca_settings
 from meshext.cli.options import parse_labels, registry_options, with_http_module_policy
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
+from meshext.identity.errors import IdentityError
+from meshext.identity.issuance import issue_for_proxy
+from meshext.identity.spiffe import DEFAULT_SERVICE_ACCOUNT
 from meshext.mesh.workload import ProxyKind
 from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 
@@ -54,6 +59,24 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     help="Accept WasmPlugin http(s) module URLs without spec.sha256 (trust the server).",
 )
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--insecure-xds",
+    is_flag=True,
+    help="Serve xDS and modules in PLAINTEXT: anyone who reaches them can impersonate a proxy.",
+)
+@click.option(
+    "--certificate-address",
+    default="127.0.0.1:15012",
+    show_default=True,
+    help="With --kubeconfig: where proxies exchange a service-account token for a certificate.",
+)
+@click.option(
+    "--token-audience",
+    default="meshext",
+    show_default=True,
+    help="Audience the service-account tokens must be minted for.",
+)
+@ca_options
 def serve(
     config: Path | None,
     kubeconfig: Path | None,
@@ -68,6 +91,12 @@ def serve(
     registry_config: Path | None,
     allow_unpinned_http_modules: bool,
     log_level: str,
+    insecure_xds: bool,
+    certificate_address: str,
+    token_audience: str,
+    mesh_ca_cert: Path | None,
+    mesh_ca_key: Path | None,
+    trust_domain: str,
 ) -> None:
     """Serve the extensions declared under --config (or in the cluster of --kubeconfig)
     to Envoy proxies over xDS (ADS)."""
@@ -88,7 +117,17 @@ def serve(
             registry_options(insecure_registry, ca_file, registry_config),
             allow_unpinned=allow_unpinned_http_modules,
         ),
+        insecure_xds=insecure_xds,
+        ca=ca_settings(mesh_ca_cert, mesh_ca_key, trust_domain),
+        certificate_address=certificate_address,
+        token_audience=token_audience,
     )
+    if insecure_xds:
+        logging.getLogger("meshext").warning(
+            "--insecure-xds: xDS and the module server run in PLAINTEXT without client "
+            "authentication; any client that reaches them can read and change any proxy's "
+            "configuration"
+        )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(options, kubeconfig))
 
@@ -116,6 +155,23 @@ def serve(
 @click.option("--gateway", is_flag=True, help="Configure a gateway instead of a sidecar.")
 @click.option("--module-delivery", type=click.Choice([m.value for m in DeliveryMode]), default=None)
 @click.option("--output", "-o", type=click.Choice(["yaml", "json"]), default="yaml")
+@click.option(
+    "--service-account",
+    default=DEFAULT_SERVICE_ACCOUNT,
+    show_default=True,
+    help="Service account of the proxy's identity.",
+)
+@click.option(
+    "--credentials-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the proxy's key, certificate and CA bundle "
+    "(default: <state>/credentials/<namespace>/<service-account>).",
+)
+@click.option(
+    "--insecure-xds", is_flag=True, help="Reach a server started with --insecure-xds (plaintext)."
+)
+@ca_options
 def bootstrap(
     name: str,
     namespace: str,
@@ -129,10 +185,18 @@ def bootstrap(
     gateway: bool,
     module_delivery: str | None,
     output: str,
+    service_account: str,
+    credentials_dir: Path | None,
+    insecure_xds: bool,
+    mesh_ca_cert: Path | None,
+    mesh_ca_key: Path | None,
+    trust_domain: str,
 ) -> None:
-    """Print the Envoy bootstrap of a sidecar (or gateway) served by meshext."""
+    """Print the Envoy bootstrap of a sidecar (or gateway) served by meshext, and write
+    its credentials (key, certificate from the mesh CA, CA bundle) for mutual TLS."""
     try:
-        document = sidecar_bootstrap(
+        make = functools.partial(
+            sidecar_bootstrap,
             name=name,
             namespace=namespace,
             labels=parse_labels(labels),
@@ -140,12 +204,17 @@ def bootstrap(
             extra_ports=listen[1:],
             outbound=outbound,
             app=app,
-            xds=AdsServer(parse_host_port(xds_address), delta=delta),
             admin_port=admin_port,
             kind=ProxyKind.GATEWAY if gateway else ProxyKind.SIDECAR,
             module_delivery=DeliveryMode(module_delivery) if module_delivery else None,
         )
-    except (BootstrapError, ValueError) as exc:
+        address = parse_host_port(xds_address)
+        document = make(xds=AdsServer(address, delta=delta))  # arguments checked first
+        if not insecure_xds:
+            settings = ca_settings(mesh_ca_cert, mesh_ca_key, trust_domain)
+            _, tls = issue_for_proxy(settings, namespace, service_account, credentials_dir)
+            document = make(xds=AdsServer(address, delta=delta, tls=tls))
+    except (BootstrapError, IdentityError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if output == "json":

@@ -43,10 +43,13 @@ def status(admin: str, output: str) -> None:
     """Extensions with their status: resolved phase and priority, module, and proxies."""
     body = fetch(admin, "/api/v1/extensions")
     errors = fetch(admin, "/api/v1/errors")["errors"]
+    security = fetch(admin, "/api/v1/security")
     if output == "json":
-        click.echo(json.dumps({**body, "errors": errors}, indent=2))
+        click.echo(json.dumps({**body, "errors": errors, "security": security}, indent=2))
         return
     console = make_console()
+    if security.get("warning"):
+        console.print(f"[bold red]WARNING[/bold red]: {security['warning']}")
     table = Table(title="Extensions", title_justify="left")
     for column in ("extension", "ready", "phase", "priority", "sha256", "proxies", "message"):
         table.add_column(column)

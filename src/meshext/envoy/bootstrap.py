@@ -5,7 +5,9 @@ the admin interface on loopback, and takes listeners and clusters dynamically:
 
 - from meshext's ADS server (:class:`AdsServer`) over one gRPC stream, state of the
   world or delta (``delta=True``); extension configs then come over the same stream
-  (their filters say ``config_source: {ads: {}}``);
+  (their filters say ``config_source: {ads: {}}``). With ``tls`` the stream is mutual
+  TLS, the proxy's certificate and trust bundle read from its credentials folder
+  through file-based SDS (:mod:`meshext.envoy.tls`);
 - or from files Envoy watches (:class:`~meshext.envoy.files.ConfigDirectory`), to run
   a proxy without a server.
 """
@@ -33,6 +35,7 @@ from meshext.envoy.node import (
     parse_port,
     proxy_from_node,
 )
+from meshext.envoy.tls import CredentialFiles, upstream_tls_socket
 from meshext.mesh.workload import ProxyKind
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -43,12 +46,21 @@ class BootstrapError(EnvoyConfigError):
 
 
 @dataclass(frozen=True)
+class XdsTls:
+    """Mutual TLS to the ADS server: the proxy's credentials and the server's SPIFFE id."""
+
+    credentials: CredentialFiles
+    server_identity: str
+
+
+@dataclass(frozen=True)
 class AdsServer:
-    """meshext's ADS server, reached over gRPC (HTTP/2 cleartext)."""
+    """meshext's ADS server, reached over gRPC: mutual TLS with ``tls``, else cleartext."""
 
     address: HostPort
     delta: bool = False
     """Use the incremental (delta) protocol instead of state of the world."""
+    tls: XdsTls | None = None
 
 
 def sidecar_bootstrap(
@@ -127,7 +139,7 @@ def sidecar_bootstrap(
         "lds_config": ads,
         "cds_config": dict(ads),
     }
-    bootstrap["static_resources"] = {"clusters": [_xds_cluster(xds.address)]}
+    bootstrap["static_resources"] = {"clusters": [_secured(_xds_cluster(xds.address), xds)]}
     return bootstrap
 
 
@@ -195,6 +207,16 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
 
 def _path_source(path: str) -> dict[str, Any]:
     return {"path_config_source": {"path": path}, "resource_api_version": "V3"}
+
+
+def _secured(cluster: dict[str, Any], xds: AdsServer) -> dict[str, Any]:
+    if xds.tls is not None:
+        cluster["transport_socket"] = upstream_tls_socket(
+            server_identity=xds.tls.server_identity,
+            sni=xds.address.host,
+            files=xds.tls.credentials,
+        )
+    return cluster
 
 
 def _xds_cluster(address: HostPort) -> dict[str, Any]:

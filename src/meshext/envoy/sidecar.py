@@ -77,6 +77,7 @@ from meshext.envoy.resources import (
     EnvoyResources,
     pack,
 )
+from meshext.envoy.tls import upstream_tls_socket_proto
 from meshext.envoy.wasm import (
     NETWORK_WASM_FILTER_TYPE_URL,
     WASM_FILTER_TYPE_URL,
@@ -158,7 +159,7 @@ def proxy_resources(
         _static_cluster(names.outbound_cluster_name(o.port), o.upstream) for o in proxy.outbound
     )
     if plan.applied and mode is DeliveryMode.REMOTE and delivery.server is not None:
-        clusters.append(_static_cluster(names.MODULES_CLUSTER, delivery.server))
+        clusters.append(_modules_cluster(delivery))
     return EnvoyResources(
         listeners=tuple(listeners),
         clusters=tuple(sorted(clusters, key=lambda c: str(c.name))),
@@ -394,6 +395,21 @@ def _static_cluster(name: str, target: HostPort) -> Any:
             ],
         ),
     )
+
+
+def _modules_cluster(delivery: ModuleDelivery) -> Any:
+    """The module server's cluster, over TLS verified by the mesh's roots when it has them."""
+    assert delivery.server is not None
+    cluster = _static_cluster(names.MODULES_CLUSTER, delivery.server)
+    if delivery.tls is not None:
+        cluster.transport_socket.CopyFrom(
+            upstream_tls_socket_proto(
+                server_identity=delivery.tls.server_identity,
+                sni=delivery.server.host,
+                trusted_ca_pem=delivery.tls.trusted_ca_pem,
+            )
+        )
+    return cluster
 
 
 def _describe(workload: Any) -> str:

@@ -61,6 +61,14 @@ _FAILURE_POLICIES: Final = {
 
 
 @dataclass(frozen=True)
+class ModuleServerTls:
+    """The roots that verify the module server and the SPIFFE id it must present."""
+
+    trusted_ca_pem: str
+    server_identity: str
+
+
+@dataclass(frozen=True)
 class ModuleDelivery:
     """How proxies get module bytes.
 
@@ -78,10 +86,14 @@ class ModuleDelivery:
     fetch_retries: int = 5
     retry_base_interval_ms: int = 500
     retry_max_interval_ms: int = 10_000
+    tls: ModuleServerTls | None = None
+    """How proxies verify the module server (HTTPS); ``None`` for plain HTTP."""
 
     @property
     def base_url(self) -> str | None:
-        return None if self.server is None else f"http://{self.server}"
+        if self.server is None:
+            return None
+        return f"{'https' if self.tls else 'http'}://{self.server}"
 
     def mode_for(self, proxy: ProxyInfo) -> DeliveryMode:
         """The delivery mode of ``proxy``: its own choice, else ``mode``."""

@@ -2,7 +2,8 @@
 
 * the admin port (plain HTTP): ``/healthz`` (the process runs), ``/readyz`` (caches are
   filled and reconciliation runs: probes and the Service use it), ``/debug/controller``
-  (leadership, queue and write counters as JSON), and the module server's
+  (leadership, queue and write counters as JSON; answered to loopback clients only,
+  whatever address the port is bound to), and the module server's
   ``/modules/sha256/<hex>`` from which proxies fetch modules;
 * the webhook port (HTTPS): ``/convert`` for the API server's ConversionReviews and
   ``/healthz``.
@@ -13,6 +14,7 @@ whichever replica the Service picks.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +35,22 @@ async def _healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
 def admin_app(controller: Controller, modules: ModuleStore | None = None) -> web.Application:
     async def readyz(_request: web.Request) -> web.Response:
         if controller.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="caches are not filled yet\n")
 
-    async def debug(_request: web.Request) -> web.Response:
+    async def debug(request: web.Request) -> web.Response:
+        if not _from_loopback(request):
+            raise web.HTTPForbidden(text="/debug is served to loopback clients only\n")
         stats = controller.stats
         return web.json_response(
             {

@@ -33,7 +33,7 @@ class RunOptions:
     kubeconfig: str | None = None
     context: str | None = None
     registry: RegistryConfig = field(default_factory=RegistryConfig)
-    admin_host: str = "0.0.0.0"
+    admin_host: str = "127.0.0.1"
     admin_port: int = 8080
     webhook_cert: Path | None = None
     webhook_key: Path | None = None

@@ -25,7 +25,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from meshext.envoy.bootstrap import AdsServer, sidecar_bootstrap
+from meshext.envoy.bootstrap import AdsServer, XdsTls, sidecar_bootstrap
+from meshext.identity.issuance import keep_renewed, proxy_credentials
 from meshext.mesh.workload import ProxyKind
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
@@ -63,13 +64,19 @@ async def run_quickstart(options: QuickstartOptions, console: Console) -> bool:
     console.print(f"[bold]meshext quickstart[/bold]: serving {options.config}")
     async with running_control_plane(serve) as running:
         app = await start_echo_app()
+        assert running.ca is not None
+        credentials, tls = proxy_credentials(
+            running.ca, NAMESPACE, directory=workdir / "credentials"
+        )
+        renewal = asyncio.create_task(keep_renewed(running.ca, credentials))
         envoy = EnvoyProcess(
-            _bootstrap(options, running, app.port), workdir, name="httpbin-sidecar"
+            _bootstrap(options, running, app.port, tls), workdir, name="httpbin-sidecar"
         )
         try:
             await envoy.start()
             console.print(
-                f"control plane: xDS 127.0.0.1:{running.xds_port}, admin {running.admin_url}\n"
+                f"control plane: xDS 127.0.0.1:{running.xds_port} (mutual TLS, sidecar "
+                f"identity {credentials.identity}), admin {running.admin_url}\n"
                 f"demo app 'httpbin' (namespace {NAMESPACE}, labels "
                 f"{','.join(f'{k}={v}' for k, v in LABELS.items())}) on 127.0.0.1:{app.port}, "
                 f"its Envoy sidecar on 127.0.0.1:{options.sidecar_port} (admin {envoy.admin_url})"
@@ -88,6 +95,7 @@ async def run_quickstart(options: QuickstartOptions, console: Console) -> bool:
                 await _until_interrupted()
             return ok
         finally:
+            renewal.cancel()
             await envoy.stop()
             await app.stop()
             console.print("stopped the sidecar, the demo app and the control plane")
@@ -95,7 +103,7 @@ async def run_quickstart(options: QuickstartOptions, console: Console) -> bool:
 
 
 def _bootstrap(
-    options: QuickstartOptions, running: RunningControlPlane, app_port: int
+    options: QuickstartOptions, running: RunningControlPlane, app_port: int, tls: XdsTls
 ) -> dict[str, object]:
     return sidecar_bootstrap(
         name="httpbin",
@@ -103,7 +111,7 @@ def _bootstrap(
         labels=LABELS,
         listen=f"127.0.0.1:{options.sidecar_port}",
         app=f"127.0.0.1:{app_port}",
-        xds=AdsServer(running.xds_address),
+        xds=AdsServer(running.xds_address, tls=tls),
         admin_port=options.envoy_admin_port,
         kind=ProxyKind.SIDECAR,
     )

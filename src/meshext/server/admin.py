@@ -27,6 +27,12 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegist
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 
 
+INSECURE_WARNING = (
+    "xDS and the module server run in PLAINTEXT (--insecure-xds): any client that reaches "
+    "them can read and change the configuration of any proxy"
+)
+
+
 def admin_app(
     control: ControlPlane, ads: AdsServer, registry: CollectorRegistry, ready: Callable[[], bool]
 ) -> web.Application:
@@ -44,6 +50,7 @@ def admin_app(
             web.get("/api/v1/proxies", _proxies),
             web.get("/api/v1/proxies/{node_id}/config", _proxy_config),
             web.get("/api/v1/errors", _errors),
+            web.get("/api/v1/security", _security),
         ]
     )
     return app
@@ -62,6 +69,14 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _security(request: web.Request) -> web.Response:
+    secure = request.app[ADS_SERVER].security is not None
+    body: dict[str, Any] = {"xds": "mutual-tls" if secure else "plaintext"}
+    if not secure:
+        body["warning"] = INSECURE_WARNING
+    return web.json_response(body)
 
 
 async def _extensions(request: web.Request) -> web.Response:
@@ -148,6 +163,7 @@ def proxy_json(record: ProxyRecord, connections: list[ConnectionInfo]) -> dict[s
         {
             "protocol": str(c.protocol),
             "peer": c.peer,
+            "identity": c.identity or None,
             "connectedSince": c.connected_since.isoformat(),
             "responsesSent": c.responses_sent,
             "types": {

@@ -3,6 +3,9 @@
 One asyncio loop runs everything: the config source, image resolution, the control
 loop, the ADS server (gRPC), the module server and the admin API (HTTP). Addresses
 default to loopback; the ADS and module addresses are what proxies must reach.
+
+By default xDS is mutual TLS and the module server HTTPS, both with a certificate
+from the mesh CA (:mod:`meshext.identity`); ``insecure_xds`` serves both in plaintext.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import gc
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from meshext.envoy.node import DeliveryMode, HostPort
-from meshext.envoy.wasm import ModuleDelivery
+from meshext.envoy.wasm import ModuleDelivery, ModuleServerTls
+from meshext.identity.authority import CaSettings, refresh_ssl_context, server_ssl_context
+from meshext.identity.ca import CertificateAuthority
+from meshext.identity.exchange import DEFAULT_AUDIENCE, TokenAuthenticator, exchange_app
+from meshext.identity.issuance import keep_folders_renewed
+from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.identity.state import credentials_root
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
@@ -59,6 +69,12 @@ class ServeOptions:
     cache_max_bytes: int | None = None
     module_delivery: DeliveryMode = DeliveryMode.LOCAL
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    insecure_xds: bool = False
+    """Serve xDS and modules in plaintext, to anyone who reaches them."""
+    ca: CaSettings = field(default_factory=CaSettings)
+    certificate_address: str = "127.0.0.1:15012"
+    """Where proxies exchange a token for a certificate (with a token authenticator)."""
+    token_audience: str = DEFAULT_AUDIENCE
 
 
 @dataclass
@@ -70,6 +86,12 @@ class RunningControlPlane:
     xds_port: int
     modules: RunningServer
     admin: RunningServer
+    ca: CertificateAuthority | None = None
+    """The mesh CA, ``None`` when serving in plaintext."""
+    certificates: RunningServer | None = None
+    """The token-for-certificate exchange, when a token authenticator was given."""
+    server_identity: str | None = None
+    """The SPIFFE id of the control plane's certificate, ``None`` in plaintext."""
 
     @property
     def xds_address(self) -> HostPort:
@@ -80,6 +102,31 @@ class RunningControlPlane:
         return self.admin.base_url
 
 
+@dataclass(frozen=True)
+class _ServerTls:
+    """The control plane's side of TLS: its certificate and what is built on it."""
+
+    server: ServerCertificate
+    ssl_context: ssl.SSLContext
+    security: MeshStreamSecurity
+    module_tls: ModuleServerTls
+
+    @classmethod
+    def create(cls, options: ServeOptions) -> _ServerTls:
+        hosts = (
+            listen_address(options.xds_address).host,
+            listen_address(options.module_address).host,
+            listen_address(options.certificate_address).host,
+        )
+        server = ServerCertificate(options.ca.load(), hosts=hosts)
+        return cls(
+            server,
+            server_ssl_context(server),
+            MeshStreamSecurity(server),
+            ModuleServerTls(server.ca.bundle_pem.decode(), server.identity.uri),
+        )
+
+
 @contextlib.asynccontextmanager
 async def running_control_plane(
     options: ServeOptions,
@@ -87,8 +134,10 @@ async def running_control_plane(
     source: ConfigSource | None = None,
     secrets: PullSecretStore | None = None,
     sinks: tuple[StatusSink, ...] = (),
+    authenticator: TokenAuthenticator | None = None,
 ) -> AsyncIterator[RunningControlPlane]:
-    """Start every component; on exit stop them all, even after an error."""
+    """Start every component; on exit stop them all, even after an error. With an
+    ``authenticator`` (and TLS), proxies can also exchange tokens for certificates."""
     if source is None:
         if options.config is None:
             raise ValueError("either a config folder or a config source is needed")
@@ -100,29 +149,60 @@ async def running_control_plane(
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
-    modules = await start_module_server(module_app(cache), module_host.host, module_host.port)
+    tls = None if options.insecure_xds else _ServerTls.create(options)
+    modules = await start_module_server(
+        module_app(cache),
+        module_host.host,
+        module_host.port,
+        ssl_context=tls.ssl_context if tls else None,
+    )
     delivery = ModuleDelivery(
-        mode=options.module_delivery, server=HostPort(module_host.host, modules.port)
+        mode=options.module_delivery,
+        server=HostPort(module_host.host, modules.port),
+        tls=tls.module_tls if tls else None,
     )
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks)
-    ads = AdsServer(snapshots, control, registry=registry)
+    ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
     admin: RunningServer | None = None
-    loop_task: asyncio.Task[None] | None = None
+    certificates: RunningServer | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
+        if authenticator is not None and tls is not None:
+            where = listen_address(options.certificate_address)
+            certificates = await start_module_server(
+                exchange_app(tls.server.ca, authenticator),
+                where.host,
+                where.port,
+                ssl_context=tls.ssl_context,
+            )
+            log.info("certificate exchange on %s", certificates.base_url)
         xds_port = await ads.start(options.xds_address)
         admin_host = listen_address(options.admin_address)
         app = admin_app(control, ads, registry, lambda: control.loaded)
         admin = await start_module_server(app, admin_host.host, admin_host.port)
-        loop_task = asyncio.create_task(control.run(source), name="control loop")
-        yield RunningControlPlane(control, ads, xds_port, modules, admin)
+        tasks.append(asyncio.create_task(control.run(source), name="control loop"))
+        if tls is not None:
+            tasks.append(asyncio.create_task(_renew_https(tls.ssl_context, tls.server)))
+        yield RunningControlPlane(
+            control,
+            ads,
+            xds_port,
+            modules,
+            admin,
+            ca=tls.server.ca if tls else None,
+            certificates=certificates,
+            server_identity=tls.server.identity.uri if tls else None,
+        )
     finally:
-        if loop_task is not None:
-            loop_task.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+                await task
         await ads.stop(grace=1.0)
         if admin is not None:
             await admin.stop()
+        if certificates is not None:
+            await certificates.stop()
         await modules.stop()
 
 
@@ -133,6 +213,7 @@ async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -
         source: ConfigSource | None = None
         secrets: PullSecretStore | None = None
         sinks: tuple[StatusSink, ...] = ()
+        authenticator: TokenAuthenticator | None = None
         if kubeconfig is not None:
             # Imported only when serving from a cluster: the Kubernetes client costs a
             # folder-serving process about 36 MiB (measured by benchmarks/ads_scale).
@@ -140,18 +221,30 @@ async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -
             from meshext.kube.secrets import KubePullSecretStore  # noqa: PLC0415
             from meshext.kube.source import KubernetesSource  # noqa: PLC0415
             from meshext.kube.status import KubernetesStatusSink  # noqa: PLC0415
+            from meshext.kube.token_review import KubeTokenAuthenticator  # noqa: PLC0415
 
             client = await stack.enter_async_context(await KubeClient.connect(kubeconfig))
             source = KubernetesSource(client)
             secrets = KubePullSecretStore(client)
             sinks = (KubernetesStatusSink(client),)
+            authenticator = KubeTokenAuthenticator(client, options.token_audience)
         running = await stack.enter_async_context(
-            running_control_plane(options, source=source, secrets=secrets, sinks=sinks)
+            running_control_plane(
+                options, source=source, secrets=secrets, sinks=sinks, authenticator=authenticator
+            )
         )
+        if running.ca is not None:
+            # Proxies bootstrapped on this host keep valid certificates without a timer.
+            renewal = asyncio.create_task(
+                keep_folders_renewed(running.ca, credentials_root()), name="renewal"
+            )
+            stack.callback(renewal.cancel)
         tune_garbage_collector()
+        xds_host = listen_address(options.xds_address).host
         log.info(
-            "meshext serving: xDS on 127.0.0.1:%d, modules on %s, admin on %s",
-            running.xds_port,
+            "meshext serving: xDS on %s (%s), modules on %s, admin on %s",
+            HostPort(xds_host, running.xds_port),
+            "PLAINTEXT" if options.insecure_xds else "mutual TLS",
             running.modules.base_url,
             running.admin_url,
         )
@@ -166,6 +259,13 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(100_000, middle, old)
+
+
+async def _renew_https(context: ssl.SSLContext, server: ServerCertificate) -> None:
+    """Keep the module server's certificate current (checked every ten minutes)."""
+    while True:
+        await asyncio.sleep(600)
+        refresh_ssl_context(context, server)
 
 
 class _NoSecrets:

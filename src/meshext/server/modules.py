@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -105,30 +106,36 @@ class RunningServer:
     runner: web.AppRunner
     host: str
     port: int
+    tls: bool = False
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
 
 
 async def start_module_server(
-    app: web.Application, host: str = "127.0.0.1", port: int = 0
+    app: web.Application,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> RunningServer:
-    """Serve ``app`` (from :func:`module_app`, or one with more routes) on ``host:port``.
+    """Serve ``app`` (from :func:`module_app`, or one with more routes) on ``host:port``,
+    over HTTPS with ``ssl_context``.
 
     ``port`` 0 picks a free port; the returned handle holds the one bound.
     """
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise ModuleServerError(f"module server cannot listen on {host}:{port}: {exc}") from exc
     bound = int(runner.addresses[0][1]) if runner.addresses else port
-    return RunningServer(runner, host, bound)
+    return RunningServer(runner, host, bound, tls=ssl_context is not None)

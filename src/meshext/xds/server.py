@@ -17,6 +17,13 @@ NACKs are reported per response, which for per-name types (extension configs) na
 exactly one resource. ``on_disconnect`` comes when the last stream of a node id ends,
 so a proxy reconnecting while its old stream lingers is never reported gone.
 
+Security: with a :class:`StreamSecurity` the server listens with TLS and requires a
+client certificate; when a stream names its node, the security decides from the
+peer's certificate whether that identity may speak for that node. A refused stream
+gets ``PERMISSION_DENIED`` before anything about the node is read or changed, and a
+node id held by an open stream of one identity cannot be claimed by another. Without
+one the server listens in plaintext and anyone who reaches it can claim any node.
+
 Errors: :class:`ServerError` when the address cannot be bound; a client breaking the
 protocol gets ``INVALID_ARGUMENT``; an exception in a callback is logged and the
 stream carries on.
@@ -71,6 +78,27 @@ class ServerError(MeshextError):
     """The ADS server could not start (a permanent error for the given address)."""
 
 
+class StreamDenied(MeshextError):
+    """A stream's peer may not speak for the node it named; the message says why."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StreamSecurity(Protocol):
+    """How the server authenticates its peers and authorizes the nodes they claim."""
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """TLS credentials that require and verify a client certificate."""
+        ...
+
+    def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
+        """The identity of the peer (from ``auth_context``, gRPC's view of the verified
+        certificate) if it may speak for ``node``; raises :class:`StreamDenied` if not."""
+        ...
+
+
 class StreamEvents(Protocol):
     """What the control plane learns from the ADS server.
 
@@ -113,6 +141,8 @@ class ConnectionInfo:
     peer: str
     connected_since: datetime
     types: Mapping[str, TypeStatus]
+    identity: str = ""
+    """The peer's identity from its certificate; empty on a plaintext server."""
 
     @property
     def responses_sent(self) -> int:
@@ -139,6 +169,12 @@ class _Metrics:
         self.proxies = Gauge(
             "meshext_xds_connected_proxies",
             "Distinct node ids with an open ADS stream",
+            registry=registry,
+        )
+        self.denied = Counter(
+            "meshext_xds_denied_streams",
+            "ADS streams refused because the peer may not speak for the node it named",
+            ["reason"],
             registry=registry,
         )
         self._children: dict[tuple[str, ...], Any] = {}
@@ -184,6 +220,7 @@ class _Stream:
     connected_since: datetime
     inbox: asyncio.Queue[_Item]
     node_id: str | None = None
+    identity: str = ""
     wake_queued: bool = False
 
     def info(self) -> ConnectionInfo | None:
@@ -200,6 +237,7 @@ class _Stream:
             peer=self.peer,
             connected_since=self.connected_since,
             types=MappingProxyType(self.machine.status()),
+            identity=self.identity,
         )
 
 
@@ -216,14 +254,17 @@ class AdsServer:
         events: StreamEvents,
         *,
         registry: CollectorRegistry | None = None,
+        security: StreamSecurity | None = None,
     ) -> None:
         self.cache = cache
         self.events = events
+        self.security = security
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._metrics = _Metrics(self.registry)
         self._server: grpc.aio.Server | None = None
         self._streams: dict[int, _Stream] = {}
         self._node_streams: dict[str, int] = {}
+        self._node_identities: dict[str, str] = {}
         self._ids = itertools.count(1)
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
@@ -233,7 +274,10 @@ class AdsServer:
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         try:
-            port = server.add_insecure_port(address)
+            if self.security is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, self.security.server_credentials())
         except RuntimeError as exc:
             raise ServerError(f"cannot listen on {address}: {exc}") from exc
         if not port:
@@ -241,7 +285,15 @@ class AdsServer:
         port = int(port)
         await server.start()
         self._server = server
-        _log.info("ADS server listening on %s (port %d)", address, port)
+        if self.security is None:
+            _log.warning(
+                "ADS server listening on %s (port %d) in PLAINTEXT: any client that reaches "
+                "it can read and change the configuration of any proxy",
+                address,
+                port,
+            )
+        else:
+            _log.info("ADS server listening on %s (port %d), mutual TLS", address, port)
         return port
 
     async def stop(self, grace: float) -> None:
@@ -298,6 +350,10 @@ class AdsServer:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                         return
                     if stream.node_id is None and machine.node is not None:
+                        denied = self._authorize(stream, machine.node, context)
+                        if denied is not None:
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
+                            return
                         await self._identified(stream, machine.node)
                         watcher = asyncio.create_task(self._watch(stream))
                 for event in events:
@@ -312,8 +368,31 @@ class AdsServer:
                 watcher.cancel()
             self._closed(stream)
 
+    def _authorize(
+        self, stream: _Stream, node: Node, context: grpc.aio.ServicerContext
+    ) -> str | None:
+        """Why the stream may not speak for ``node``, or ``None`` (then its identity is set)."""
+        if self.security is None:
+            return None
+        try:
+            identity = self.security.authorize(context.auth_context(), node)
+            holder = self._node_identities.get(node.id)
+            if holder is not None and holder != identity:
+                raise StreamDenied(
+                    f"node {node.id!r} is connected as {holder}; {identity} may not claim it",
+                    "node id held by another identity",
+                )
+        except StreamDenied as exc:
+            self._metrics.denied.labels(exc.reason).inc()
+            _log.warning("stream %d from %s refused: %s", stream.stream_id, stream.peer, exc)
+            return str(exc)
+        stream.identity = identity
+        return None
+
     async def _identified(self, stream: _Stream, node: Node) -> None:
         stream.node_id = node.id
+        if stream.identity:
+            self._node_identities[node.id] = stream.identity
         count = self._node_streams.get(node.id, 0)
         self._node_streams[node.id] = count + 1
         if count == 0:
@@ -376,6 +455,7 @@ class AdsServer:
             self._node_streams[node_id] = count
             return
         del self._node_streams[node_id]
+        self._node_identities.pop(node_id, None)
         self._metrics.proxies.dec()
         _log.info("node %r disconnected", node_id)
         try:
@@ -419,4 +499,12 @@ def _short(type_url: str) -> str:
     return type_url.rsplit(".", 1)[-1]
 
 
-__all__ = ["AdsServer", "ConnectionInfo", "ServerError", "StreamEvents", "StreamProtocol"]
+__all__ = [
+    "AdsServer",
+    "ConnectionInfo",
+    "ServerError",
+    "StreamDenied",
+    "StreamEvents",
+    "StreamProtocol",
+    "StreamSecurity",
+]

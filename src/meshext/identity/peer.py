@@ -1,0 +1,120 @@
+"""Who is on the other end of an xDS stream, and whether it may speak for its node.
+
+gRPC has already verified the peer's chain against the trust bundle (and its validity
+dates) when a stream starts; :class:`MeshStreamSecurity` reads the verified leaf
+certificate from the stream's auth context, takes its SPIFFE id, and accepts the node
+only if the node's ``NAMESPACE`` metadata is that id's namespace. The namespace is
+what decides which extensions a proxy receives, so it is the claim that must be proven.
+
+It also serves the control plane's own certificate, renewed at half its lifetime:
+gRPC asks for the current one at each new handshake (``dynamic_ssl_server_credentials``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import grpc
+from cryptography import x509
+
+from meshext.envoy.node import NAMESPACE
+from meshext.identity.ca import CertificateAuthority, IssuedCertificate
+from meshext.identity.errors import IdentityError
+from meshext.identity.spiffe import SpiffeId, control_plane_id, parse_spiffe_id
+from meshext.xds.server import StreamDenied
+from meshext.xds.types import Node
+
+PEM_CERT_PROPERTY = "x509_pem_cert"
+
+
+def spiffe_id_of(cert: x509.Certificate) -> SpiffeId | None:
+    """The one SPIFFE id in ``cert``'s URI subject alternative names, else ``None``."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = list(san.get_values_for_type(x509.UniformResourceIdentifier))
+    spiffe = [uri for uri in uris if uri.startswith("spiffe://")]
+    if len(spiffe) != 1:
+        return None
+    try:
+        return parse_spiffe_id(spiffe[0])
+    except IdentityError:
+        return None
+
+
+def peer_spiffe_id(auth_context: Mapping[str, Sequence[bytes]]) -> SpiffeId | None:
+    """The SPIFFE id of the verified client certificate of a gRPC call."""
+    pem = auth_context.get(PEM_CERT_PROPERTY)
+    if not pem:
+        return None
+    try:
+        return spiffe_id_of(x509.load_pem_x509_certificate(pem[0]))
+    except ValueError:
+        return None
+
+
+class ServerCertificate:
+    """The control plane's serving certificate, reissued once half its lifetime is over."""
+
+    def __init__(self, ca: CertificateAuthority, hosts: Sequence[str]) -> None:
+        self.ca = ca
+        self.identity = control_plane_id(ca.trust_domain)
+        self.hosts = tuple(dict.fromkeys(("localhost", "127.0.0.1", "::1", *hosts)))
+        self._lock = threading.Lock()
+        self._issued = ca.issue_server(self.identity, self.hosts)
+
+    def current(self, now: datetime | None = None) -> IssuedCertificate:
+        with self._lock:
+            if (now or datetime.now(UTC)) >= self._issued.renew_after():
+                self._issued = self.ca.issue_server(self.identity, self.hosts)
+            return self._issued
+
+
+class MeshStreamSecurity:
+    """:class:`meshext.xds.server.StreamSecurity` for meshext's CA and SPIFFE ids."""
+
+    def __init__(self, server: ServerCertificate) -> None:
+        self.server = server
+        self.trust_domain = server.ca.trust_domain
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        served: list[IssuedCertificate] = [self.server.current()]
+
+        def configuration(issued: IssuedCertificate) -> grpc.ServerCertificateConfiguration:
+            return grpc.ssl_server_certificate_configuration(
+                [(issued.key_pem, issued.cert_pem)], root_certificates=issued.bundle_pem
+            )
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            issued = self.server.current()
+            if issued is served[0]:
+                return None
+            served[0] = issued
+            return configuration(issued)
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(served[0]), fetch, require_client_authentication=True
+        )
+
+    def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
+        peer = peer_spiffe_id(auth_context)
+        if peer is None:
+            raise StreamDenied(
+                f"node {node.id!r}: the client certificate carries no SPIFFE id", "no identity"
+            )
+        if peer.trust_domain != self.trust_domain:
+            raise StreamDenied(
+                f"node {node.id!r}: {peer} is not in trust domain {self.trust_domain!r}",
+                "foreign trust domain",
+            )
+        claimed = node.metadata.get(NAMESPACE)
+        if claimed != peer.namespace:
+            raise StreamDenied(
+                f"node {node.id!r} claims namespace {claimed!r} but its certificate is {peer} "
+                f"(namespace {peer.namespace!r})",
+                "namespace mismatch",
+            )
+        return peer.uri
