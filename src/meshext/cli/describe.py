@@ -139,6 +139,7 @@ def _applied_json(planned: PlannedExtension, order: int) -> dict[str, Any]:
         "image": planned.extension.image,
         "sha256": module.sha256 if module else None,
         "imageDigest": module.image_digest if module else None,
+        "signer": module.signer if module else None,
     }
 
 

@@ -13,6 +13,8 @@ import click
 import yaml
 
 from meshext.cli.options import parse_labels, registry_options
+from meshext.cli.trust_options import signature_options
+from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
 from meshext.mesh.workload import ProxyKind
@@ -48,6 +50,7 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+@signature_options
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def serve(
     config: Path | None,
@@ -61,6 +64,8 @@ def serve(
     insecure_registry: tuple[str, ...],
     ca_file: Path | None,
     registry_config: Path | None,
+    trusted_keys: Path | None,
+    signature_policy: str | None,
     log_level: str,
 ) -> None:
     """Serve the extensions declared under --config (or in the cluster of --kubeconfig)
@@ -79,6 +84,7 @@ def serve(
         cache_max_bytes=cache_max_bytes,
         module_delivery=DeliveryMode(module_delivery),
         registry=registry_options(insecure_registry, ca_file, registry_config),
+        signatures=signature_policy_of(trusted_keys, signature_policy),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(options, kubeconfig))

@@ -25,13 +25,17 @@ not pull.
 Transient failures (network errors, 5xx, 429) are retried with exponential backoff
 inside :meth:`ImageResolver.resolve`; when the attempts run out, the resolution fails
 as retryable. Permanent failures (401/403/404, a bad image or module) fail at once.
+
+With a signature policy (:class:`SignatureVerifier`), a module is handed out only
+after its image (or, for ``file:``, its detached signature) passed the policy; a
+refusal keeps an extension's previous module running.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,6 +61,8 @@ from meshext.images.reference import (
     parse_image_reference,
 )
 from meshext.images.source import LayoutSource, RegistrySource
+from meshext.images.trust import TrustedKey
+from meshext.images.verification import SignatureRefused, SignatureVerifier
 from meshext.mesh.extension import Extension
 from meshext.mesh.resolution import PullSecretStore, Resolution, ResolvedModule
 
@@ -113,8 +119,10 @@ class ImageResolver:
         registry_config: RegistryConfig = DEFAULT_REGISTRY_CONFIG,
         retries: RetryPolicy = DEFAULT_RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
+        signatures: SignatureVerifier | None = None,
     ) -> None:
         self.cache = cache
+        self.signatures = signatures or SignatureVerifier()
         self._secrets = secrets
         self._config = registry_config
         self._retries = retries
@@ -140,6 +148,8 @@ class ImageResolver:
         except ImageReferenceError as exc:
             self.cache.use(user, None)
             return Resolution.failed(f"failed to parse spec.image: {exc}")
+        except SignatureRefused as exc:
+            return Resolution.failed(str(exc), keep_previous=True)
         except ImageError as exc:
             self.cache.use(user, None)
             return Resolution.failed(str(exc), retryable=exc.retryable)
@@ -153,10 +163,21 @@ class ImageResolver:
     async def pull(self, request: PullRequest, progress: Progress | None = None) -> ResolvedModule:
         """Resolve one image; raises :class:`ImageError` with a message a user can act on."""
         reference = parse_image_reference(request.image)
+        signer: TrustedKey | None = None
         if reference.kind is ReferenceKind.FILE:
             record = await self._puller.load_file(Path(reference.path))
+            cached = self.cache.path_for(record.module_sha256)
+            if cached is not None:
+                signer = self.signatures.check_file(
+                    Path(reference.path), cached, record.module_sha256
+                )
         elif reference.kind is ReferenceKind.OCI_LAYOUT:
             record = await self._from_layout(reference, progress)
+            signer = await self.signatures.check_image(
+                LayoutSource(Path(reference.path), self._config.limits),
+                _signed_digests(record),
+                None,
+            )
         else:
             access = await self._access(request, reference)
             always = request.policy == ALWAYS or (not request.policy and reference.is_latest)
@@ -170,6 +191,11 @@ class ImageResolver:
                 ),
                 access,
             )
+            if self.signatures.policy.active:
+                signed = record
+                signer = await self._with_retries(
+                    reference, lambda: self._check_signatures(reference, access, signed), access
+                )
         _check_expected(request, reference, record)
         path = self.cache.path_for(record.module_sha256)
         if path is None:
@@ -177,7 +203,8 @@ class ImageResolver:
                 f"the module of {reference} was evicted from the cache while resolving; retrying"
             )
         self.cache.touch(record.module_sha256)
-        return record.resolved(path)
+        module = record.resolved(path)
+        return replace(module, signer=str(signer)) if signer is not None else module
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -230,6 +257,17 @@ class ImageResolver:
         if tag_name:
             self.cache.store_tag(tag_name, top.digest)
         return record
+
+    async def _check_signatures(
+        self, reference: ImageReference, access: _Access, record: ImageRecord
+    ) -> TrustedKey | None:
+        client = self._client(reference.registry, access.credentials)
+        source = RegistrySource(client, reference.repository, str(reference))
+
+        async def referrers(digest: str) -> bytes | None:
+            return await client.referrers(reference.repository, digest)
+
+        return await self.signatures.check_image(source, _signed_digests(record), referrers)
 
     def _client(self, registry: str, credentials: Credentials | None) -> RegistryClient:
         key = (registry, credentials.fingerprint if credentials else ANONYMOUS_FINGERPRINT)
@@ -304,6 +342,11 @@ class ImageResolver:
 
 def _user(key: ResourceKey) -> str:
     return str(key)
+
+
+def _signed_digests(record: ImageRecord) -> tuple[str, ...]:
+    """The digests a signature may name: the one the reference reached, then the image."""
+    return (record.digest, record.image_digest or record.digest)
 
 
 def _unauthorized_message(reference: ImageReference, access: _Access, exc: Unauthorized) -> str:

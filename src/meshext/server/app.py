@@ -24,6 +24,8 @@ from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
+from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
+from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import PullSecretStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
@@ -59,6 +61,7 @@ class ServeOptions:
     cache_max_bytes: int | None = None
     module_delivery: DeliveryMode = DeliveryMode.LOCAL
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    signatures: SignaturePolicy = SIGNATURES_OFF
 
 
 @dataclass
@@ -96,7 +99,12 @@ async def running_control_plane(
     if secrets is None:
         secrets = FolderPullSecretStore(options.config) if options.config else _NoSecrets()
     cache = ModuleCache(options.cache_dir, max_bytes=options.cache_max_bytes)
-    resolver = ImageResolver(cache, secrets, registry_config=options.registry)
+    resolver = ImageResolver(
+        cache,
+        secrets,
+        registry_config=options.registry,
+        signatures=SignatureVerifier(options.signatures),
+    )
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
