@@ -1,0 +1,343 @@
+"""Images signed with the real cosign in a real registry pass the signature policy;
+unsigned, wrongly signed and tampered images never resolve."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from meshext.cli.image import image as image_cli
+from meshext.images.cache import ModuleCache
+from meshext.images.resolver import ImageResolver
+from meshext.images.secrets import FolderPullSecretStore
+from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
+from meshext.images.verification import SignatureVerifier
+from meshext.mesh.resolution import Resolution, ResolutionState
+from tests.images.conftest import (
+    FAST_RETRIES,
+    extension,
+    registry_config,
+    run,
+    skopeo_manifest_digest,
+    skopeo_push,
+    unique,
+)
+from tests.images.cosign import Cosign, KeyPair, find_cosign
+from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
+from tests.images.registry import Registry
+from tests.images.wasm import proxy_wasm_module
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
+    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
+
+
+@pytest.fixture(scope="session")
+def ci_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    return cosign.generate_key_pair(tmp_path_factory.mktemp("ci-key"))
+
+
+@pytest.fixture(scope="session")
+def rogue_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    return cosign.generate_key_pair(tmp_path_factory.mktemp("rogue-key"))
+
+
+def trust_folder(tmp_path: Path, *keys: KeyPair) -> Path:
+    folder = tmp_path / "trusted"
+    folder.mkdir(exist_ok=True)
+    for number, key in enumerate(keys):
+        shutil.copy(key.public, folder / f"key{number}.pub")
+    return folder
+
+
+def resolver(
+    cache: ModuleCache,
+    registry: Registry,
+    trusted: Path,
+    mode: SignatureMode = SignatureMode.ENFORCE,
+) -> ImageResolver:
+    return ImageResolver(
+        cache,
+        FolderPullSecretStore(cache.root.parent / "no-secrets"),
+        registry_config=registry_config(registry),
+        retries=FAST_RETRIES,
+        signatures=SignatureVerifier(SignaturePolicy(mode, load_trusted_keys(trusted))),
+    )
+
+
+async def resolve(
+    cache: ModuleCache,
+    registry: Registry,
+    trusted: Path,
+    image: str,
+    mode: SignatureMode = SignatureMode.ENFORCE,
+) -> Resolution:
+    image_resolver = resolver(cache, registry, trusted, mode)
+    try:
+        return await image_resolver.resolve(extension(image, policy="Always"))
+    finally:
+        await image_resolver.aclose()
+
+
+def push_image(
+    tmp_path: Path, registry: Registry, repository: str, marker: str, *extra: str
+) -> tuple[str, str]:
+    """An istio-compat image with a module unique to ``marker``; (tag reference, digest)."""
+    layout = Layout(tmp_path / f"layout-{marker}")
+    module = proxy_wasm_module(marker)
+    layout.image("v1", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", module)]))])
+    skopeo_push(layout.root, "v1", registry, f"{repository}:v1", *extra)
+    reference = f"{registry.host}/{repository}:v1"
+    return reference, skopeo_manifest_digest(registry, reference)
+
+
+def by_digest(reference: str, digest: str) -> str:
+    return reference.rsplit(":", 1)[0] + "@" + digest
+
+
+def tags(registry: Registry, repository: str) -> set[str]:
+    out = run(
+        "skopeo", "list-tags", *registry.skopeo_args(), f"docker://{registry.host}/{repository}"
+    )
+    return set(json.loads(out)["Tags"])
+
+
+async def test_an_image_signed_by_a_trusted_key_resolves_and_names_its_signer(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("signed")
+    reference, digest = push_image(tmp_path, plain_registry, repository, "signed")
+    cosign.sign(ci_key, by_digest(reference, digest), plain_registry)
+    assert f"sha256-{digest[7:]}.sig" in tags(plain_registry, repository)
+    trusted = trust_folder(tmp_path, ci_key)
+    resolution = await resolve(cache, plain_registry, trusted, reference)
+    assert resolution.state is ResolutionState.READY, resolution.message
+    assert resolution.module is not None
+    assert resolution.module.image_digest == digest
+    key = load_trusted_keys(trusted)[0]
+    assert resolution.module.signer == f"key0.pub (sha256:{key.fingerprint})"
+
+
+async def test_an_unsigned_image_is_refused_naming_its_digest_and_where_it_looked(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, ci_key: KeyPair
+) -> None:
+    reference, digest = push_image(tmp_path, plain_registry, unique("unsigned"), "unsigned")
+    resolution = await resolve(cache, plain_registry, trust_folder(tmp_path, ci_key), reference)
+    assert resolution.state is ResolutionState.FAILED
+    assert resolution.module is None
+    assert not resolution.retryable
+    assert resolution.keep_previous
+    assert "refused by the signature policy" in resolution.message
+    assert f"image {digest} has no cosign signature" in resolution.message
+    assert f"tag sha256-{digest[7:]}.sig" in resolution.message
+
+
+async def test_an_image_signed_by_another_key_is_refused(
+    tmp_path: Path,
+    cache: ModuleCache,
+    plain_registry: Registry,
+    cosign: Cosign,
+    ci_key: KeyPair,
+    rogue_key: KeyPair,
+) -> None:
+    reference, digest = push_image(tmp_path, plain_registry, unique("rogue"), "rogue")
+    cosign.sign(rogue_key, by_digest(reference, digest), plain_registry)
+    resolution = await resolve(cache, plain_registry, trust_folder(tmp_path, ci_key), reference)
+    assert resolution.state is ResolutionState.FAILED
+    assert f"image {digest} has no valid signature by a trusted key" in resolution.message
+    assert f"tag sha256-{digest[7:]}.sig: signed by no trusted key" in resolution.message
+
+
+async def test_a_genuine_signature_copied_onto_another_image_does_not_count(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("copied")
+    signed_ref, signed_digest = push_image(tmp_path, plain_registry, repository, "genuine")
+    cosign.sign(ci_key, by_digest(signed_ref, signed_digest), plain_registry)
+    layout = Layout(tmp_path / "evil")
+    layout.image(
+        "v2", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", proxy_wasm_module("evil"))]))]
+    )
+    skopeo_push(layout.root, "v2", plain_registry, f"{repository}:v2")
+    evil_ref = f"{plain_registry.host}/{repository}:v2"
+    evil_digest = skopeo_manifest_digest(plain_registry, evil_ref)
+    host = plain_registry.host
+    run(
+        "skopeo",
+        "copy",
+        "--quiet",
+        *plain_registry.skopeo_args("src-"),
+        *plain_registry.skopeo_args("dest-"),
+        f"docker://{host}/{repository}:sha256-{signed_digest[7:]}.sig",
+        f"docker://{host}/{repository}:sha256-{evil_digest[7:]}.sig",
+    )
+    trusted = trust_folder(tmp_path, ci_key)
+    resolution = await resolve(cache, plain_registry, trusted, evil_ref)
+    assert resolution.state is ResolutionState.FAILED
+    key = load_trusted_keys(trusted)[0]
+    assert (
+        f"signed by key0.pub (sha256:{key.fingerprint}), but for image {signed_digest}, "
+        "not this one"
+    ) in resolution.message
+    assert f"image {evil_digest} has no valid signature" in resolution.message
+
+
+async def test_moving_the_tag_after_signing_refuses_the_image_it_now_names(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("moved")
+    reference, signed_digest = push_image(tmp_path, plain_registry, repository, "before")
+    cosign.sign(ci_key, by_digest(reference, signed_digest), plain_registry)
+    trusted = trust_folder(tmp_path, ci_key)
+    before = await resolve(cache, plain_registry, trusted, reference)
+    assert before.state is ResolutionState.READY, before.message
+    _, moved_digest = push_image(tmp_path, plain_registry, repository, "after")
+    assert moved_digest != signed_digest
+    after = await resolve(cache, plain_registry, trusted, reference)
+    assert after.state is ResolutionState.FAILED
+    assert f"image {moved_digest} has no cosign signature" in after.message
+
+
+async def test_a_re_pushed_manifest_of_the_same_module_needs_its_own_signature(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("repushed")
+    reference, oci_digest = push_image(tmp_path, plain_registry, repository, "same module")
+    cosign.sign(ci_key, by_digest(reference, oci_digest), plain_registry)
+    # The same layout again, converted to a Docker schema 2 manifest: same module bytes,
+    # another manifest digest.
+    _, docker_digest = push_image(
+        tmp_path / "again", plain_registry, repository, "same module", "--format", "v2s2"
+    )
+    assert docker_digest != oci_digest
+    trusted = trust_folder(tmp_path, ci_key)
+    refused = await resolve(cache, plain_registry, trusted, reference)
+    assert refused.state is ResolutionState.FAILED
+    assert f"image {docker_digest} has no cosign signature" in refused.message
+    cosign.sign(ci_key, by_digest(reference, docker_digest), plain_registry)
+    accepted = await resolve(cache, plain_registry, trusted, reference)
+    assert accepted.state is ResolutionState.READY, accepted.message
+    assert accepted.module is not None
+    assert accepted.module.image_digest == docker_digest
+
+
+async def test_a_signature_stored_as_an_oci_referrer_is_found_through_the_referrers_tag(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("referrers")
+    reference, digest = push_image(tmp_path, plain_registry, repository, "referrers")
+    cosign.sign(ci_key, by_digest(reference, digest), plain_registry, referrers=True)
+    present = tags(plain_registry, repository)
+    # distribution 2.8 has no referrers API, so cosign wrote the fallback index tag.
+    assert f"sha256-{digest[7:]}" in present
+    assert f"sha256-{digest[7:]}.sig" not in present
+    resolution = await resolve(cache, plain_registry, trust_folder(tmp_path, ci_key), reference)
+    assert resolution.state is ResolutionState.READY, resolution.message
+    assert resolution.module is not None
+    assert resolution.module.signer is not None
+
+
+async def test_an_ed25519_key_imported_into_cosign_signs_images_meshext_verifies(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign
+) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    pem = tmp_path / "ed25519.pem"
+    pem.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key = cosign.import_key_pair(pem, tmp_path / "imported")
+    reference, digest = push_image(tmp_path, plain_registry, unique("ed25519"), "ed25519")
+    cosign.sign(key, by_digest(reference, digest), plain_registry)
+    trusted = trust_folder(tmp_path, key)
+    assert load_trusted_keys(trusted)[0].algorithm == "ed25519"
+    resolution = await resolve(cache, plain_registry, trusted, reference)
+    assert resolution.state is ResolutionState.READY, resolution.message
+
+
+async def test_warn_mode_delivers_an_unsigned_image_without_a_signer(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, ci_key: KeyPair
+) -> None:
+    reference, _ = push_image(tmp_path, plain_registry, unique("warn"), "warn")
+    resolution = await resolve(
+        cache, plain_registry, trust_folder(tmp_path, ci_key), reference, SignatureMode.WARN
+    )
+    assert resolution.state is ResolutionState.READY, resolution.message
+    assert resolution.module is not None
+    assert resolution.module.signer is None
+
+
+async def test_a_signed_image_in_a_tls_registry_verifies(
+    tmp_path: Path, cache: ModuleCache, tls_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    reference, digest = push_image(tmp_path, tls_registry, unique("tls"), "tls")
+    trusted = trust_folder(tmp_path, ci_key)
+    refused = await resolve(cache, tls_registry, trusted, reference)
+    assert refused.state is ResolutionState.FAILED
+    cosign.sign(ci_key, by_digest(reference, digest), tls_registry)
+    accepted = await resolve(cache, tls_registry, trusted, reference)
+    assert accepted.state is ResolutionState.READY, accepted.message
+
+
+async def test_a_file_module_needs_a_detached_signature_by_a_trusted_key(
+    tmp_path: Path,
+    cache: ModuleCache,
+    plain_registry: Registry,
+    cosign: Cosign,
+    ci_key: KeyPair,
+    rogue_key: KeyPair,
+) -> None:
+    module = tmp_path / "filter.wasm"
+    module.write_bytes(proxy_wasm_module("file module"))
+    trusted = trust_folder(tmp_path, ci_key)
+    missing = await resolve(cache, plain_registry, trusted, f"file:{module}")
+    assert missing.state is ResolutionState.FAILED
+    assert f"has no detached signature {module}.sig" in missing.message
+    cosign.sign_blob(rogue_key, module, Path(f"{module}.sig"))
+    wrong = await resolve(cache, plain_registry, trusted, f"file:{module}")
+    assert wrong.state is ResolutionState.FAILED
+    assert "detached signature filter.wasm.sig is signed by no trusted key" in wrong.message
+    cosign.sign_blob(ci_key, module, Path(f"{module}.sig"))
+    signed = await resolve(cache, plain_registry, trusted, f"file:{module}")
+    assert signed.state is ResolutionState.READY, signed.message
+    assert signed.module is not None
+    assert signed.module.signer is not None
+    assert signed.module.sha256 == hashlib.sha256(module.read_bytes()).hexdigest()
+
+
+def test_image_inspect_shows_the_verified_signer_and_refuses_unsigned_images(
+    tmp_path: Path, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("inspect")
+    reference, digest = push_image(tmp_path, plain_registry, repository, "inspect")
+    trusted = trust_folder(tmp_path, ci_key)
+    common = [
+        "--insecure-registry",
+        "127.0.0.1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--trusted-keys",
+        str(trusted),
+        "--quiet",
+    ]
+    refused = CliRunner().invoke(image_cli, ["inspect", reference, *common])
+    assert refused.exit_code == 1
+    assert f"image {digest} has no cosign signature" in refused.output
+    cosign.sign(ci_key, by_digest(reference, digest), plain_registry)
+    shown = CliRunner().invoke(image_cli, ["inspect", reference, *common])
+    assert shown.exit_code == 0, shown.output
+    key = load_trusted_keys(trusted)[0]
+    assert f"signer: key0.pub (sha256:{key.fingerprint})" in shown.output
