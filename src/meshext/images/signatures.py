@@ -5,8 +5,10 @@ manifest whose layers are *simple-signing* payloads (media type
 ``application/vnd.dev.cosign.simplesigning.v1+json``) with the base64 signature in
 the layer annotation ``dev.cosignproject.cosign/signature``. The payload is JSON
 whose ``critical.image.docker-manifest-digest`` names the image it vouches for; the
-signature is over the payload bytes exactly as stored (ECDSA P-256 with SHA-256 in
-ASN.1 DER, or pure Ed25519).
+signature is over the payload bytes exactly as stored: ECDSA P-256 with SHA-256 in
+ASN.1 DER, or for Ed25519 keys Ed25519ph (RFC 8032, SHA-512 prehash, empty
+context), which cosign 2.x uses; pure Ed25519, which older cosign wrote, is accepted
+too.
 
 Everything here is pure: :func:`judge` takes the signatures found (by
 :mod:`meshext.images.signature_discovery`), the image digest and the trusted keys,
@@ -15,9 +17,11 @@ otherwise lists what was found and why each candidate did not count. A signature
 is counted only when its payload names the very digest being judged, so a valid
 signature over another image (an older build, another tag) proves nothing.
 
-All cryptography is done by ``cryptography``; the only code written here is the
-cosign payload format, which no maintained Python library reads for key-based
-signatures without also pulling in the keyless (Fulcio/Rekor) machinery.
+All cryptography is done by libraries: ``cryptography`` for ECDSA and pure Ed25519,
+PyNaCl's libsodium bindings for Ed25519ph (``cryptography`` has no prehashed
+Ed25519). The only code written here is the cosign payload format, which no
+maintained Python library reads for key-based signatures without also pulling in the
+keyless (Fulcio/Rekor) machinery.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from nacl.bindings import (
+    crypto_sign_ed25519ph_final_verify,
+    crypto_sign_ed25519ph_state,
+    crypto_sign_ed25519ph_update,
+)
+from nacl.exceptions import BadSignatureError, CryptoError
 
 from meshext.images.trust import TrustedKey
 
@@ -106,14 +116,34 @@ def decode_signature(signature_b64: str) -> bytes:
 
 def signature_is_valid(key: TrustedKey, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` over ``message`` verifies with ``key``."""
+    if isinstance(key.key, ed25519.Ed25519PublicKey):
+        return _pure_ed25519_valid(key.key, message, signature) or _ed25519ph_valid(
+            key.key, message, signature
+        )
     try:
-        if isinstance(key.key, ed25519.Ed25519PublicKey):
-            key.key.verify(signature, message)
-        else:
-            key.key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        key.key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True
+
+
+def _pure_ed25519_valid(key: ed25519.Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _ed25519ph_valid(key: ed25519.Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
+    if len(signature) != 64:
+        return False
+    state = crypto_sign_ed25519ph_state()
+    crypto_sign_ed25519ph_update(state, message)
+    try:
+        return bool(crypto_sign_ed25519ph_final_verify(state, signature, key.public_bytes_raw()))
+    except (BadSignatureError, CryptoError):
+        return False
 
 
 def signing_key(
