@@ -341,3 +341,42 @@ def test_image_inspect_shows_the_verified_signer_and_refuses_unsigned_images(
     assert shown.exit_code == 0, shown.output
     key = load_trusted_keys(trusted)[0]
     assert f"signer: key0.pub (sha256:{key.fingerprint})" in shown.output
+
+
+async def test_an_oci_layout_holding_the_signature_tag_verifies_and_one_without_is_refused(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("layout")
+    reference, digest = push_image(tmp_path, plain_registry, repository, "layout")
+    cosign.sign(ci_key, by_digest(reference, digest), plain_registry)
+    copied = tmp_path / "copied"
+    signature_tag = f"sha256-{digest[7:]}.sig"
+    for tag in ("v1", signature_tag):
+        run(
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            *plain_registry.skopeo_args("src-"),
+            f"docker://{plain_registry.host}/{repository}:{tag}",
+            f"oci:{copied}:{tag}",
+        )
+    trusted = trust_folder(tmp_path, ci_key)
+    signed = await resolve(cache, plain_registry, trusted, f"oci-layout:{copied}:v1")
+    assert signed.state is ResolutionState.READY, signed.message
+    assert signed.module is not None
+    assert signed.module.image_digest == digest
+    assert signed.module.signer is not None
+    bare = tmp_path / "bare"
+    run(
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        *plain_registry.skopeo_args("src-"),
+        f"docker://{plain_registry.host}/{repository}:v1",
+        f"oci:{bare}:v1",
+    )
+    refused = await resolve(cache, plain_registry, trusted, f"oci-layout:{bare}:v1")
+    assert refused.state is ResolutionState.FAILED
+    assert f"image {digest} has no cosign signature" in refused.message
