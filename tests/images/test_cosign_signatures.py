@@ -17,6 +17,7 @@ from meshext.cli.image import image as image_cli
 from meshext.images.cache import ModuleCache
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
+from meshext.images.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING
 from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
 from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import Resolution, ResolutionState
@@ -380,3 +381,48 @@ async def test_an_oci_layout_holding_the_signature_tag_verifies_and_one_without_
     refused = await resolve(cache, plain_registry, trusted, f"oci-layout:{bare}:v1")
     assert refused.state is ResolutionState.FAILED
     assert f"image {digest} has no cosign signature" in refused.message
+
+
+def push_signature_manifest(
+    tmp_path: Path, registry: Registry, repository: str, digest: str, payload: bytes
+) -> None:
+    """A hand-made cosign signature manifest for ``digest`` with one payload layer."""
+    layout = Layout(tmp_path / "hostile-signature")
+    layer = layout.blob(payload, SIMPLE_SIGNING)
+    layer["annotations"] = {SIGNATURE_ANNOTATION: "AAAA"}
+    media_type = "application/vnd.oci.image.manifest.v1+json"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": layout.blob(b"{}", "application/vnd.oci.image.config.v1+json"),
+        "layers": [layer],
+    }
+    descriptor = layout.blob(json.dumps(manifest).encode(), media_type)
+    tag = f"sha256-{digest[7:]}.sig"
+    layout.tag(tag, descriptor)
+    skopeo_push(layout.root, tag, registry, f"{repository}:{tag}", "--preserve-digests")
+
+
+@pytest.mark.parametrize("mode", [SignatureMode.ENFORCE, SignatureMode.WARN])
+async def test_an_oversized_signature_payload_is_a_reason_not_a_crash(
+    tmp_path: Path,
+    cache: ModuleCache,
+    plain_registry: Registry,
+    ci_key: KeyPair,
+    mode: SignatureMode,
+) -> None:
+    repository = unique("hostile-sig")
+    reference, digest = push_image(tmp_path, plain_registry, repository, "hostile")
+    push_signature_manifest(tmp_path, plain_registry, repository, digest, b"x" * (65 * 1024))
+    resolution = await resolve(
+        cache, plain_registry, trust_folder(tmp_path, ci_key), reference, mode
+    )
+    if mode is SignatureMode.ENFORCE:
+        assert resolution.state is ResolutionState.FAILED
+        assert f"image {digest} has no valid signature by a trusted key" in resolution.message
+        assert "looking for its signatures failed" in resolution.message
+        assert "over the limit of 65536 bytes" in resolution.message
+    else:
+        assert resolution.state is ResolutionState.READY, resolution.message
+        assert resolution.module is not None
+        assert resolution.module.signer is None

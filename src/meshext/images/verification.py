@@ -16,6 +16,11 @@ only if the policy allows it.
 For an image reached through an index, a signature over the index digest (what
 ``cosign sign`` of the tag signs) or over the chosen manifest's digest counts.
 
+A signature that cannot be read (an oversized or malformed signature manifest or
+payload, a registry refusing access to it) is a finding like any other: under
+``enforce`` the image is refused with that reason, under ``warn`` it is logged. Only
+a transient registry failure under ``enforce`` is raised as such, to be retried.
+
 Positive verdicts are remembered in memory per digest, so a pinned or cached image
 costs registry requests for its signatures once per process, not on every resolve;
 a refusal is never remembered, so signing an image later takes effect on the next
@@ -75,7 +80,17 @@ class SignatureVerifier:
         for digest in dict.fromkeys(digests):
             verdict = self._verified.get(digest)
             if verdict is None:
-                found = await find_signatures(source, digest, referrers)
+                try:
+                    found = await find_signatures(source, digest, referrers)
+                except ImageError as exc:
+                    if exc.retryable and self.policy.mode is SignatureMode.ENFORCE:
+                        raise
+                    verdicts.append(
+                        SignatureVerdict(
+                            digest, None, "", (f"looking for its signatures failed: {exc}",)
+                        )
+                    )
+                    continue
                 verdict = judge(
                     digest, found, self.policy.keys, places(digest, referrers is not None)
                 )
