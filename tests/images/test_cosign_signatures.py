@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +24,7 @@ from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import Resolution, ResolutionState
 from tests.images.conftest import (
     FAST_RETRIES,
+    CountingTransport,
     extension,
     registry_config,
     run,
@@ -426,3 +428,36 @@ async def test_an_oversized_signature_payload_is_a_reason_not_a_crash(
         assert resolution.state is ResolutionState.READY, resolution.message
         assert resolution.module is not None
         assert resolution.module.signer is None
+
+
+async def test_signatures_of_a_verified_digest_are_fetched_once_per_process(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("once")
+    reference, digest = push_image(tmp_path, plain_registry, repository, "once")
+    pinned = by_digest(reference, digest)
+    cosign.sign(ci_key, pinned, plain_registry)
+    counting = CountingTransport(httpx.AsyncHTTPTransport())
+    policy = SignaturePolicy(
+        SignatureMode.ENFORCE, load_trusted_keys(trust_folder(tmp_path, ci_key))
+    )
+    image_resolver = ImageResolver(
+        cache,
+        FolderPullSecretStore(tmp_path / "no-secrets"),
+        registry_config=registry_config(plain_registry),
+        transport=counting,
+        signatures=SignatureVerifier(policy),
+    )
+    try:
+        first = await image_resolver.resolve(extension(pinned))
+        assert first.state is ResolutionState.READY, first.message
+        # the referrers API was asked (distribution 2.8 answers 404)
+        assert counting.counts[("GET", f"/v2/{repository}/referrers/{digest}")] == 1
+        after_first = counting.registry_requests
+        second = await image_resolver.resolve(extension(pinned))
+        assert second.state is ResolutionState.READY, second.message
+        assert second.module is not None
+        assert second.module.signer is not None
+        assert counting.registry_requests == after_first
+    finally:
+        await image_resolver.aclose()
