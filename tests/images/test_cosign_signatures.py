@@ -25,6 +25,7 @@ from meshext.mesh.resolution import Resolution, ResolutionState
 from tests.images.conftest import (
     FAST_RETRIES,
     CountingTransport,
+    cache_is_clean,
     extension,
     registry_config,
     run,
@@ -461,3 +462,28 @@ async def test_signatures_of_a_verified_digest_are_fetched_once_per_process(
         assert counting.registry_requests == after_first
     finally:
         await image_resolver.aclose()
+
+
+async def test_the_layers_of_an_unsigned_image_are_never_downloaded_under_enforce(
+    tmp_path: Path, cache: ModuleCache, plain_registry: Registry, ci_key: KeyPair
+) -> None:
+    reference, digest = push_image(tmp_path, plain_registry, unique("untouched"), "untouched")
+    counting = CountingTransport(httpx.AsyncHTTPTransport())
+    policy = SignaturePolicy(
+        SignatureMode.ENFORCE, load_trusted_keys(trust_folder(tmp_path, ci_key))
+    )
+    image_resolver = ImageResolver(
+        cache,
+        FolderPullSecretStore(tmp_path / "no-secrets"),
+        registry_config=registry_config(plain_registry),
+        transport=counting,
+        signatures=SignatureVerifier(policy),
+    )
+    try:
+        resolution = await image_resolver.resolve(extension(reference))
+    finally:
+        await image_resolver.aclose()
+    assert resolution.state is ResolutionState.FAILED
+    assert f"image {digest} has no cosign signature" in resolution.message
+    assert counting.blob_downloads == 0
+    assert cache_is_clean(cache)

@@ -28,7 +28,9 @@ as retryable. Permanent failures (401/403/404, a bad image or module) fail at on
 
 With a signature policy (:class:`SignatureVerifier`), a module is handed out only
 after its image (or, for ``file:``, its detached signature) passed the policy; a
-refusal keeps an extension's previous module running.
+refusal keeps an extension's previous module running. Under ``enforce`` an image
+manifest's signature is checked before anything else of the image is downloaded (an
+index's signature may name the chosen entry, so an index is checked after the pull).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import httpx
 from meshext.api.meta import ResourceKey
 from meshext.images.auth import ANONYMOUS_FINGERPRINT, Credentials, CredentialsError, DockerConfig
 from meshext.images.cache import CacheError, ImageRecord, ModuleCache
-from meshext.images.client import Progress, RegistryClient
+from meshext.images.client import FetchedManifest, Progress, RegistryClient
 from meshext.images.config import RegistryConfig, RetryPolicy
 from meshext.images.errors import (
     ImageError,
@@ -53,6 +55,7 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
+from meshext.images.oci import ImageIndex, parse_document
 from meshext.images.pull import Puller
 from meshext.images.reference import (
     ImageReference,
@@ -61,7 +64,7 @@ from meshext.images.reference import (
     parse_image_reference,
 )
 from meshext.images.source import LayoutSource, RegistrySource
-from meshext.images.trust import TrustedKey
+from meshext.images.trust import SignatureMode, TrustedKey
 from meshext.images.verification import SignatureRefused, SignatureVerifier
 from meshext.mesh.extension import Extension
 from meshext.mesh.resolution import PullSecretStore, Resolution, ResolvedModule
@@ -192,9 +195,9 @@ class ImageResolver:
                 access,
             )
             if self.signatures.policy.active:
-                signed = record
+                digests = _signed_digests(record)
                 signer = await self._with_retries(
-                    reference, lambda: self._check_signatures(reference, access, signed), access
+                    reference, lambda: self._check_signatures(reference, access, digests), access
                 )
         _check_expected(request, reference, record)
         path = self.cache.path_for(record.module_sha256)
@@ -218,9 +221,12 @@ class ImageResolver:
     ) -> ImageRecord:
         source = LayoutSource(Path(reference.path), self._config.limits)
         top = await source.manifest(reference.digest or reference.tag or "")
-        return self.cache.image(top.digest) or await self._puller.pull(
-            source, top, _LOCAL_IDENTITY, progress
-        )
+        cached = self.cache.image(top.digest)
+        if cached is not None:
+            return cached
+        if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
+            await self.signatures.check_image(source, (top.digest,), None)
+        return await self._puller.pull(source, top, _LOCAL_IDENTITY, progress)
 
     async def _from_registry(
         self,
@@ -253,13 +259,16 @@ class ImageResolver:
             return record
         source = registry()
         top = await source.manifest(known or reference.version)
+        if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
+            # refused before a byte of the image is downloaded, unpacked or compiled
+            await self._check_signatures(reference, access, (top.digest,))
         record = await self._puller.pull(source, top, access.identity, progress)
         if tag_name:
             self.cache.store_tag(tag_name, top.digest)
         return record
 
     async def _check_signatures(
-        self, reference: ImageReference, access: _Access, record: ImageRecord
+        self, reference: ImageReference, access: _Access, digests: tuple[str, ...]
     ) -> TrustedKey | None:
         client = self._client(reference.registry, access.credentials)
         source = RegistrySource(client, reference.repository, str(reference))
@@ -267,7 +276,7 @@ class ImageResolver:
         async def referrers(digest: str) -> bytes | None:
             return await client.referrers(reference.repository, digest)
 
-        return await self.signatures.check_image(source, _signed_digests(record), referrers)
+        return await self.signatures.check_image(source, digests, referrers)
 
     def _client(self, registry: str, credentials: Credentials | None) -> RegistryClient:
         key = (registry, credentials.fingerprint if credentials else ANONYMOUS_FINGERPRINT)
@@ -342,6 +351,13 @@ class ImageResolver:
 
 def _user(key: ResourceKey) -> str:
     return str(key)
+
+
+def _is_index(top: FetchedManifest) -> bool:
+    try:
+        return isinstance(parse_document(top.data, top.media_type, str(top.digest)), ImageIndex)
+    except InvalidImage:
+        return False  # the puller reports it
 
 
 def _signed_digests(record: ImageRecord) -> tuple[str, ...]:
