@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from meshext.cli.image import image as image_cli
+from meshext.cli.trust_options import signature_policy
 from meshext.images.cache import ModuleCache
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
@@ -487,3 +488,37 @@ async def test_the_layers_of_an_unsigned_image_are_never_downloaded_under_enforc
     assert f"image {digest} has no cosign signature" in resolution.message
     assert counting.blob_downloads == 0
     assert cache_is_clean(cache)
+
+
+async def test_a_namespace_key_counts_for_that_namespaces_extensions_only(
+    tmp_path: Path,
+    cache: ModuleCache,
+    plain_registry: Registry,
+    cosign: Cosign,
+    ci_key: KeyPair,
+    rogue_key: KeyPair,
+) -> None:
+    reference, digest = push_image(tmp_path, plain_registry, unique("team"), "team")
+    cosign.sign(rogue_key, by_digest(reference, digest), plain_registry)
+    trusted = trust_folder(tmp_path, ci_key)
+    (trusted / "team-a").mkdir()
+    shutil.copy(rogue_key.public, trusted / "team-a" / "team.pub")
+    policy = signature_policy(trusted, None)
+    image_resolver = ImageResolver(
+        cache,
+        FolderPullSecretStore(tmp_path / "no-secrets"),
+        registry_config=registry_config(plain_registry),
+        signatures=SignatureVerifier(policy),
+    )
+    try:
+        own = await image_resolver.resolve(extension(reference, namespace="team-a"))
+        other = await image_resolver.resolve(extension(reference, namespace="team-b"))
+    finally:
+        await image_resolver.aclose()
+    assert own.state is ResolutionState.READY, own.message
+    assert own.module is not None
+    assert own.module.signer is not None
+    assert own.module.signer.startswith("team-a/team.pub (sha256:")
+    assert other.state is ResolutionState.FAILED
+    assert f"image {digest} has no valid signature by a trusted key" in other.message
+    assert "signed by no trusted key" in other.message

@@ -16,6 +16,7 @@ from meshext.images.trust import (
     SignatureMode,
     SignaturePolicy,
     TrustConfigError,
+    load_namespace_keys,
     load_trusted_keys,
     parse_public_keys,
 )
@@ -151,3 +152,21 @@ def test_no_signature_at_all_says_where_it_looked() -> None:
     assert verdict.explain() == (
         f"image {DIGEST} has no cosign signature (looked for tag sha256-aaa.sig)"
     )
+
+
+def test_namespace_subfolders_add_keys_for_that_namespace_only(tmp_path: Path) -> None:
+    (tmp_path / "mesh.pub").write_bytes(public_pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "team-a").mkdir()
+    (tmp_path / "team-a" / "ci.pem").write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate()))
+    policy = SignaturePolicy(
+        SignatureMode.ENFORCE, load_trusted_keys(tmp_path), load_namespace_keys(tmp_path)
+    )
+    assert [k.name for k in policy.keys_for("team-a")] == ["mesh.pub", "team-a/ci.pem"]
+    assert [k.name for k in policy.keys_for("team-b")] == ["mesh.pub"]
+
+
+def test_a_subfolder_that_is_not_a_namespace_name_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "mesh.pub").write_bytes(public_pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "Team_A").mkdir()
+    with pytest.raises(TrustConfigError, match="'Team_A' is not a namespace name"):
+        load_namespace_keys(tmp_path)

@@ -1,6 +1,7 @@
 """``--trusted-keys`` and ``--signature-policy``: the signature policy of a command.
 
-``--trusted-keys DIR`` alone turns enforcement on; ``--signature-policy`` chooses
+``--trusted-keys DIR`` alone turns enforcement on (keys in ``DIR/<namespace>/`` are
+trusted in addition for that namespace's extensions); ``--signature-policy`` chooses
 ``enforce``, ``warn`` or ``off`` explicitly (``warn`` and ``enforce`` need keys).
 Without either, signatures are not checked.
 """
@@ -18,6 +19,7 @@ from meshext.images.trust import (
     SignatureMode,
     SignaturePolicy,
     TrustConfigError,
+    load_namespace_keys,
     load_trusted_keys,
 )
 
@@ -37,7 +39,8 @@ def signature_options(command: F) -> F:
         "--trusted-keys",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=None,
-        help="Folder of PEM public keys (*.pem, *.pub) whose cosign signatures are trusted.",
+        help="Folder of PEM public keys (*.pem, *.pub) whose cosign signatures are trusted; "
+        "DIR/<namespace>/ adds keys for that namespace's extensions.",
     )(command)
 
 
@@ -50,6 +53,7 @@ def signature_policy(trusted_keys: Path | None, mode: str | None) -> SignaturePo
         raise click.UsageError(f"--signature-policy {mode} needs --trusted-keys DIR")
     try:
         keys = load_trusted_keys(trusted_keys)
+        namespaces = load_namespace_keys(trusted_keys)
     except TrustConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--trusted-keys") from exc
-    return SignaturePolicy(chosen or SignatureMode.ENFORCE, keys)
+    return SignaturePolicy(chosen or SignatureMode.ENFORCE, keys, namespaces)

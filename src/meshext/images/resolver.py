@@ -172,14 +172,15 @@ class ImageResolver:
             cached = self.cache.path_for(record.module_sha256)
             if cached is not None:
                 signer = self.signatures.check_file(
-                    Path(reference.path), cached, record.module_sha256
+                    Path(reference.path), cached, record.module_sha256, request.namespace
                 )
         elif reference.kind is ReferenceKind.OCI_LAYOUT:
-            record = await self._from_layout(reference, progress)
+            record = await self._from_layout(reference, request.namespace, progress)
             signer = await self.signatures.check_image(
                 LayoutSource(Path(reference.path), self._config.limits),
                 _signed_digests(record),
                 None,
+                request.namespace,
             )
         else:
             access = await self._access(request, reference)
@@ -217,7 +218,7 @@ class ImageResolver:
     # -- sources ------------------------------------------------------------------------
 
     async def _from_layout(
-        self, reference: ImageReference, progress: Progress | None
+        self, reference: ImageReference, namespace: str, progress: Progress | None
     ) -> ImageRecord:
         source = LayoutSource(Path(reference.path), self._config.limits)
         top = await source.manifest(reference.digest or reference.tag or "")
@@ -225,7 +226,7 @@ class ImageResolver:
         if cached is not None:
             return cached
         if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
-            await self.signatures.check_image(source, (top.digest,), None)
+            await self.signatures.check_image(source, (top.digest,), None, namespace)
         return await self._puller.pull(source, top, _LOCAL_IDENTITY, progress)
 
     async def _from_registry(
@@ -276,7 +277,7 @@ class ImageResolver:
         async def referrers(digest: str) -> bytes | None:
             return await client.referrers(reference.repository, digest)
 
-        return await self.signatures.check_image(source, digests, referrers)
+        return await self.signatures.check_image(source, digests, referrers, access.namespace)
 
     def _client(self, registry: str, credentials: Credentials | None) -> RegistryClient:
         key = (registry, credentials.fingerprint if credentials else ANONYMOUS_FINGERPRINT)

@@ -8,8 +8,13 @@ that names itself a key but does not parse is an error naming the file, because 
 key the operator meant to trust silently missing would refuse every image signed by
 it (or, worse, hide a typo in a policy believed to be on).
 
-A key is named in status and ``describe`` by its file and a fingerprint: the first
-16 hex digits of the SHA-256 of its DER ``SubjectPublicKeyInfo``.
+A subfolder named like a namespace holds keys that are trusted *in addition* for
+that namespace's extensions only (``DIR/team-a/*.pub``): a namespace can add signers
+for its own extensions, never remove the mesh's or turn the policy off.
+
+A key is named in status and ``describe`` by its file (``team-a/ci.pub`` for a
+namespace key) and a fingerprint: the first 16 hex digits of the SHA-256 of its DER
+``SubjectPublicKeyInfo``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from meshext.errors import MeshextError
 
 KEY_SUFFIXES = (".pem", ".pub")
 _MAX_KEY_FILE = 64 * 1024
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -69,6 +75,8 @@ class SignaturePolicy:
 
     mode: SignatureMode = SignatureMode.OFF
     keys: tuple[TrustedKey, ...] = ()
+    namespace_keys: tuple[tuple[str, tuple[TrustedKey, ...]], ...] = ()
+    """Keys trusted in addition for one namespace's extensions, by namespace."""
 
     def __post_init__(self) -> None:
         if self.mode is not SignatureMode.OFF and not self.keys:
@@ -77,6 +85,16 @@ class SignaturePolicy:
     @property
     def active(self) -> bool:
         return self.mode is not SignatureMode.OFF
+
+    def keys_for(self, namespace: str) -> tuple[TrustedKey, ...]:
+        """The mesh's keys, then those ``namespace`` added for its own extensions."""
+        for name, extra in self.namespace_keys:
+            if name == namespace:
+                return self.keys + extra
+        return self.keys
+
+    def has_own_keys(self, namespace: str) -> bool:
+        return any(name == namespace for name, _ in self.namespace_keys)
 
 
 SIGNATURES_OFF = SignaturePolicy()
@@ -110,7 +128,23 @@ def parse_public_keys(data: bytes, name: str) -> tuple[TrustedKey, ...]:
     return tuple(keys)
 
 
-def load_trusted_keys(folder: Path) -> tuple[TrustedKey, ...]:
+def load_namespace_keys(folder: Path) -> tuple[tuple[str, tuple[TrustedKey, ...]], ...]:
+    """The keys of each subfolder of ``folder`` named like a namespace, by namespace."""
+    found: list[tuple[str, tuple[TrustedKey, ...]]] = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        if not _NAMESPACE.match(path.name):
+            raise TrustConfigError(
+                f"{path}: a subfolder of the trusted keys folder names a namespace, "
+                f"and {path.name!r} is not a namespace name"
+            )
+        keys = load_trusted_keys(path, prefix=f"{path.name}/")
+        found.append((path.name, keys))
+    return tuple(found)
+
+
+def load_trusted_keys(folder: Path, prefix: str = "") -> tuple[TrustedKey, ...]:
     """Every public key in the ``*.pem`` and ``*.pub`` files directly in ``folder``."""
     if not folder.is_dir():
         raise TrustConfigError(f"trusted keys folder {folder} does not exist or is not a folder")
@@ -125,7 +159,7 @@ def load_trusted_keys(folder: Path) -> tuple[TrustedKey, ...]:
             raise TrustConfigError(f"cannot read trusted key {path}: {exc}") from exc
         if len(data) > _MAX_KEY_FILE:
             raise TrustConfigError(f"{path}: over {_MAX_KEY_FILE} bytes, not a public key file")
-        keys.extend(parse_public_keys(data, path.name))
+        keys.extend(parse_public_keys(data, prefix + path.name))
     if not keys:
         raise TrustConfigError(f"trusted keys folder {folder} holds no *.pem or *.pub public key")
     seen: dict[str, TrustedKey] = {}

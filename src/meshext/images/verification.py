@@ -69,16 +69,20 @@ class SignatureVerifier:
         source: ImageSource,
         digests: tuple[str, ...],
         referrers: Referrers | None,
+        namespace: str = "",
     ) -> TrustedKey | None:
         """The trusted signer of the first of ``digests`` signed, or ``None`` (warn/off).
 
+        ``namespace`` is the extension's: its own keys count besides the mesh's.
         Raises :class:`SignatureRefused` under ``enforce`` when none is signed.
         """
         if not self.policy.active:
             return None
+        keys = self.policy.keys_for(namespace)
         verdicts: list[SignatureVerdict] = []
         for digest in dict.fromkeys(digests):
-            verdict = self._verified.get(digest)
+            remembered = self._remembered(digest, namespace)
+            verdict = self._verified.get(remembered)
             if verdict is None:
                 try:
                     found = await find_signatures(source, digest, referrers)
@@ -91,17 +95,17 @@ class SignatureVerifier:
                         )
                     )
                     continue
-                verdict = judge(
-                    digest, found, self.policy.keys, places(digest, referrers is not None)
-                )
+                verdict = judge(digest, found, keys, places(digest, referrers is not None))
             if verdict.verified:
-                self._verified[digest] = verdict
+                self._verified[remembered] = verdict
                 return verdict.signer
             verdicts.append(verdict)
         self._refuse(source.name, " / ".join(v.explain() for v in verdicts))
         return None
 
-    def check_file(self, path: Path, cached: Path, sha256: str) -> TrustedKey | None:
+    def check_file(
+        self, path: Path, cached: Path, sha256: str, namespace: str = ""
+    ) -> TrustedKey | None:
         """The trusted signer of module file ``path`` (by its detached ``.sig``).
 
         The signature is checked against ``cached``, the copy whose hash is
@@ -109,7 +113,8 @@ class SignatureVerifier:
         """
         if not self.policy.active:
             return None
-        known = self._verified.get(f"file:{sha256}")
+        remembered = self._remembered(f"file:{sha256}", namespace)
+        known = self._verified.get(remembered)
         if known is not None:
             return known.signer
         signature_path = path.with_name(path.name + DETACHED_SUFFIX)
@@ -135,14 +140,19 @@ class SignatureVerifier:
         except PayloadError as exc:
             self._refuse(f"file:{path}", f"{where}: unreadable ({exc})")
             return None
-        key = signing_key(self.policy.keys, module, raw)
+        key = signing_key(self.policy.keys_for(namespace), module, raw)
         if key is None:
             self._refuse(
                 f"file:{path}", f"module sha256:{sha256}: {where} is signed by no trusted key"
             )
             return None
-        self._verified[f"file:{sha256}"] = SignatureVerdict(sha256, key, where, ())
+        self._verified[remembered] = SignatureVerdict(sha256, key, where, ())
         return key
+
+    def _remembered(self, digest: str, namespace: str) -> str:
+        """Where a verdict is remembered: one signed with a namespace's own key counts
+        for that namespace only."""
+        return f"{namespace}/{digest}" if self.policy.has_own_keys(namespace) else digest
 
     def _refuse(self, name: str, why: str) -> None:
         message = f"signature check of {name} failed: {why}"
