@@ -101,6 +101,9 @@ class Cosign:
             extra["SSL_CERT_FILE"] = str(registry.ca.ca_file)
         else:
             args += ["--allow-insecure-registry", "--allow-http-registry"]
+        if registry.username and registry.password:
+            args += ["--registry-username", registry.username]
+            args += ["--registry-password", registry.password]
         if referrers:
             args.append("--registry-referrers-mode=oci-1-1")
             extra["COSIGN_EXPERIMENTAL"] = "1"

@@ -27,12 +27,14 @@ from tests.images.conftest import (
     FAST_RETRIES,
     CountingTransport,
     cache_is_clean,
+    dockerconfigjson,
     extension,
     registry_config,
     run,
     skopeo_manifest_digest,
     skopeo_push,
     unique,
+    write_pull_secret,
 )
 from tests.images.cosign import Cosign, KeyPair, find_cosign
 from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
@@ -522,3 +524,39 @@ async def test_a_namespace_key_counts_for_that_namespaces_extensions_only(
     assert other.state is ResolutionState.FAILED
     assert f"image {digest} has no valid signature by a trusted key" in other.message
     assert "signed by no trusted key" in other.message
+
+
+async def test_signatures_in_a_private_registry_are_read_with_the_extensions_pull_secret(
+    tmp_path: Path,
+    cache: ModuleCache,
+    basic_registry: Registry,
+    secrets_folder: Path,
+    cosign: Cosign,
+    ci_key: KeyPair,
+) -> None:
+    reference, digest = push_image(tmp_path, basic_registry, unique("private"), "private")
+    cosign.sign(ci_key, by_digest(reference, digest), basic_registry)
+    assert basic_registry.username is not None
+    assert basic_registry.password is not None
+    write_pull_secret(
+        secrets_folder,
+        "team-a",
+        "regcred",
+        dockerconfigjson(basic_registry.host, basic_registry.username, basic_registry.password),
+    )
+    policy = signature_policy(trust_folder(tmp_path, ci_key), None)
+    image_resolver = ImageResolver(
+        cache,
+        FolderPullSecretStore(secrets_folder),
+        registry_config=registry_config(basic_registry),
+        signatures=SignatureVerifier(policy),
+    )
+    try:
+        resolution = await image_resolver.resolve(
+            extension(reference, namespace="team-a", secrets=("regcred",))
+        )
+    finally:
+        await image_resolver.aclose()
+    assert resolution.state is ResolutionState.READY, resolution.message
+    assert resolution.module is not None
+    assert resolution.module.signer is not None
