@@ -426,7 +426,7 @@ async def test_an_oversized_signature_payload_is_a_reason_not_a_crash(
     if mode is SignatureMode.ENFORCE:
         assert resolution.state is ResolutionState.FAILED
         assert f"image {digest} has no valid signature by a trusted key" in resolution.message
-        assert "looking for its signatures failed" in resolution.message
+        assert f"tag sha256-{digest[7:]}.sig: blob" in resolution.message
         assert "over the limit of 65536 bytes" in resolution.message
     else:
         assert resolution.state is ResolutionState.READY, resolution.message

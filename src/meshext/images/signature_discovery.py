@@ -24,7 +24,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from meshext.images.errors import InvalidImage, NotFound
+from meshext.images.errors import ImageError, InvalidImage, NotFound
 from meshext.images.oci import ImageManifest, digest_hex, parse_document
 from meshext.images.signatures import (
     COSIGN_SIGNATURE_ARTIFACT,
@@ -56,29 +56,41 @@ def places(digest: str, has_referrers_api: bool) -> str:
 
 async def find_signatures(
     source: ImageSource, digest: str, referrers: Referrers | None
-) -> tuple[FoundSignature, ...]:
-    """Every cosign signature layer attached to ``digest`` (at most ``MAX_SIGNATURES``)."""
+) -> tuple[tuple[FoundSignature, ...], tuple[str, ...]]:
+    """Every cosign signature layer attached to ``digest`` (at most ``MAX_SIGNATURES``),
+    and what went wrong looking in each place that could not be read.
+
+    A place that fails (a malformed manifest, an oversized payload, a registry
+    refusing the referrers API) does not hide what the other places hold; only a
+    transient registry failure is raised, to be retried.
+    """
     found: list[FoundSignature] = []
+    problems: list[str] = []
     tag = signature_tag(digest)
-    manifest = await _manifest_or_none(source, tag)
-    if manifest is not None:
-        found.extend(await _layers(source, manifest, f"tag {tag}"))
-    index: bytes | None = None
-    via = ""
-    if referrers is not None:
-        index = await referrers(digest)
-        via = "referrers API"
-    if index is None:
-        via = f"referrers tag {referrers_tag(digest)}"
-        fallback = await _raw_manifest_or_none(source, referrers_tag(digest))
-        index = fallback
-    if index is not None:
-        for entry in _signature_entries(index, digest, via)[:MAX_SIGNATURES]:
-            manifest_bytes = (await source.manifest(entry)).data
-            document = parse_document(manifest_bytes, "", f"{via} {entry}")
-            if isinstance(document, ImageManifest):
-                found.extend(await _layers(source, document, f"{via} {entry}"))
-    return tuple(found[:MAX_SIGNATURES])
+    try:
+        manifest = await _manifest_or_none(source, tag)
+        if manifest is not None:
+            found.extend(await _layers(source, manifest, f"tag {tag}"))
+    except ImageError as exc:
+        if exc.retryable:
+            raise
+        problems.append(f"tag {tag}: {exc}")
+    via = "referrers API"
+    try:
+        index = await referrers(digest) if referrers is not None else None
+        if index is None:
+            via = f"referrers tag {referrers_tag(digest)}"
+            index = await _raw_manifest_or_none(source, referrers_tag(digest))
+        if index is not None:
+            for entry in _signature_entries(index, digest, via)[:MAX_SIGNATURES]:
+                document = parse_document((await source.manifest(entry)).data, "", f"{via} {entry}")
+                if isinstance(document, ImageManifest):
+                    found.extend(await _layers(source, document, f"{via} {entry}"))
+    except ImageError as exc:
+        if exc.retryable:
+            raise
+        problems.append(f"{via}: {exc}")
+    return tuple(found[:MAX_SIGNATURES]), tuple(problems)
 
 
 async def _raw_manifest_or_none(source: ImageSource, tag: str) -> bytes | None:

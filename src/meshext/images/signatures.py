@@ -161,9 +161,13 @@ def judge(
     found: tuple[FoundSignature, ...],
     keys: tuple[TrustedKey, ...],
     looked_at: str,
+    problems: tuple[str, ...] = (),
 ) -> SignatureVerdict:
-    """Whether one of ``found`` is a valid signature by one of ``keys`` over ``digest``."""
-    findings: list[str] = []
+    """Whether one of ``found`` is a valid signature by one of ``keys`` over ``digest``.
+
+    ``problems`` (places that could not be read) are reported with the findings.
+    """
+    findings: list[str] = list(problems)
     for candidate in found:
         where = candidate.found_via
         try:

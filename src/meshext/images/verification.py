@@ -16,10 +16,11 @@ only if the policy allows it.
 For an image reached through an index, a signature over the index digest (what
 ``cosign sign`` of the tag signs) or over the chosen manifest's digest counts.
 
-A signature that cannot be read (an oversized or malformed signature manifest or
-payload, a registry refusing access to it) is a finding like any other: under
-``enforce`` the image is refused with that reason, under ``warn`` it is logged. Only
-a transient registry failure under ``enforce`` is raised as such, to be retried.
+A place that cannot be read (an oversized or malformed signature manifest or
+payload, a registry refusing the referrers API) is a finding like any other and does
+not hide a valid signature found elsewhere; without one, under ``enforce`` the image
+is refused with that reason, under ``warn`` it is logged. A transient registry
+failure is raised as such, to be retried.
 
 Positive verdicts are remembered in memory per digest, so a pinned or cached image
 costs registry requests for its signatures once per process, not on every resolve;
@@ -85,17 +86,15 @@ class SignatureVerifier:
             verdict = self._verified.get(remembered)
             if verdict is None:
                 try:
-                    found = await find_signatures(source, digest, referrers)
+                    found, problems = await find_signatures(source, digest, referrers)
                 except ImageError as exc:
-                    if exc.retryable and self.policy.mode is SignatureMode.ENFORCE:
+                    if self.policy.mode is SignatureMode.ENFORCE:
                         raise
-                    verdicts.append(
-                        SignatureVerdict(
-                            digest, None, "", (f"looking for its signatures failed: {exc}",)
-                        )
-                    )
-                    continue
-                verdict = judge(digest, found, keys, places(digest, referrers is not None))
+                    log.warning("signatures of %s: %s (policy 'warn': delivered)", digest, exc)
+                    return None
+                verdict = judge(
+                    digest, found, keys, places(digest, referrers is not None), problems
+                )
             if verdict.verified:
                 self._verified[remembered] = verdict
                 return verdict.signer
