@@ -70,15 +70,18 @@ def trust_folder(tmp_path: Path, *keys: KeyPair) -> Path:
 def resolver(
     cache: ModuleCache,
     registry: Registry,
-    trusted: Path,
-    mode: SignatureMode = SignatureMode.ENFORCE,
+    policy: SignaturePolicy,
+    *,
+    secrets: Path | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> ImageResolver:
     return ImageResolver(
         cache,
-        FolderPullSecretStore(cache.root.parent / "no-secrets"),
+        FolderPullSecretStore(secrets or cache.root.parent / "no-secrets"),
         registry_config=registry_config(registry),
         retries=FAST_RETRIES,
-        signatures=SignatureVerifier(SignaturePolicy(mode, load_trusted_keys(trusted))),
+        transport=transport,
+        signatures=SignatureVerifier(policy),
     )
 
 
@@ -89,7 +92,7 @@ async def resolve(
     image: str,
     mode: SignatureMode = SignatureMode.ENFORCE,
 ) -> Resolution:
-    image_resolver = resolver(cache, registry, trusted, mode)
+    image_resolver = resolver(cache, registry, SignaturePolicy(mode, load_trusted_keys(trusted)))
     try:
         return await image_resolver.resolve(extension(image, policy="Always"))
     finally:
@@ -445,13 +448,7 @@ async def test_signatures_of_a_verified_digest_are_fetched_once_per_process(
     policy = SignaturePolicy(
         SignatureMode.ENFORCE, load_trusted_keys(trust_folder(tmp_path, ci_key))
     )
-    image_resolver = ImageResolver(
-        cache,
-        FolderPullSecretStore(tmp_path / "no-secrets"),
-        registry_config=registry_config(plain_registry),
-        transport=counting,
-        signatures=SignatureVerifier(policy),
-    )
+    image_resolver = resolver(cache, plain_registry, policy, transport=counting)
     try:
         first = await image_resolver.resolve(extension(pinned))
         assert first.state is ResolutionState.READY, first.message
@@ -475,13 +472,7 @@ async def test_the_layers_of_an_unsigned_image_are_never_downloaded_under_enforc
     policy = SignaturePolicy(
         SignatureMode.ENFORCE, load_trusted_keys(trust_folder(tmp_path, ci_key))
     )
-    image_resolver = ImageResolver(
-        cache,
-        FolderPullSecretStore(tmp_path / "no-secrets"),
-        registry_config=registry_config(plain_registry),
-        transport=counting,
-        signatures=SignatureVerifier(policy),
-    )
+    image_resolver = resolver(cache, plain_registry, policy, transport=counting)
     try:
         resolution = await image_resolver.resolve(extension(reference))
     finally:
@@ -506,12 +497,7 @@ async def test_a_namespace_key_counts_for_that_namespaces_extensions_only(
     (trusted / "team-a").mkdir()
     shutil.copy(rogue_key.public, trusted / "team-a" / "team.pub")
     policy = signature_policy(trusted, None)
-    image_resolver = ImageResolver(
-        cache,
-        FolderPullSecretStore(tmp_path / "no-secrets"),
-        registry_config=registry_config(plain_registry),
-        signatures=SignatureVerifier(policy),
-    )
+    image_resolver = resolver(cache, plain_registry, policy)
     try:
         own = await image_resolver.resolve(extension(reference, namespace="team-a"))
         other = await image_resolver.resolve(extension(reference, namespace="team-b"))
@@ -545,12 +531,7 @@ async def test_signatures_in_a_private_registry_are_read_with_the_extensions_pul
         dockerconfigjson(basic_registry.host, basic_registry.username, basic_registry.password),
     )
     policy = signature_policy(trust_folder(tmp_path, ci_key), None)
-    image_resolver = ImageResolver(
-        cache,
-        FolderPullSecretStore(secrets_folder),
-        registry_config=registry_config(basic_registry),
-        signatures=SignatureVerifier(policy),
-    )
+    image_resolver = resolver(cache, basic_registry, policy, secrets=secrets_folder)
     try:
         resolution = await image_resolver.resolve(
             extension(reference, namespace="team-a", secrets=("regcred",))
