@@ -3,6 +3,7 @@ sidecars; a refused newer image leaves the verified one running."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from meshext.cli.status import status
 from meshext.images.config import RegistryConfig
 from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
 from meshext.server.control import ExtensionReport
@@ -106,6 +109,12 @@ async def test_only_the_signed_image_reaches_envoy_and_status_names_signer_and_r
     assert running.status.deployment.container_sha256 == signed_digest
     assert running.status.deployment.signer is not None
     assert running.status.deployment.signer.startswith("ci.pub (sha256:")
+    shown = await asyncio.to_thread(CliRunner().invoke, status, ["--admin", mesh.running.admin_url])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        f"bookinfo/signed: image {signed_digest} signed by {running.status.deployment.signer}"
+        in " ".join(shown.output.split())
+    )
 
     async def refused() -> ExtensionReport:
         return mesh.report("unsigned")
