@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from meshext.cli.describe import describe
 from meshext.cli.image import image as image_cli
 from meshext.cli.trust_options import signature_policy
 from meshext.images.cache import ModuleCache
@@ -40,6 +41,7 @@ from tests.images.cosign import Cosign, KeyPair, find_cosign
 from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.registry import Registry
 from tests.images.wasm import proxy_wasm_module
+from tests.server.mesh import CONTROL_PLANE
 
 pytestmark = pytest.mark.e2e
 
@@ -541,3 +543,47 @@ async def test_signatures_in_a_private_registry_are_read_with_the_extensions_pul
     assert resolution.state is ResolutionState.READY, resolution.message
     assert resolution.module is not None
     assert resolution.module.signer is not None
+
+
+def test_describe_shows_the_signer_and_leaves_out_an_unsigned_image(
+    tmp_path: Path, plain_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("describe")
+    signed_ref, signed_digest = push_image(tmp_path, plain_registry, repository, "described")
+    cosign.sign(ci_key, by_digest(signed_ref, signed_digest), plain_registry)
+    unsigned_ref, unsigned_digest = push_image(
+        tmp_path / "unsigned", plain_registry, unique("describe"), "not described"
+    )
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(CONTROL_PLANE.format(enabled="true", members="bookinfo"))
+    documents = [
+        {
+            "apiVersion": "maistra.io/v1",
+            "kind": "ServiceMeshExtension",
+            "metadata": {"name": name, "namespace": "bookinfo"},
+            "spec": {"image": image, "phase": "PostAuthZ"},
+        }
+        for name, image in (("signed", signed_ref), ("unsigned", unsigned_ref))
+    ]
+    (config / "ext.yaml").write_text("\n---\n".join(json.dumps(d) for d in documents))
+    trusted = trust_folder(tmp_path, ci_key)
+    result = CliRunner().invoke(
+        describe,
+        [
+            str(config), "-n", "bookinfo", "-o", "json",
+            "--cache-dir", str(tmp_path / "cache"),
+            "--insecure-registry", "127.0.0.1",
+            "--trusted-keys", str(trusted),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    [applied] = plan["extensions"]
+    assert applied["name"] == "signed"
+    assert applied["imageDigest"] == signed_digest
+    key = load_trusted_keys(trusted)[0]
+    assert applied["signer"] == f"key0.pub (sha256:{key.fingerprint})"
+    [skipped] = plan["skipped"]
+    assert skipped["name"] == "unsigned"
+    assert f"image {unsigned_digest} has no cosign signature" in skipped["detail"]
