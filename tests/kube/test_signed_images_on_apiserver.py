@@ -116,3 +116,49 @@ async def test_status_names_the_signer_of_a_signed_image_and_refuses_an_unsigned
     message = unsigned["deployment"]["message"]
     assert "refused by the signature policy" in message
     assert f"image {unsigned_digest} has no cosign signature" in message
+
+
+async def test_an_always_tag_moved_to_an_unsigned_image_keeps_the_verified_module(
+    kube_apiserver: KubeApiServer,
+    cluster: Cluster,
+    mesh: Mesh,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    (namespace,) = mesh.members
+    cosign = Cosign(find_cosign(), tmp_path / "cosign-home")
+    key = cosign.generate_key_pair(tmp_path / "ci-key")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(key.public, trusted / "ci.pub")
+    policy = SignaturePolicy(SignatureMode.ENFORCE, load_trusted_keys(trusted))
+    image = f"{registry.host}/extensions/moving:v1"
+    signed_digest = _push(wasm_file(tmp_path / "modules", "before"), image)
+    cosign.sign(key, f"{registry.host}/extensions/moving@{signed_digest}", registry)
+    cluster.apply(extension("moving", namespace, image, imagePullPolicy="Always"))
+    async with running_controller(
+        kube_apiserver,
+        tmp_path / "cache",
+        settings(istio=None, resync_period=1.0),
+        registry=INSECURE,
+        signatures=policy,
+    ):
+        await eventually(
+            lambda: (
+                (_status(cluster, "moving", namespace) or {}).get("deployment", {}).get("signer")
+            ),
+            "the signer in status",
+        )
+        moved_digest = _push(wasm_file(tmp_path / "modules", "after"), image)
+
+        def refused() -> dict[str, Any] | None:
+            status = _status(cluster, "moving", namespace)
+            message = (status or {}).get("deployment", {}).get("message") or ""
+            return status if moved_digest in message else None
+
+        status = await eventually(refused, "the refusal of the moved tag in status")
+    deployment = status["deployment"]
+    assert deployment["ready"] is True
+    assert deployment["containerSha256"] == signed_digest
+    assert deployment["signer"].startswith("ci.pub (sha256:")
+    assert "refused by the signature policy" in deployment["message"]
