@@ -37,6 +37,8 @@ import yaml
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
+from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
+from meshext.images.verification import SignatureVerifier
 from meshext.istio.render import IstioOptions
 from meshext.kube.certs import self_signed
 from meshext.kube.client import KubeClient
@@ -321,6 +323,7 @@ async def running_controller(
     *,
     kubeconfig: Path | None = None,
     registry: RegistryConfig | None = None,
+    signatures: SignaturePolicy = SIGNATURES_OFF,
 ) -> AsyncIterator[Controller]:
     """A controller running in this event loop until the block ends."""
     client = await KubeClient.connect(kubeconfig or api.kubeconfig_path, request_timeout=10)
@@ -328,6 +331,7 @@ async def running_controller(
         ModuleCache(cache_dir),
         KubePullSecretStore(client),
         registry_config=registry or RegistryConfig(),
+        signatures=SignatureVerifier(signatures),
     )
     controller = Controller(client, resolver, controller_settings or settings())
     task = asyncio.create_task(controller.run(), name="controller under test")

@@ -98,6 +98,8 @@ class DeploymentStatus(SpecModel):
     sha256: str | None = None
     url: str | None = None
     message: str | None = None
+    signer: str | None = None
+    """The trusted key that signed the running image, when signatures are checked."""
 
 
 class ExtensionStatus(SpecModel):

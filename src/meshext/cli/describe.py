@@ -15,11 +15,14 @@ from rich.table import Table
 from meshext.api.meta import ResourceKey
 from meshext.cli.console import make_console
 from meshext.cli.options import parse_labels, registry_options
+from meshext.cli.trust_options import signature_options
+from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.envoy import names
 from meshext.envoy.sidecar import filter_chain, filter_names, network_chain
 from meshext.images.cache import ModuleCache
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
+from meshext.images.verification import SignatureVerifier
 from meshext.mesh.extension import Extension
 from meshext.mesh.model import build_model
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
@@ -71,6 +74,7 @@ def validate(folder: Path) -> None:
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+@signature_options
 def describe(
     folder: Path,
     namespace: str,
@@ -84,6 +88,8 @@ def describe(
     insecure_registry: tuple[str, ...],
     ca_file: Path | None,
     registry_config: Path | None,
+    trusted_keys: Path | None,
+    signature_policy: str | None,
 ) -> None:
     """Explain which extensions from FOLDER run on a workload, in what order, and why
     the others do not. Images are resolved (pulled into the module cache) unless
@@ -107,6 +113,7 @@ def describe(
             ModuleCache(cache_dir or default_cache_dir()),
             FolderPullSecretStore(folder),
             registry_config=registry_options(insecure_registry, ca_file, registry_config),
+            signatures=SignatureVerifier(signature_policy_of(trusted_keys, signature_policy)),
         )
         resolutions = asyncio.run(_resolve_all(resolver, model.extensions))
     plan = plan_workload(model.topology, model.extensions, resolutions, workload, offline=offline)
@@ -178,6 +185,7 @@ def _applied_json(planned: PlannedExtension, order: int, side: Side | None) -> d
         "image": planned.extension.image,
         "sha256": module.sha256 if module else None,
         "imageDigest": module.image_digest if module else None,
+        "signer": module.signer if module else None,
         **extra,
     }
 
@@ -205,6 +213,9 @@ def _print_plan(plan: WorkloadPlan, side: Side) -> None:
             ext.image,
         )
     console.print(table)
+    for p in plan.applied:
+        if p.module is not None and p.module.signer:
+            console.print(f"{p.key}: image {p.module.image_digest} signed by {p.module.signer}")
     network = network_chain(plan, side)
     if network:
         shown = [f"[cyan]{p.key.name}[/cyan]" for p in network]

@@ -24,6 +24,8 @@ from rich.progress import (
 
 from meshext.api.manifest import ExtensionManifest
 from meshext.api.phase import Phase
+from meshext.cli.trust_options import signature_options
+from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.images.auth import CredentialsError
 from meshext.images.build import build_image, write_layout
 from meshext.images.cache import ModuleCache
@@ -38,6 +40,8 @@ from meshext.images.reference import (
 )
 from meshext.images.resolver import ImageResolver, PullRequest
 from meshext.images.secrets import MappingPullSecretStore, load_docker_config
+from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
+from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import ResolvedModule
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -151,11 +155,13 @@ async def _resolve(
     cache_dir: Path | None,
     policy: str,
     quiet: bool,
+    signatures: SignaturePolicy = SIGNATURES_OFF,
 ) -> ResolvedModule:
     resolver = ImageResolver(
         ModuleCache(cache_dir or _default_cache()),
         MappingPullSecretStore(),
         registry_config=config,
+        signatures=SignatureVerifier(signatures),
     )
     try:
         with _progress(quiet) as progress:
@@ -349,6 +355,7 @@ def pull(
 @_cache_option
 @_policy_option
 @_registry_options
+@signature_options
 @_quiet_option
 def inspect(
     *,
@@ -359,12 +366,18 @@ def inspect(
     insecure: tuple[str, ...],
     ca_file: Path | None,
     registry_config: Path | None,
+    trusted_keys: Path | None,
+    signature_policy: str | None,
     quiet: bool,
 ) -> None:
-    """Show REFERENCE's format, digests, manifest.yaml and proxy-wasm ABI versions."""
+    """Show REFERENCE's format, digests, manifest.yaml, proxy-wasm ABI versions and, with
+    --trusted-keys, the key whose signature was verified."""
     config = _registry_config(insecure, ca_file, registry_config)
+    policy = signature_policy_of(trusted_keys, signature_policy)
     module = _run(
-        _resolve(reference, config, cache_dir, pull_policy, quiet or output_format == "json")
+        _resolve(
+            reference, config, cache_dir, pull_policy, quiet or output_format == "json", policy
+        )
     )
     report = describe_module(reference, module)
     if output_format == "json":
@@ -390,6 +403,7 @@ def describe_module(reference: str, module: ResolvedModule) -> dict[str, Any]:
         "moduleSha256": module.sha256,
         "size": module.size,
         "abiVersions": [f"proxy_abi_version_{v}" for v in module.abi_versions],
+        "signer": module.signer,
         "manifest": (
             module.manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
             if module.manifest is not None

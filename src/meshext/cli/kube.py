@@ -15,6 +15,8 @@ import yaml
 
 from meshext.cli.migrate import migrate
 from meshext.cli.options import registry_options
+from meshext.cli.trust_options import signature_options
+from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.errors import MeshextError
 from meshext.istio.render import DEFAULT_ROOT_NAMESPACE, IstioOptions
 from meshext.kube.certs import self_signed, service_hosts
@@ -223,6 +225,7 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--workers", type=int, default=4, show_default=True)
 @click.option("--resync-period", type=float, default=300.0, show_default=True)
+@signature_options
 @click.option("--log-level", default="info", show_default=True)
 def controller(
     *,
@@ -247,6 +250,8 @@ def controller(
     registry_config: Path | None,
     workers: int,
     resync_period: float,
+    trusted_keys: Path | None,
+    signature_policy: str | None,
     log_level: str,
 ) -> None:
     """Run the controller: status for ServiceMeshExtensions, the module server, the
@@ -287,6 +292,7 @@ def controller(
         kubeconfig=kubeconfig,
         context=context,
         registry=registry,
+        signatures=signature_policy_of(trusted_keys, signature_policy),
         admin_host=admin_host,
         admin_port=admin_port,
         webhook_cert=webhook_cert,

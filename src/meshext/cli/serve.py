@@ -15,6 +15,8 @@ import yaml
 
 from meshext.cli.identity import ca_options, ca_settings
 from meshext.cli.options import parse_labels, registry_options, with_http_module_policy
+from meshext.cli.trust_options import signature_options
+from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
 from meshext.identity.errors import IdentityError
@@ -58,6 +60,7 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     is_flag=True,
     help="Accept WasmPlugin http(s) module URLs without spec.sha256 (trust the server).",
 )
+@signature_options
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 @click.option(
     "--insecure-xds",
@@ -90,6 +93,8 @@ def serve(
     ca_file: Path | None,
     registry_config: Path | None,
     allow_unpinned_http_modules: bool,
+    trusted_keys: Path | None,
+    signature_policy: str | None,
     log_level: str,
     insecure_xds: bool,
     certificate_address: str,
@@ -121,6 +126,7 @@ def serve(
         ca=ca_settings(mesh_ca_cert, mesh_ca_key, trust_domain),
         certificate_address=certificate_address,
         token_audience=token_audience,
+        signatures=signature_policy_of(trusted_keys, signature_policy),
     )
     if insecure_xds:
         logging.getLogger("meshext").warning(

@@ -70,6 +70,13 @@ def status(admin: str, output: str) -> None:
             message,
         )
     console.print(table)
+    for ext in body["extensions"]:
+        deployment = ext["status"].get("deployment", {})
+        if deployment.get("signer"):
+            console.print(
+                f"{ext['namespace']}/{ext['name']}: image {deployment.get('containerSha256')} "
+                f"signed by {deployment['signer']}"
+            )
     for error in errors:
         console.print(f"[yellow]configuration error[/yellow]: {error}")
 

@@ -45,7 +45,7 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
-from meshext.images.oci import ACCEPT, Descriptor, digest_hex, sha256_digest
+from meshext.images.oci import ACCEPT, OCI_INDEX, Descriptor, digest_hex, sha256_digest
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just transferred."""
@@ -159,6 +159,21 @@ class RegistryClient:
         if claimed.startswith("sha256:") and len(claimed) == 71:
             return claimed
         return (await self.get_manifest(repository, reference)).digest
+
+    async def referrers(self, repository: str, digest: str) -> bytes | None:
+        """The OCI 1.1 referrers index of ``digest``; ``None`` if the registry lacks the API."""
+        what = f"referrers of {self._name(repository, digest)}"
+        digest_hex(digest)
+        response = await self._call(
+            "GET", self._url(repository, "referrers", digest), repository, {"Accept": OCI_INDEX}
+        )
+        try:
+            if response.status_code == 404:
+                return None
+            await self._raise_for_status(response, what)
+            return await _read_limited(response, self._config.limits.manifest, what)
+        finally:
+            await response.aclose()
 
     async def fetch_blob(
         self,

@@ -28,13 +28,19 @@ not pull.
 Transient failures (network errors, 5xx, 429) are retried with exponential backoff
 inside :meth:`ImageResolver.resolve`; when the attempts run out, the resolution fails
 as retryable. Permanent failures (401/403/404, a bad image or module) fail at once.
+
+With a signature policy (:class:`SignatureVerifier`), a module is handed out only
+after its image (or, for ``file:``, its detached signature) passed the policy; a
+refusal keeps an extension's previous module running. Under ``enforce`` an image
+manifest's signature is checked before anything else of the image is downloaded (an
+index's signature may name the chosen entry, so an index is checked after the pull).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -43,7 +49,7 @@ import httpx
 from meshext.api.meta import ResourceKey
 from meshext.images.auth import ANONYMOUS_FINGERPRINT, Credentials, CredentialsError, DockerConfig
 from meshext.images.cache import CacheError, ImageRecord, ModuleCache
-from meshext.images.client import Progress, RegistryClient
+from meshext.images.client import FetchedManifest, Progress, RegistryClient
 from meshext.images.config import RegistryConfig, RetryPolicy
 from meshext.images.errors import (
     ImageError,
@@ -52,6 +58,7 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
+from meshext.images.oci import ImageIndex, parse_document
 from meshext.images.pull import Puller
 from meshext.images.reference import (
     ImageReference,
@@ -60,7 +67,9 @@ from meshext.images.reference import (
     parse_image_reference,
 )
 from meshext.images.source import LayoutSource, RegistrySource
+from meshext.images.trust import SignatureMode, TrustedKey
 from meshext.images.url_source import UrlModuleSource
+from meshext.images.verification import SignatureRefused, SignatureVerifier
 from meshext.mesh.extension import Extension
 from meshext.mesh.resolution import PullSecretStore, Resolution, ResolvedModule
 
@@ -117,8 +126,10 @@ class ImageResolver:
         registry_config: RegistryConfig = DEFAULT_REGISTRY_CONFIG,
         retries: RetryPolicy = DEFAULT_RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
+        signatures: SignatureVerifier | None = None,
     ) -> None:
         self.cache = cache
+        self.signatures = signatures or SignatureVerifier()
         self._secrets = secrets
         self._config = registry_config
         self._retries = retries
@@ -147,6 +158,8 @@ class ImageResolver:
         except ImageReferenceError as exc:
             self.cache.use(user, None)
             return Resolution.failed(f"failed to parse spec.image: {exc}")
+        except SignatureRefused as exc:
+            return Resolution.failed(str(exc), keep_previous=True)
         except ImageError as exc:
             self.cache.use(user, None)
             return Resolution.failed(str(exc), retryable=exc.retryable)
@@ -160,14 +173,27 @@ class ImageResolver:
     async def pull(self, request: PullRequest, progress: Progress | None = None) -> ResolvedModule:
         """Resolve one image; raises :class:`ImageError` with a message a user can act on."""
         reference = parse_image_reference(request.image)
+        signer: TrustedKey | None = None
         if reference.kind is ReferenceKind.FILE:
             record = await self._puller.load_file(Path(reference.path))
+            cached = self.cache.path_for(record.module_sha256)
+            if cached is not None:
+                signer = self.signatures.check_file(
+                    Path(reference.path), cached, record.module_sha256, request.namespace
+                )
         elif reference.kind is ReferenceKind.OCI_LAYOUT:
-            record = await self._from_layout(reference, progress)
+            record = await self._from_layout(reference, request.namespace, progress)
+            signer = await self.signatures.check_image(
+                LayoutSource(Path(reference.path), self._config.limits),
+                _signed_digests(record),
+                None,
+                request.namespace,
+            )
         elif reference.kind is ReferenceKind.HTTP:
             record = await self._urls.fetch(
                 reference.path, request.expected_sha256, always=request.policy == ALWAYS
             )
+            self.signatures.check_url(reference.path, record.module_sha256)
         else:
             access = await self._access(request, reference)
             always = request.policy == ALWAYS or (not request.policy and reference.is_latest)
@@ -181,6 +207,11 @@ class ImageResolver:
                 ),
                 access,
             )
+            if self.signatures.policy.active:
+                digests = _signed_digests(record)
+                signer = await self._with_retries(
+                    reference, lambda: self._check_signatures(reference, access, digests), access
+                )
         _check_expected(request, reference, record)
         path = self.cache.path_for(record.module_sha256)
         if path is None:
@@ -188,7 +219,8 @@ class ImageResolver:
                 f"the module of {reference} was evicted from the cache while resolving; retrying"
             )
         self.cache.touch(record.module_sha256)
-        return record.resolved(path)
+        module = record.resolved(path)
+        return replace(module, signer=str(signer)) if signer is not None else module
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -198,13 +230,16 @@ class ImageResolver:
     # -- sources ------------------------------------------------------------------------
 
     async def _from_layout(
-        self, reference: ImageReference, progress: Progress | None
+        self, reference: ImageReference, namespace: str, progress: Progress | None
     ) -> ImageRecord:
         source = LayoutSource(Path(reference.path), self._config.limits)
         top = await source.manifest(reference.digest or reference.tag or "")
-        return self.cache.image(top.digest) or await self._puller.pull(
-            source, top, _LOCAL_IDENTITY, progress
-        )
+        cached = self.cache.image(top.digest)
+        if cached is not None:
+            return cached
+        if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
+            await self.signatures.check_image(source, (top.digest,), None, namespace)
+        return await self._puller.pull(source, top, _LOCAL_IDENTITY, progress)
 
     async def _from_registry(
         self,
@@ -237,10 +272,24 @@ class ImageResolver:
             return record
         source = registry()
         top = await source.manifest(known or reference.version)
+        if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
+            # refused before a byte of the image is downloaded, unpacked or compiled
+            await self._check_signatures(reference, access, (top.digest,))
         record = await self._puller.pull(source, top, access.identity, progress)
         if tag_name:
             self.cache.store_tag(tag_name, top.digest)
         return record
+
+    async def _check_signatures(
+        self, reference: ImageReference, access: _Access, digests: tuple[str, ...]
+    ) -> TrustedKey | None:
+        client = self._client(reference.registry, access.credentials)
+        source = RegistrySource(client, reference.repository, str(reference))
+
+        async def referrers(digest: str) -> bytes | None:
+            return await client.referrers(reference.repository, digest)
+
+        return await self.signatures.check_image(source, digests, referrers, access.namespace)
 
     def _client(self, registry: str, credentials: Credentials | None) -> RegistryClient:
         key = (registry, credentials.fingerprint if credentials else ANONYMOUS_FINGERPRINT)
@@ -315,6 +364,18 @@ class ImageResolver:
 
 def _user(key: ResourceKey) -> str:
     return str(key)
+
+
+def _is_index(top: FetchedManifest) -> bool:
+    try:
+        return isinstance(parse_document(top.data, top.media_type, str(top.digest)), ImageIndex)
+    except InvalidImage:
+        return False  # the puller reports it
+
+
+def _signed_digests(record: ImageRecord) -> tuple[str, ...]:
+    """The digests a signature may name: the one the reference reached, then the image."""
+    return (record.digest, record.image_digest or record.digest)
 
 
 def _unauthorized_message(reference: ImageReference, access: _Access, exc: Unauthorized) -> str:

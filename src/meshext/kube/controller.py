@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from meshext.api import extension as sme_api
@@ -369,9 +369,13 @@ class Controller:
         if resolution.state is ResolutionState.READY:
             self._resolved[key] = ((uid, extension.generation, self._epoch), resolution)
             return resolution, False
-        retry = resolution.state is ResolutionState.FAILED and resolution.retryable
+        retry = resolution.state is ResolutionState.FAILED and (
+            resolution.retryable or resolution.keep_previous
+        )
         if retry and cached is not None and cached[0][:2] == (uid, extension.generation):
             log.warning("%s: %s; keeping the module in use", key, resolution.message)
+            if resolution.keep_previous:  # status says why the newer image was refused
+                return replace(cached[1], message=resolution.message), True
             return cached[1], True
         self._resolved.pop(key, None)
         return resolution, retry

@@ -16,6 +16,8 @@ from pathlib import Path
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
+from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
+from meshext.images.verification import SignatureVerifier
 from meshext.kube.client import KubeClient
 from meshext.kube.controller import Controller, ControllerSettings
 from meshext.kube.http import admin_app, start_webhook_server
@@ -33,6 +35,7 @@ class RunOptions:
     kubeconfig: str | None = None
     context: str | None = None
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    signatures: SignaturePolicy = SIGNATURES_OFF
     admin_host: str = "127.0.0.1"
     admin_port: int = 8080
     webhook_cert: Path | None = None
@@ -45,7 +48,12 @@ async def run_controller(options: RunOptions, stop: asyncio.Event | None = None)
     """Run until ``stop`` is set (or the task is cancelled)."""
     client = await KubeClient.connect(options.kubeconfig, context=options.context)
     cache = ModuleCache(options.cache_dir)
-    resolver = ImageResolver(cache, KubePullSecretStore(client), registry_config=options.registry)
+    resolver = ImageResolver(
+        cache,
+        KubePullSecretStore(client),
+        registry_config=options.registry,
+        signatures=SignatureVerifier(options.signatures),
+    )
     controller = Controller(client, resolver, options.settings)
     admin = await start_module_server(
         admin_app(controller, cache), options.admin_host, options.admin_port

@@ -44,6 +44,8 @@ class ResolvedModule:
     image_format: ImageFormat
     manifest: ExtensionManifest | None = None
     abi_versions: tuple[str, ...] = ()
+    signer: str | None = None
+    """The trusted key whose signature was verified, when a signature policy is on."""
 
 
 class ResolutionState(StrEnum):
@@ -58,14 +60,23 @@ class Resolution:
     module: ResolvedModule | None = None
     message: str = ""
     retryable: bool = False
+    keep_previous: bool = False
+    """A failure that must not take away a module resolved (and accepted) before."""
 
     @classmethod
     def ready(cls, module: ResolvedModule) -> Resolution:
         return cls(ResolutionState.READY, module)
 
     @classmethod
-    def failed(cls, message: str, *, retryable: bool = False) -> Resolution:
-        return cls(ResolutionState.FAILED, message=message, retryable=retryable)
+    def failed(
+        cls, message: str, *, retryable: bool = False, keep_previous: bool = False
+    ) -> Resolution:
+        return cls(
+            ResolutionState.FAILED,
+            message=message,
+            retryable=retryable,
+            keep_previous=keep_previous,
+        )
 
     @classmethod
     def pending(cls, message: str = "image not resolved yet") -> Resolution:

@@ -60,6 +60,8 @@ def extension_status(
             container_sha256=module.image_digest,
             sha256=module.sha256,
             url=module_url(module.sha256),
+            signer=module.signer,
+            message=resolution.message or None,
         ),
     )
 

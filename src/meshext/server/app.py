@@ -34,6 +34,8 @@ from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
+from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
+from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import PullSecretStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
@@ -75,6 +77,7 @@ class ServeOptions:
     certificate_address: str = "127.0.0.1:15012"
     """Where proxies exchange a token for a certificate (with a token authenticator)."""
     token_audience: str = DEFAULT_AUDIENCE
+    signatures: SignaturePolicy = SIGNATURES_OFF
 
 
 @dataclass
@@ -145,7 +148,12 @@ async def running_control_plane(
     if secrets is None:
         secrets = FolderPullSecretStore(options.config) if options.config else _NoSecrets()
     cache = ModuleCache(options.cache_dir, max_bytes=options.cache_max_bytes)
-    resolver = ImageResolver(cache, secrets, registry_config=options.registry)
+    resolver = ImageResolver(
+        cache,
+        secrets,
+        registry_config=options.registry,
+        signatures=SignatureVerifier(options.signatures),
+    )
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()

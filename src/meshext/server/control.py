@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshext.api.decode import ResourceError
@@ -230,10 +230,13 @@ class ControlPlane:
             resolution.state is ResolutionState.FAILED
             and previous is not None
             and previous.state is ResolutionState.READY
-            and resolution.retryable
+            and (resolution.retryable or resolution.keep_previous)
         )
         if not keep_previous:
             self._resolutions[ext.key] = resolution
+        elif previous is not None and resolution.keep_previous:
+            # still served, and the status says why the newer image was refused
+            self._resolutions[ext.key] = replace(previous, message=resolution.message)
         if resolution.state is ResolutionState.FAILED:
             failures = self._failures.get(ext.key, 0) + 1
             self._failures[ext.key] = failures

@@ -1,0 +1,164 @@
+"""The Kubernetes controller with a signature policy: status carries the signer of a
+verified image and the refusal of an unsigned one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshext.images.config import RegistryConfig
+from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
+from tests.images.cosign import Cosign, KeyPair, find_cosign
+from tests.images.registry import Registry, start_registry
+from tests.kube.support import (
+    MESHEXT,
+    Cluster,
+    Mesh,
+    eventually,
+    extension,
+    running_controller,
+    settings,
+    wasm_file,
+)
+from tests.kube_harness import KubeApiServer
+
+pytestmark = pytest.mark.e2e
+
+INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    started = start_registry(tmp_path_factory.mktemp("signed-registry"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def mesh_members() -> int:
+    return 1
+
+
+def _push(module: Path, image: str) -> str:
+    result = subprocess.run(
+        [
+            str(MESHEXT),
+            "image",
+            "build",
+            f"--wasm={module}",
+            "--name=header",
+            "--phase=PreAuthZ",
+            f"--tag={image}",
+            "--insecure-registry=127.0.0.1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digest: str = result.stdout.split()[0]
+    return digest
+
+
+def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
+    found = cluster.get("sme", name, namespace) or {}
+    status = found.get("status")
+    return status if isinstance(status, dict) and "deployment" in status else None
+
+
+async def test_status_names_the_signer_of_a_signed_image_and_refuses_an_unsigned_one(
+    kube_apiserver: KubeApiServer,
+    cluster: Cluster,
+    mesh: Mesh,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    (namespace,) = mesh.members
+    cosign = Cosign(find_cosign(), tmp_path / "cosign-home")
+    key: KeyPair = cosign.generate_key_pair(tmp_path / "ci-key")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(key.public, trusted / "ci.pub")
+    policy = SignaturePolicy(SignatureMode.ENFORCE, load_trusted_keys(trusted))
+
+    signed_image = f"{registry.host}/extensions/signed:v1"
+    signed_digest = _push(wasm_file(tmp_path / "modules", "signed"), signed_image)
+    cosign.sign(key, f"{registry.host}/extensions/signed@{signed_digest}", registry)
+    unsigned_image = f"{registry.host}/extensions/unsigned:v1"
+    unsigned_digest = _push(wasm_file(tmp_path / "modules", "unsigned"), unsigned_image)
+    cluster.apply(
+        extension("signed", namespace, signed_image),
+        extension("unsigned", namespace, unsigned_image),
+    )
+    async with running_controller(
+        kube_apiserver,
+        tmp_path / "cache",
+        settings(istio=None),
+        registry=INSECURE,
+        signatures=policy,
+    ):
+        signed = await eventually(
+            lambda: _status(cluster, "signed", namespace), "status of the signed image"
+        )
+        unsigned = await eventually(
+            lambda: _status(cluster, "unsigned", namespace), "status of the unsigned image"
+        )
+    assert signed["deployment"]["ready"] is True, signed
+    assert signed["deployment"]["containerSha256"] == signed_digest
+    fingerprint = policy.keys[0].fingerprint
+    assert signed["deployment"]["signer"] == f"ci.pub (sha256:{fingerprint})"
+    assert unsigned["deployment"]["ready"] is False
+    message = unsigned["deployment"]["message"]
+    assert "refused by the signature policy" in message
+    assert f"image {unsigned_digest} has no cosign signature" in message
+
+
+async def test_an_always_tag_moved_to_an_unsigned_image_keeps_the_verified_module(
+    kube_apiserver: KubeApiServer,
+    cluster: Cluster,
+    mesh: Mesh,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    (namespace,) = mesh.members
+    cosign = Cosign(find_cosign(), tmp_path / "cosign-home")
+    key = cosign.generate_key_pair(tmp_path / "ci-key")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(key.public, trusted / "ci.pub")
+    policy = SignaturePolicy(SignatureMode.ENFORCE, load_trusted_keys(trusted))
+    image = f"{registry.host}/extensions/moving:v1"
+    signed_digest = _push(wasm_file(tmp_path / "modules", "before"), image)
+    cosign.sign(key, f"{registry.host}/extensions/moving@{signed_digest}", registry)
+    cluster.apply(extension("moving", namespace, image, imagePullPolicy="Always"))
+    async with running_controller(
+        kube_apiserver,
+        tmp_path / "cache",
+        settings(istio=None, resync_period=1.0),
+        registry=INSECURE,
+        signatures=policy,
+    ):
+        await eventually(
+            lambda: (
+                (_status(cluster, "moving", namespace) or {}).get("deployment", {}).get("signer")
+            ),
+            "the signer in status",
+        )
+        moved_digest = _push(wasm_file(tmp_path / "modules", "after"), image)
+
+        def refused() -> dict[str, Any] | None:
+            status = _status(cluster, "moving", namespace)
+            message = (status or {}).get("deployment", {}).get("message") or ""
+            return status if moved_digest in message else None
+
+        status = await eventually(refused, "the refusal of the moved tag in status")
+    deployment = status["deployment"]
+    assert deployment["ready"] is True
+    assert deployment["containerSha256"] == signed_digest
+    assert deployment["signer"].startswith("ci.pub (sha256:")
+    assert "refused by the signature policy" in deployment["message"]
