@@ -2,7 +2,8 @@
 
 One process serves, on every replica: the admin port (health, readiness, modules),
 the conversion webhook (when given a certificate), and the controller (which writes
-only while it holds the lease). It stops cleanly on cancellation: the queue stops,
+only while it holds the lease). Given the webhook's CA too, the leader keeps that CA
+in the ServiceMeshExtension CRD (:mod:`meshext.kube.cainjector`). It stops cleanly on cancellation: the queue stops,
 then the lease is released, then the servers close.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
+from meshext.kube.cainjector import CaBundleInjector
 from meshext.kube.client import KubeClient
 from meshext.kube.controller import Controller, ControllerSettings
 from meshext.kube.http import admin_app, start_webhook_server
@@ -33,10 +35,11 @@ class RunOptions:
     kubeconfig: str | None = None
     context: str | None = None
     registry: RegistryConfig = field(default_factory=RegistryConfig)
-    admin_host: str = "0.0.0.0"
+    admin_host: str = "127.0.0.1"
     admin_port: int = 8080
     webhook_cert: Path | None = None
     webhook_key: Path | None = None
+    webhook_ca: Path | None = None
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443
 
@@ -61,14 +64,26 @@ async def run_controller(options: RunOptions, stop: asyncio.Event | None = None)
                 options.webhook_port,
             )
             log.info("conversion webhook on %s", webhook.url)
+        else:
+            log.warning(
+                "no --webhook-cert: this replica serves no conversion webhook, so reading or "
+                "writing maistra.io/v1alpha1 ServiceMeshExtensions fails unless another "
+                "process serves it"
+            )
         running = asyncio.create_task(controller.run(), name="controller")
         waiting = asyncio.create_task((stop or asyncio.Event()).wait(), name="stop")
+        tasks = {running, waiting}
+        if options.webhook_ca is not None:
+            injector = CaBundleInjector(
+                client, options.webhook_ca, should_write=lambda: controller.is_leader
+            )
+            tasks.add(asyncio.create_task(injector.run(), name="CA bundle"))
         try:
-            done, _ = await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if running in done:
                 running.result()
         finally:
-            await cancel_and_wait(running, waiting)
+            await cancel_and_wait(*tasks)
     finally:
         if webhook is not None:
             await webhook.stop()
