@@ -15,24 +15,24 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import signal
-import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.kube.support import MESHEXT, eventually, extension, unique
+from tests.kube.installing import (
+    SME_CRD,
+    ControllerProcess,
+    ca_bundle,
+    run_meshext,
+    service_account_kubeconfig,
+)
+from tests.kube.support import eventually, extension, unique
 from tests.kube_harness import REPO_ROOT, KubeApiServer
 from tests.network import free_port
 
 pytestmark = [pytest.mark.e2e]
 
-SME_CRD = "servicemeshextensions.maistra.io"
 AWKWARD = '{"z": 1, "a": 12345678901234567890, "f": 1.0}'
 
 
@@ -42,60 +42,7 @@ def fresh_apiserver(tmp_path: Path) -> Iterator[KubeApiServer]:
         yield api
 
 
-def _meshext(*args: str) -> str:
-    return subprocess.run(
-        [str(MESHEXT), *args], check=True, capture_output=True, text=True, timeout=120
-    ).stdout
-
-
-class _Controller:
-    """``meshext kube controller`` as a process on loopback, stopped with SIGTERM."""
-
-    def __init__(self, api: KubeApiServer, workdir: Path, *args: str) -> None:
-        self.admin = f"127.0.0.1:{free_port()}"
-        self.log_path = workdir / f"controller-{unique('run')}.log"
-        setpriv = shutil.which("setpriv")
-        command = [
-            *([setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []),
-            str(MESHEXT),
-            "kube",
-            "controller",
-            f"--admin-address={self.admin}",
-            f"--cache={workdir / 'cache'}",
-            *args,
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-    def readyz(self) -> int:
-        try:
-            with urllib.request.urlopen(f"http://{self.admin}/readyz", timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return 0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _ca_bundle(api: KubeApiServer) -> str:
-    crd = json.loads(api.kubectl("get", "crd", SME_CRD, "-o", "json").stdout)
-    config = crd["spec"]["conversion"]["webhook"]["clientConfig"]
-    return str(config.get("caBundle") or "")
-
-
-async def _round_trip(api: KubeApiServer, namespace: str, controller: _Controller) -> None:
+async def _round_trip(api: KubeApiServer, namespace: str, controller: ControllerProcess) -> None:
     """A v1alpha1 extension written and read back through the webhook, byte for byte."""
     name = unique("alpha")
     document = json.dumps(
@@ -150,23 +97,6 @@ patches:
     return directory
 
 
-def _service_account_kubeconfig(api: KubeApiServer, path: Path) -> Path:
-    token = api.kubectl("create", "token", "meshext", "-n", "meshext-system").stdout.strip()
-    config: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "c", "cluster": {"server": api.url, "certificate-authority": str(api.ca_path)}}
-        ],
-        "users": [{"name": "meshext", "user": {"token": token}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "meshext"}}],
-        "current-context": "c",
-    }
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return path
-
-
 async def test_the_documented_install_applied_twice_keeps_the_conversion_webhook_working(
     fresh_apiserver: KubeApiServer, tmp_path: Path
 ) -> None:
@@ -176,7 +106,7 @@ async def test_the_documented_install_applied_twice_keeps_the_conversion_webhook
     overlay = _overlay(tmp_path / "overlay", webhook_port)
 
     # Step 1: the serving certificate and its CA, in the Secret the Deployment mounts.
-    _meshext("kube", "certs", f"--out={certs}", "--service=meshext-system/meshext")
+    run_meshext("kube", "certs", f"--out={certs}", "--service=meshext-system/meshext")
     api.kubectl("create", "namespace", "meshext-system")
     api.kubectl(
         "-n",
@@ -192,12 +122,12 @@ async def test_the_documented_install_applied_twice_keeps_the_conversion_webhook
     # Step 2: everything else.
     api.kubectl("apply", "--server-side", "-k", str(overlay))
     api.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{SME_CRD}")
-    assert _ca_bundle(api) == ""
+    assert ca_bundle(api) == ""
     namespace = unique("team")
     api.kubectl("create", "namespace", namespace)
 
     # What the Deployment runs, with the ServiceAccount and RBAC of deploy/base.
-    kubeconfig = _service_account_kubeconfig(api, tmp_path / "sa.kubeconfig")
+    kubeconfig = service_account_kubeconfig(api, tmp_path / "sa.kubeconfig")
     args = (
         f"--kubeconfig={kubeconfig}",
         f"--webhook-address=127.0.0.1:{webhook_port}",
@@ -205,27 +135,27 @@ async def test_the_documented_install_applied_twice_keeps_the_conversion_webhook
         f"--webhook-key={certs / 'tls.key'}",
         f"--webhook-ca={certs / 'ca.crt'}",
     )
-    controller = _Controller(api, tmp_path, *args)
+    controller = ControllerProcess(api, tmp_path, *args)
     try:
         await eventually(lambda: controller.readyz() == 200 or None, "the controller ready")
         await _round_trip(api, namespace, controller)
         expected = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
-        assert _ca_bundle(api) == expected
+        assert ca_bundle(api) == expected
     finally:
         controller.stop()
 
     # The docs again, with no controller running to put anything back: both ways of
     # applying keep the bundle.
     api.kubectl("apply", "--server-side", "-k", str(overlay))
-    assert _ca_bundle(api) == expected
+    assert ca_bundle(api) == expected
     api.kubectl("apply", "-k", str(overlay))
-    assert _ca_bundle(api) == expected
+    assert ca_bundle(api) == expected
     api.kubectl("apply", "--server-side", "-k", str(overlay))
-    assert _ca_bundle(api) == expected
+    assert ca_bundle(api) == expected
     dry_run = api.kubectl("apply", "--dry-run=server", "-k", str(overlay), check=False)
     assert dry_run.returncode == 0, dry_run.stderr
 
-    controller = _Controller(api, tmp_path, *args)
+    controller = ControllerProcess(api, tmp_path, *args)
     try:
         await eventually(lambda: controller.readyz() == 200 or None, "the controller ready again")
         await _round_trip(api, namespace, controller)
@@ -243,15 +173,15 @@ async def test_a_controller_on_a_workstation_converts_for_a_remote_api_server(
     webhook_url = f"https://127.0.0.1:{webhook_port}/convert"
     # The recipe of docs/kubernetes.md, with 127.0.0.1 as the address the API server
     # reaches the workstation at.
-    _meshext("kube", "certs", f"--out={certs}", "--host=127.0.0.1")
-    crds = _meshext("kube", "crds", f"--webhook-url={webhook_url}")
+    run_meshext("kube", "certs", f"--out={certs}", "--host=127.0.0.1")
+    crds = run_meshext("kube", "crds", f"--webhook-url={webhook_url}")
     for _ in range(2):
         api.kubectl("apply", "--server-side", "-f", "-", input=crds)
     api.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{SME_CRD}")
     api.kubectl("create", "namespace", "meshext-system")
     namespace = unique("team")
     api.kubectl("create", "namespace", namespace)
-    controller = _Controller(
+    controller = ControllerProcess(
         api,
         tmp_path,
         f"--kubeconfig={api.kubeconfig_path}",
@@ -265,7 +195,7 @@ async def test_a_controller_on_a_workstation_converts_for_a_remote_api_server(
         await _round_trip(api, namespace, controller)
         # Applying the CRDs again leaves the bundle the controller set.
         api.kubectl("apply", "--server-side", "-f", "-", input=crds)
-        assert _ca_bundle(api) != ""
+        assert ca_bundle(api) != ""
         await _round_trip(api, namespace, controller)
     finally:
         controller.stop()
