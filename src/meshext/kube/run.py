@@ -3,8 +3,8 @@
 One process serves, on every replica: the admin port (health, readiness, modules),
 the conversion webhook (when given a certificate), and the controller (which writes
 only while it holds the lease). Given the webhook's CA too, the leader keeps that CA
-in the ServiceMeshExtension CRD (:mod:`meshext.kube.cainjector`). It stops cleanly on cancellation: the queue stops,
-then the lease is released, then the servers close.
+in the ServiceMeshExtension CRD (:mod:`meshext.kube.cainjector`). It stops cleanly
+on cancellation: the queue stops, then the lease is released, then the servers close.
 """
 
 from __future__ import annotations

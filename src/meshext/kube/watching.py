@@ -3,10 +3,10 @@
 An :class:`Informer` lists, then watches from the list's resourceVersion. When a watch
 ends (the server closes it every few minutes) it resumes from the last version it
 saw; when the connection fails it backs off (waking early when the client sees the
-API server answer again, see :mod:`meshext.kube.connectivity`) and resumes; when the API server says
-that version is too old (410 Gone, e.g. after a restart compacted its history) it
-lists again and reports the difference between the old and the new list as ordinary
-changes. So a consumer sees every change that matters, once, whatever happened to
+API server answer again, see :mod:`meshext.kube.connectivity`) and resumes; when the
+API server says that version is too old (410 Gone, e.g. after a restart compacted
+its history) it lists again and reports the difference between the old and the new
+list as ordinary changes. So a consumer sees every change that matters, once, whatever happened to
 the connection - a deletion that happened while the server was away shows up as
 a deletion.
 
@@ -140,7 +140,7 @@ class Informer:
             namespace=self.namespace,
             label_selector=self.label_selector,
             timeout_seconds=self.watch_timeout,
-            opened=self._backoff.reset,
+            opened=self._watch_opened,
         ):
             self._backoff.reset()
             self.problem = ""
@@ -160,6 +160,10 @@ class Informer:
                 continue
             self.objects[key] = event.object
             self._notify(key, before, event.object)
+
+    def _watch_opened(self) -> None:
+        self._backoff.reset()
+        self.problem = ""
 
     def _set_absent(self) -> None:
         self.served = False
