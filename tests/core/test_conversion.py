@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from meshext.api.decode import decode
 from meshext.api.extension import (
@@ -24,6 +23,7 @@ from meshext.api.extension import (
     spec_v1_to_v1alpha1,
     spec_v1alpha1_to_v1,
 )
+from tests.json_texts import config_texts
 
 
 @pytest.mark.parametrize(
@@ -189,26 +189,7 @@ def test_the_module_receives_the_kept_text_of_a_stored_v1_object() -> None:
     assert edited.module_config() == '{"a":3}'
 
 
-_JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
-_JSON_OBJECT_TEXTS = st.builds(
-    lambda obj, indent, sort: json.dumps(obj, indent=indent, sort_keys=sort),
-    st.dictionaries(st.text(max_size=5), _JSON_VALUES, max_size=4),
-    st.sampled_from([None, 0, 2]),
-    st.booleans(),
-)
-
-
-@given(st.text() | _JSON_OBJECT_TEXTS)
+@given(config_texts)
 def test_any_string_round_trips_through_v1(text: str) -> None:
     stored = convert_document(_alpha(text), V1)
     json.dumps(stored, allow_nan=False)  # what the webhook sends is valid JSON

@@ -86,3 +86,21 @@ def service_account_kubeconfig(api: KubeApiServer, path: Path) -> Path:
     path.write_text(json.dumps(config))
     path.chmod(0o600)
     return path
+
+
+def create_webhook_secret(api: KubeApiServer, certs: Path) -> None:
+    """Install step 1 of docs/kubernetes.md: the webhook's certificate and its CA, in
+    the Secret the Deployment mounts."""
+    run_meshext("kube", "certs", f"--out={certs}", "--service=meshext-system/meshext")
+    api.kubectl("create", "namespace", "meshext-system")
+    api.kubectl(
+        "-n",
+        "meshext-system",
+        "create",
+        "secret",
+        "generic",
+        "meshext-webhook-tls",
+        f"--from-file={certs / 'ca.crt'}",
+        f"--from-file={certs / 'tls.crt'}",
+        f"--from-file={certs / 'tls.key'}",
+    )

@@ -24,6 +24,7 @@ from tests.kube.installing import (
     SME_CRD,
     ControllerProcess,
     ca_bundle,
+    create_webhook_secret,
     run_meshext,
     service_account_kubeconfig,
 )
@@ -106,19 +107,7 @@ async def test_the_documented_install_applied_twice_keeps_the_conversion_webhook
     overlay = _overlay(tmp_path / "overlay", webhook_port)
 
     # Step 1: the serving certificate and its CA, in the Secret the Deployment mounts.
-    run_meshext("kube", "certs", f"--out={certs}", "--service=meshext-system/meshext")
-    api.kubectl("create", "namespace", "meshext-system")
-    api.kubectl(
-        "-n",
-        "meshext-system",
-        "create",
-        "secret",
-        "generic",
-        "meshext-webhook-tls",
-        f"--from-file={certs / 'ca.crt'}",
-        f"--from-file={certs / 'tls.crt'}",
-        f"--from-file={certs / 'tls.key'}",
-    )
+    create_webhook_secret(api, certs)
     # Step 2: everything else.
     api.kubectl("apply", "--server-side", "-k", str(overlay))
     api.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{SME_CRD}")

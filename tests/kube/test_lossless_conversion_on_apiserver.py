@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from meshext.api.decode import decode
 from meshext.api.extension import ServiceMeshExtension
+from tests.json_texts import config_texts
 from tests.kube.support import (
     ENVOY_FILTERS,
     Cluster,
@@ -127,34 +127,12 @@ def test_a_config_edited_through_v1_is_what_v1alpha1_readers_see(api: _Api) -> N
     api.delete(name)
 
 
-_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=6)
-)
-_VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-_OBJECT_TEXTS = st.builds(
-    lambda obj, indent, ensure_ascii: json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii),
-    st.dictionaries(st.text(max_size=4), _VALUES, max_size=4),
-    st.sampled_from([None, 1]),
-    st.booleans(),
-)
-
-
 @settings(
     max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(text=st.text(max_size=40) | _OBJECT_TEXTS)
+@given(text=config_texts)
 def test_any_string_or_json_text_round_trips_through_the_api_server(api: _Api, text: str) -> None:
     alpha, stored = _round_trip(api, text)
     assert alpha["spec"]["config"] == text
