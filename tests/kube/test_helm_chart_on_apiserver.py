@@ -48,6 +48,7 @@ def helm_binary() -> Path:
 def _helm(helm: Path, home: Path, *args: str, kubeconfig: Path | None = None) -> str:
     env = {
         "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
@@ -108,7 +109,7 @@ def test_the_chart_refuses_another_namespace(helm_binary: Path, tmp_path: Path) 
         check=False,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "HELM_CONFIG_HOME": str(tmp_path / "config")},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         timeout=120,
     )
     assert result.returncode != 0
