@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -125,8 +126,13 @@ async def test_after_an_api_server_restart_nothing_is_lost_or_duplicated(
 
 
 async def test_only_the_leader_writes_and_a_standby_takes_over_when_it_stops(
-    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, tmp_path: Path
+    kube_apiserver: KubeApiServer,
+    cluster: Cluster,
+    mesh: Mesh,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="meshext.kube.leader")
     ns = mesh.members[0]
     module = wasm_file(tmp_path / "modules", "leader")
     lease = unique("lease")
@@ -155,6 +161,8 @@ async def test_only_the_leader_writes_and_a_standby_takes_over_when_it_stops(
             await second.queue.wait_idle()
             assert holder() == "first"
             assert not second.is_leader
+            waiting = f"second: standing by; lease default/{lease} is held by first, waiting for it"
+            assert waiting in [r.getMessage() for r in caplog.records]
             assert first.stats.status_writes >= 1
             assert first.stats.created == 1
             assert (second.stats.status_writes, second.stats.created) == (0, 0)
