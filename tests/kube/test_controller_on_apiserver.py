@@ -107,6 +107,25 @@ async def test_an_image_without_tag_or_digest_gets_a_parse_error_message(
     message = status["deployment"]["message"]
     assert message.startswith("failed to parse spec.image:")
     assert "neither a tag nor a digest" in message
+    assert (status["phase"], status["priority"]) == ("PostAuthZ", 10)
+
+
+@pytest.mark.usefixtures("istio_crds")
+async def test_a_priority_istio_cannot_hold_is_reported_instead_of_clamped(
+    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, tmp_path: Path
+) -> None:
+    namespace = mesh.members[0]
+    module = wasm_file(tmp_path / "modules", "huge")
+    cluster.apply(extension("huge", namespace, f"file:{module}", priority=2**31))
+    async with running_controller(kube_apiserver, tmp_path / "cache") as controller:
+        status = await eventually(
+            lambda: _deployment_when(cluster, "huge", namespace, ready=False), "a failure"
+        )
+        assert controller.stats.created == 0
+    assert status["priority"] == 2**31
+    message = status["deployment"]["message"]
+    assert message.startswith("cannot render for Istio: spec.priority: 2147483648")
+    assert cluster.get("wasmplugins.extensions.istio.io", "huge", namespace) is None
 
 
 async def test_disabled_extensions_in_the_control_plane_are_reported(

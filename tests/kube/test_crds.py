@@ -212,3 +212,10 @@ def test_the_committed_crds_in_deploy_are_up_to_date() -> None:
         "deploy/base/crds.yaml is stale: regenerate it with "
         "`meshext kube crds > deploy/base/crds.yaml`"
     )
+
+
+def test_the_helm_chart_carries_the_same_crds_as_the_kustomize_base() -> None:
+    chart_crds = REPO_ROOT / "deploy" / "helm" / "meshext" / "crds" / "crds.yaml"
+    assert chart_crds.read_bytes() == Path(COMMITTED_CRDS).read_bytes(), (
+        "deploy/helm/meshext/crds/crds.yaml differs: copy deploy/base/crds.yaml there"
+    )

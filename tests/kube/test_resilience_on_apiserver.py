@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meshext.kube.http import admin_app
+from meshext.server.modules import start_module_server
 from tests.kube.support import (
     ENVOY_FILTERS,
     WASM_PLUGINS,
@@ -120,8 +126,13 @@ async def test_after_an_api_server_restart_nothing_is_lost_or_duplicated(
 
 
 async def test_only_the_leader_writes_and_a_standby_takes_over_when_it_stops(
-    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, tmp_path: Path
+    kube_apiserver: KubeApiServer,
+    cluster: Cluster,
+    mesh: Mesh,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="meshext.kube.leader")
     ns = mesh.members[0]
     module = wasm_file(tmp_path / "modules", "leader")
     lease = unique("lease")
@@ -150,6 +161,8 @@ async def test_only_the_leader_writes_and_a_standby_takes_over_when_it_stops(
             await second.queue.wait_idle()
             assert holder() == "first"
             assert not second.is_leader
+            waiting = f"second: standing by; lease default/{lease} is held by first, waiting for it"
+            assert waiting in [r.getMessage() for r in caplog.records]
             assert first.stats.status_writes >= 1
             assert first.stats.created == 1
             assert (second.stats.status_writes, second.stats.created) == (0, 0)
@@ -170,3 +183,77 @@ async def test_only_the_leader_writes_and_a_standby_takes_over_when_it_stops(
             await first_run.__aexit__(None, None, None)
     lease_object = json.loads(cluster.kubectl("get", "lease", lease, "-n", "default", "-o", "json"))
     assert lease_object["spec"]["leaseTransitions"] >= 1
+
+
+async def test_readiness_follows_the_api_server_and_every_cache_catches_up_after_an_outage(
+    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, tmp_path: Path
+) -> None:
+    ns = mesh.members[0]
+    module = wasm_file(tmp_path / "modules", "outage")
+    image = f"file:{module}"
+    cluster.apply(extension("before", ns, image))
+    async with running_controller(kube_apiserver, tmp_path / "cache") as controller:
+        admin = await start_module_server(admin_app(controller))
+        try:
+            await eventually(lambda: cluster.get(WASM_PLUGINS, "before", ns), "first plugin")
+            assert await asyncio.to_thread(_fetch, f"{admin.base_url}/readyz") == (200, "ready\n")
+            connectivity = controller.client.connectivity
+
+            await asyncio.to_thread(kube_apiserver.stop_apiserver)
+
+            code, reason = await eventually(
+                lambda: _unready(admin.base_url), "readiness reporting the lost API server"
+            )
+            assert code == 503
+            assert "the API server has not answered" in reason
+            debug = json.loads(
+                (await asyncio.to_thread(_fetch, f"{admin.base_url}/debug/controller"))[1]
+            )
+            assert debug["ready"] is False
+            assert debug["apiServer"]["reachable"] is False
+            # Long enough for the informers' backoff to grow to many seconds.
+            await eventually(
+                lambda: connectivity.lost_for() > 20 or None, "a long outage", deadline=120
+            )
+            kube_apiserver.start_apiserver()
+            back = time.monotonic()
+
+            added = unique("team")
+            cluster.namespace(added)
+            mesh.set_members([ns, added])
+            cluster.apply(extension("after", ns, image), extension("there", added, image))
+
+            def caught_up() -> bool:
+                roll = controller.member_rolls.values()
+                plugins = controller.rendered["WasmPlugin"].objects
+                return (
+                    controller.ready
+                    and any(added in (r.get("spec") or {}).get("members", []) for r in roll)
+                    and {"after", "there"} <= {key.name for key in controller.extensions.objects}
+                    and {"after", "there"} <= {key.name for key in plugins}
+                )
+
+            await eventually(caught_up, "every cache after the outage")
+            print(f"caught up {time.monotonic() - back:.1f}s after the API server was back")
+            assert await asyncio.to_thread(_fetch, f"{admin.base_url}/readyz") == (200, "ready\n")
+            debug = json.loads(
+                (await asyncio.to_thread(_fetch, f"{admin.base_url}/debug/controller"))[1]
+            )
+            assert debug["apiServer"]["outages"] >= 1
+            assert all(not i["problem"] for i in debug["informers"].values())
+        finally:
+            await admin.stop()
+            mesh.set_members([ns])
+
+
+def _fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _unready(base_url: str) -> tuple[int, str] | None:
+    code, text = _fetch(f"{base_url}/readyz")
+    return (code, text) if code != 200 else None

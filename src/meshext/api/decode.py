@@ -69,9 +69,12 @@ def _decode_smmr(doc: Mapping[str, Any]) -> Resource:
 
 
 def _decode_sme_v1(doc: Mapping[str, Any]) -> Resource:
-    return ServiceMeshExtension.model_validate(
+    sme = ServiceMeshExtension.model_validate(
         {**_without_status(doc), "served_version": extension.V1}
     )
+    # Stored from a v1alpha1 write: the module still receives the text as written.
+    kept = extension.kept_config_text(sme.metadata.annotations, sme.spec.config)
+    return sme.model_copy(update={"config_text": kept}) if kept is not None else sme
 
 
 def _decode_sme_v1alpha1(doc: Mapping[str, Any]) -> Resource:

@@ -2,12 +2,21 @@
 
 v1 is the canonical form inside meshext (as it is Kubernetes' storage version). A
 v1alpha1 document is converted on load; its config string is kept as well, so the
-module receives exactly the text the user wrote.
+module receives exactly the text the user wrote. On a cluster the string survives
+storage as v1 in an annotation (:data:`CONFIG_TEXT_ANNOTATION`), so reading it back as
+v1alpha1, and the module, get it byte for byte.
+
+The comparison of kept text and stored object (:func:`kept_config_text`) is written
+here rather than taken from a library because it has to follow the API server's own
+JSON rules (64-bit integers, doubles), which no JSON library models.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -22,6 +31,9 @@ KIND = "ServiceMeshExtension"
 V1ALPHA1 = f"{GROUP}/v1alpha1"
 V1 = f"{GROUP}/v1"
 RAW_V1ALPHA1_CONFIG = "raw_v1alpha1_config"
+CONFIG_TEXT_ANNOTATION = "meshext.io/v1alpha1-config"
+"""On a stored (v1) object: the v1alpha1 config string exactly as written, when the v1
+``config`` object alone cannot give it back (see :func:`convert_document`)."""
 
 PullPolicy = Literal["Always", "IfNotPresent"]
 
@@ -137,7 +149,8 @@ class ServiceMeshExtension(SpecModel):
     def module_config(self) -> str:
         """The bytes handed to the module's ``proxy_on_configure``, as Maistra did.
 
-        v1alpha1: the string verbatim. v1: the object as compact JSON with sorted keys
+        v1alpha1: the string verbatim (also when stored as v1 with the string kept in
+        :data:`CONFIG_TEXT_ANNOTATION`). v1: the object as compact JSON with sorted keys
         (deterministic), except that an object holding only ``raw_v1alpha1_config``
         hands over that string.
         """
@@ -147,26 +160,115 @@ class ServiceMeshExtension(SpecModel):
 
 
 def config_text_to_object(text: str | None) -> dict[str, Any] | None:
-    """v1alpha1 → v1: parse the string as a JSON object, else wrap it in ``raw_v1alpha1_config``."""
+    """v1alpha1 → v1: parse the string as a JSON object, else wrap it in ``raw_v1alpha1_config``.
+
+    The wrapper is unambiguous: a JSON object that itself looks like the wrapper (only
+    the key ``raw_v1alpha1_config``, holding a string) is wrapped too, so the way back
+    cannot mistake it for a wrapped plain string. Numbers JSON allows but the API server
+    cannot store (``NaN``, infinities, beyond a double) make the text a plain string.
+    """
     if text is None:
         return None
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {RAW_V1ALPHA1_CONFIG: text}
-    if isinstance(parsed, dict):
+    parsed = _parse_storable_json(text)
+    if isinstance(parsed, dict) and not _is_wrapper(parsed):
         return parsed
     return {RAW_V1ALPHA1_CONFIG: text}
 
 
 def config_object_to_text(config: dict[str, Any] | None) -> str:
-    """v1 → v1alpha1: the ``raw_v1alpha1_config`` string if present, else the object as JSON."""
+    """v1 → v1alpha1: the wrapped string, else the object as compact JSON with sorted keys."""
     if config is None:
         return ""
-    raw = config.get(RAW_V1ALPHA1_CONFIG)
-    if isinstance(raw, str):
-        return raw
+    if _is_wrapper(config):
+        return str(config[RAW_V1ALPHA1_CONFIG])
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def _is_wrapper(config: dict[str, Any]) -> bool:
+    return set(config) == {RAW_V1ALPHA1_CONFIG} and isinstance(config[RAW_V1ALPHA1_CONFIG], str)
+
+
+class _NotStorable(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotStorable(f"{name} is not JSON the API server stores")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotStorable(f"{text} is beyond a double")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    _finite_float(text)
+    return value
+
+
+def _parse_storable_json(text: str) -> object:
+    """``text`` as JSON if the API server can store its value, else ``None``."""
+    try:
+        return json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except (ValueError, RecursionError):
+        return None
+
+
+def kept_config_text(annotations: Mapping[str, str] | None, config: object) -> str | None:
+    """The v1alpha1 config text kept in :data:`CONFIG_TEXT_ANNOTATION`, if it still says
+    what ``config`` (the v1 object as stored) says; ``None`` when absent or stale.
+
+    A client of v1 may have changed ``config`` since the text was kept; then the text
+    no longer applies. "Says the same" is judged as the API server stores JSON:
+    integers beyond 64 bits and decimals as doubles, invalid UTF-16 as U+FFFD.
+    """
+    text = (annotations or {}).get(CONFIG_TEXT_ANNOTATION)
+    if not isinstance(text, str) or not isinstance(config, dict):
+        return None
+    if _same_stored_json(config_text_to_object(text), config):
+        return text
+    return None
+
+
+def _needs_keeping(text: str) -> bool:
+    """Whether the v1 object loses something of ``text`` (order, spelling, duplicates)."""
+    return config_object_to_text(config_text_to_object(text)) != text
+
+
+_INT64 = range(-(2**63), 2**63)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _same_stored_json(a: object, b: object) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        left = {_stored_string(k): v for k, v in a.items()}
+        right = {_stored_string(k): v for k, v in b.items()}
+        return left.keys() == right.keys() and all(
+            _same_stored_json(left[k], right[k]) for k in left
+        )
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_stored_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        if isinstance(a, int) and isinstance(b, int) and a in _INT64 and b in _INT64:
+            return a == b
+        return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, str):
+        return _stored_string(a) == _stored_string(b)
+    return a is None and b is None
+
+
+def _stored_string(value: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", value)
 
 
 def spec_v1alpha1_to_v1(spec: ExtensionSpecV1Alpha1) -> ExtensionSpecV1:
@@ -182,24 +284,57 @@ def spec_v1_to_v1alpha1(spec: ExtensionSpecV1) -> ExtensionSpecV1Alpha1:
 
 def convert_document(document: dict[str, Any], to_version: str) -> dict[str, Any]:
     """Convert a whole ServiceMeshExtension document (as the API server sends it) between
-    versions; metadata and status pass through, only ``spec.config`` changes shape."""
+    versions; status passes through, only ``spec.config`` changes shape.
+
+    Without loss: where the v1 object cannot hold a v1alpha1 config string exactly
+    (key order, number spelling, duplicate keys, white space), the string is kept in
+    the annotation :data:`CONFIG_TEXT_ANNOTATION` of the v1 object, and converting
+    back returns it (unless a v1 client changed ``config`` since). A v1alpha1 reader
+    never sees that annotation.
+    """
     if to_version not in (V1, V1ALPHA1):
         raise ValueError(f"cannot convert ServiceMeshExtension to {to_version!r}")
     from_version = document.get("apiVersion")
     converted = dict(document)
     converted["apiVersion"] = to_version
-    spec = document.get("spec")
-    if from_version == to_version or not isinstance(spec, dict) or "config" not in spec:
+    if from_version == to_version:
         return converted
-    new_spec = dict(spec)
-    if to_version == V1:
-        config = spec["config"]
-        new_spec["config"] = config_text_to_object(config) if isinstance(config, str) else config
-    else:
-        config = spec["config"]
-        new_spec["config"] = config_object_to_text(config) if isinstance(config, dict) else config
-    converted["spec"] = new_spec
+    spec = document.get("spec")
+    spec = dict(spec) if isinstance(spec, Mapping) else None
+    config = spec.get("config") if spec is not None else None
+    annotations = _annotations(document)
+    kept = annotations.pop(CONFIG_TEXT_ANNOTATION, None)
+    if spec is not None and to_version == V1 and isinstance(config, str):
+        if _needs_keeping(config):
+            annotations[CONFIG_TEXT_ANNOTATION] = config
+        converted["spec"] = {**spec, "config": config_text_to_object(config)}
+    elif spec is not None and to_version == V1ALPHA1 and isinstance(config, dict):
+        text = kept_config_text(
+            {CONFIG_TEXT_ANNOTATION: kept} if kept is not None else None, config
+        )
+        converted["spec"] = {
+            **spec,
+            "config": config_object_to_text(config) if text is None else text,
+        }
+    if kept is not None or CONFIG_TEXT_ANNOTATION in annotations:
+        converted["metadata"] = _with_annotations(document, annotations)
     return converted
+
+
+def _annotations(document: Mapping[str, Any]) -> dict[str, str]:
+    meta = document.get("metadata")
+    found = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return dict(found) if isinstance(found, Mapping) else {}
+
+
+def _with_annotations(document: Mapping[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
+    meta = document.get("metadata")
+    new_meta = dict(meta) if isinstance(meta, Mapping) else {}
+    if annotations:
+        new_meta["annotations"] = annotations
+    else:
+        new_meta.pop("annotations", None)
+    return new_meta
 
 
 def status_to_dict(status: ExtensionStatus) -> dict[str, Any]:

@@ -208,12 +208,23 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     "--admin-address",
     default="127.0.0.1:8080",
     show_default=True,
-    help="Probes, metrics and the module server; in a cluster bind the pod's address "
-    "(0.0.0.0:8080) so probes and proxies reach it.",
+    help="Health, readiness, debug and modules (plain HTTP). In a pod, 0.0.0.0:8080: "
+    "probes and proxies reach it there.",
 )
-@click.option("--webhook-address", default="0.0.0.0:8443", show_default=True)
+@click.option(
+    "--webhook-address",
+    default="0.0.0.0:8443",
+    show_default=True,
+    help="Conversion webhook (HTTPS): the API server must reach it.",
+)
 @click.option("--webhook-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--webhook-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--webhook-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA that signed --webhook-cert: the leader keeps it as the caBundle of the "
+    "ServiceMeshExtension CRD.",
+)
 @click.option(
     "--cache",
     "cache_dir",
@@ -244,6 +255,7 @@ def controller(
     webhook_address: str,
     webhook_cert: Path | None,
     webhook_key: Path | None,
+    webhook_ca: Path | None,
     cache_dir: Path | None,
     insecure_registry: tuple[str, ...],
     ca_file: Path | None,
@@ -259,6 +271,8 @@ def controller(
     _setup_logging(log_level)
     if (webhook_cert is None) != (webhook_key is None):
         raise click.UsageError("--webhook-cert and --webhook-key go together")
+    if webhook_ca is not None and webhook_cert is None:
+        raise click.UsageError("--webhook-ca needs --webhook-cert and --webhook-key")
     if istio and module_source == "http" and not module_url:
         raise click.UsageError("--istio with --module-source http needs --module-url")
     try:
@@ -297,6 +311,7 @@ def controller(
         admin_port=admin_port,
         webhook_cert=webhook_cert,
         webhook_key=webhook_key,
+        webhook_ca=webhook_ca,
         webhook_host=webhook_host,
         webhook_port=webhook_port,
     )

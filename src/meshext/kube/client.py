@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from meshext.kube.connectivity import Connectivity
 from meshext.kube.errors import Gone, KubeError, KubeUnavailable, error_from_status
 from meshext.kube.resources import KubeObject, ResourceType
 
@@ -53,6 +54,7 @@ class KubeClient:
     def __init__(self, api: ApiClient, *, request_timeout: float = 30.0) -> None:
         self._api = api
         self._request_timeout = request_timeout
+        self.connectivity = Connectivity()
 
     @classmethod
     async def connect(
@@ -120,12 +122,20 @@ class KubeClient:
                 _request_timeout=timeout or aiohttp.ClientTimeout(total=self._request_timeout),
             )
         except _TRANSPORT_ERRORS as exc:
-            raise KubeUnavailable(f"{request}: {type(exc).__name__}: {exc}") from exc
+            problem = f"{request}: {type(exc).__name__}: {exc}"
+            self.connectivity.failed(problem)
+            raise KubeUnavailable(problem) from exc
         except ApiException as exc:
             raise KubeError(f"{request}: {exc}") from exc
         if response.status >= 400:
             raw = await _read(response, request)
-            raise error_from_status(response.status, _json_mapping(raw), request=request)
+            error = error_from_status(response.status, _json_mapping(raw), request=request)
+            if isinstance(error, KubeUnavailable):
+                self.connectivity.failed(str(error))
+            else:
+                self.connectivity.succeeded()
+            raise error
+        self.connectivity.succeeded()
         return response
 
     async def request(
@@ -178,10 +188,12 @@ class KubeClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         timeout_seconds: int = 300,
+        opened: Callable[[], None] | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Changes after ``resource_version`` until the server ends the watch
         (after about ``timeout_seconds``). Raises :class:`Gone` when that version is
-        too old: the caller must list again."""
+        too old: the caller must list again. ``opened`` is called once the API server
+        accepted the watch."""
         query: list[tuple[str, str]] = [
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
@@ -195,12 +207,16 @@ class KubeClient:
         )
         path = rtype.path(namespace)
         response = await self._send("GET", path, query=query, timeout=timeout)
+        if opened is not None:
+            opened()
         try:
             while True:
                 try:
                     line = await response.content.readline()
                 except _TRANSPORT_ERRORS as exc:
-                    raise KubeUnavailable(f"watch {path}: {type(exc).__name__}: {exc}") from exc
+                    problem = f"watch {path}: {type(exc).__name__}: {exc}"
+                    self.connectivity.failed(problem)
+                    raise KubeUnavailable(problem) from exc
                 if not line:
                     return
                 if not line.strip():
@@ -221,6 +237,10 @@ class KubeClient:
         finally:
             response.release()
             response.close()
+
+    async def version(self) -> KubeObject:
+        """The API server's ``/version`` (cheap; used to notice it answers again)."""
+        return await self.request("GET", "/version")
 
     async def get(self, rtype: ResourceType, namespace: str, name: str) -> KubeObject:
         return await self.request("GET", rtype.path(namespace, name))

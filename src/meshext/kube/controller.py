@@ -26,6 +26,7 @@ full pass when they win the lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from meshext.api.controlplane import ServiceMeshControlPlane, ServiceMeshMemberR
 from meshext.api.decode import DecodeError, decode
 from meshext.api.extension import DeploymentStatus, ExtensionStatus, ServiceMeshExtension
 from meshext.api.meta import ResourceKey, SourceLocation
+from meshext.api.phase import Phase
 from meshext.errors import MeshextError
 from meshext.istio.render import (
     MANAGED_BY,
@@ -185,8 +187,20 @@ class Controller:
 
     @property
     def ready(self) -> bool:
-        """Caches are filled and reconciliation has started."""
-        return self._ready.is_set()
+        """Caches are filled, reconciliation has started, and the API server answers."""
+        return self.unready_reason() is None
+
+    def unready_reason(self) -> str | None:
+        """Why this replica is not ready, ``None`` when it is."""
+        connectivity = self.client.connectivity
+        if not connectivity.reachable:
+            return (
+                f"the API server has not answered for {connectivity.lost_for():.0f}s "
+                f"({connectivity.problem}); caches may be stale"
+            )
+        if not self._ready.is_set():
+            return "caches are not filled yet"
+        return None
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -200,6 +214,11 @@ class Controller:
     async def run(self) -> None:
         """Watch, elect and reconcile until cancelled (or until a part fails)."""
         workers = [asyncio.create_task(i.run(), name=f"informer {i.rtype}") for i in self.informers]
+        workers.append(
+            asyncio.create_task(
+                self.client.connectivity.probe(self.client.version), name="API server probe"
+            )
+        )
         election = (
             asyncio.create_task(self.elector.run(), name="leader election")
             if self.elector is not None
@@ -306,7 +325,7 @@ class Controller:
         try:
             resource = decode(obj, location)
         except DecodeError as exc:
-            return _Evaluation(_failed(generation, _decode_message(exc)))
+            return _Evaluation(_failed(generation, _decode_message(exc), obj))
         if not isinstance(resource, ServiceMeshExtension):
             return _Evaluation(_failed(generation, "not a ServiceMeshExtension"))
         extension = from_service_mesh_extension(resource)
@@ -344,6 +363,12 @@ class Controller:
             )
         except RenderError as exc:
             return _Evaluation(_not_ready(status, f"cannot render for Istio: {exc}"))
+        unrepresentable = [str(n) for n in rendering.notes if n.field == "spec.priority"]
+        if unrepresentable:
+            # Istio would order this extension by another priority than the one in
+            # effect: say so rather than write a clamped value.
+            message = f"cannot render for Istio: {'; '.join(unrepresentable)}"
+            return _Evaluation(_not_ready(status, message))
         return _Evaluation(status, rendering)
 
     async def _resolve(
@@ -543,8 +568,19 @@ def _base(extension: Extension) -> ExtensionStatus:
     )
 
 
-def _failed(generation: int, message: str) -> ExtensionStatus:
+def _failed(generation: int, message: str, obj: KubeObject | None = None) -> ExtensionStatus:
+    """A status for an object that does not decode, with the phase and priority it
+    declares where those parts are valid on their own."""
+    spec = (obj or {}).get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    phase: Phase | None = None
+    if isinstance(spec.get("phase"), str):
+        with contextlib.suppress(ValueError):
+            phase = Phase.parse(spec["phase"])
+    priority = spec.get("priority")
     return ExtensionStatus(
+        phase=phase,
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
         observed_generation=generation,
         deployment=DeploymentStatus(ready=False, message=message),
     )

@@ -44,19 +44,28 @@ def _from_loopback(request: web.Request) -> bool:
 
 def admin_app(controller: Controller, modules: ModuleStore | None = None) -> web.Application:
     async def readyz(_request: web.Request) -> web.Response:
-        if controller.ready:
+        reason = controller.unready_reason()
+        if reason is None:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="caches are not filled yet\n")
+        return web.Response(status=503, text=f"{reason}\n")
 
     async def debug(request: web.Request) -> web.Response:
         if not _from_loopback(request):
             raise web.HTTPForbidden(text="/debug is served to loopback clients only\n")
         stats = controller.stats
+        connectivity = controller.client.connectivity
         return web.json_response(
             {
                 "identity": controller.settings.identity,
                 "leader": controller.is_leader,
                 "ready": controller.ready,
+                "unreadyReason": controller.unready_reason(),
+                "apiServer": {
+                    "reachable": connectivity.reachable,
+                    "lostForSeconds": round(connectivity.lost_for(), 1),
+                    "problem": connectivity.problem,
+                    "outages": connectivity.outages,
+                },
                 "queue": {"pending": controller.queue.pending},
                 "writes": {
                     "status": stats.status_writes,
@@ -66,7 +75,12 @@ def admin_app(controller: Controller, modules: ModuleStore | None = None) -> web
                 },
                 "reconciles": stats.reconciles,
                 "informers": {
-                    str(i.rtype): {"objects": len(i.objects), "served": i.served, "lists": i.lists}
+                    str(i.rtype): {
+                        "objects": len(i.objects),
+                        "served": i.served,
+                        "lists": i.lists,
+                        "problem": i.problem,
+                    }
                     for i in controller.informers
                 },
             }

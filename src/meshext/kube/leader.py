@@ -64,6 +64,7 @@ class LeaderElector:
         self._last_renew = 0.0
         self._observed_version = ""
         self._observed_at = 0.0
+        self._waiting_for = ""
         self.transitions = 0
 
     def __repr__(self) -> str:
@@ -128,7 +129,17 @@ class LeaderElector:
         holder = spec.get("holderIdentity") or ""
         duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
         if holder and holder != self.identity and self._clock() - self._observed_at < duration:
+            if holder != self._waiting_for:
+                log.info(
+                    "%s: standing by; lease %s/%s is held by %s, waiting for it",
+                    self.identity,
+                    self.namespace,
+                    self.name,
+                    holder,
+                )
+                self._waiting_for = holder
             return False
+        self._waiting_for = ""
         if holder != self.identity:
             spec["acquireTime"] = _micro_time(now_wall)
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1

@@ -2,8 +2,9 @@
 
 One process serves, on every replica: the admin port (health, readiness, modules),
 the conversion webhook (when given a certificate), and the controller (which writes
-only while it holds the lease). It stops cleanly on cancellation: the queue stops,
-then the lease is released, then the servers close.
+only while it holds the lease). Given the webhook's CA too, the leader keeps that CA
+in the ServiceMeshExtension CRD (:mod:`meshext.kube.cainjector`). It stops cleanly
+on cancellation: the queue stops, then the lease is released, then the servers close.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
 from meshext.images.verification import SignatureVerifier
+from meshext.kube.cainjector import CaBundleInjector
 from meshext.kube.client import KubeClient
 from meshext.kube.controller import Controller, ControllerSettings
 from meshext.kube.http import admin_app, start_webhook_server
@@ -40,6 +42,7 @@ class RunOptions:
     admin_port: int = 8080
     webhook_cert: Path | None = None
     webhook_key: Path | None = None
+    webhook_ca: Path | None = None
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443
 
@@ -69,14 +72,26 @@ async def run_controller(options: RunOptions, stop: asyncio.Event | None = None)
                 options.webhook_port,
             )
             log.info("conversion webhook on %s", webhook.url)
+        else:
+            log.warning(
+                "no --webhook-cert: this replica serves no conversion webhook, so reading or "
+                "writing maistra.io/v1alpha1 ServiceMeshExtensions fails unless another "
+                "process serves it"
+            )
         running = asyncio.create_task(controller.run(), name="controller")
         waiting = asyncio.create_task((stop or asyncio.Event()).wait(), name="stop")
+        tasks = {running, waiting}
+        if options.webhook_ca is not None:
+            injector = CaBundleInjector(
+                client, options.webhook_ca, should_write=lambda: controller.is_leader
+            )
+            tasks.add(asyncio.create_task(injector.run(), name="CA bundle"))
         try:
-            done, _ = await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if running in done:
                 running.result()
         finally:
-            await cancel_and_wait(running, waiting)
+            await cancel_and_wait(*tasks)
     finally:
         if webhook is not None:
             await webhook.stop()

@@ -2,10 +2,11 @@
 
 An :class:`Informer` lists, then watches from the list's resourceVersion. When a watch
 ends (the server closes it every few minutes) it resumes from the last version it
-saw; when the connection fails it backs off and resumes; when the API server says
-that version is too old (410 Gone, e.g. after a restart compacted its history) it
-lists again and reports the difference between the old and the new list as ordinary
-changes. So a consumer sees every change that matters, once, whatever happened to
+saw; when the connection fails it backs off (waking early when the client sees the
+API server answer again, see :mod:`meshext.kube.connectivity`) and resumes; when the
+API server says that version is too old (410 Gone, e.g. after a restart compacted
+its history) it lists again and reports the difference between the old and the new
+list as ordinary changes. So a consumer sees every change that matters, once, whatever happened to
 the connection - a deletion that happened while the server was away shows up as
 a deletion.
 
@@ -62,6 +63,8 @@ class Informer:
         self.objects: dict[ObjectKey, KubeObject] = {}
         self.served = True
         self.lists = 0
+        self.problem = ""
+        """Why the last list or watch failed; empty once one succeeds again."""
         self._synced = asyncio.Event()
         self._resource_version = ""
 
@@ -93,6 +96,7 @@ class Informer:
             try:
                 if not self._resource_version:
                     await self._relist()
+                    self._backoff.reset()
                 await self._watch()
                 self._backoff.reset()
             except Gone:
@@ -105,8 +109,10 @@ class Informer:
                 await asyncio.sleep(self.absent_retry)
             except KubeError as exc:
                 delay = self._backoff.next_delay()
+                self.problem = str(exc)
                 log.warning("%s: %s; retrying in %.1fs", self.rtype, exc, delay)
-                await asyncio.sleep(delay)
+                # Ends early when the API server is seen answering again.
+                await self.client.connectivity.pause(delay)
 
     async def _relist(self) -> None:
         listing = await self.client.list(
@@ -114,6 +120,7 @@ class Informer:
         )
         self.lists += 1
         self.served = True
+        self.problem = ""
         fresh = {object_key(obj): obj for obj in listing.items}
         old = self.objects
         self.objects = fresh
@@ -133,8 +140,10 @@ class Informer:
             namespace=self.namespace,
             label_selector=self.label_selector,
             timeout_seconds=self.watch_timeout,
+            opened=self._watch_opened,
         ):
             self._backoff.reset()
+            self.problem = ""
             version = resource_version(event.object)
             if version:
                 self._resource_version = version
@@ -151,6 +160,10 @@ class Informer:
                 continue
             self.objects[key] = event.object
             self._notify(key, before, event.object)
+
+    def _watch_opened(self) -> None:
+        self._backoff.reset()
+        self.problem = ""
 
     def _set_absent(self) -> None:
         self.served = False
