@@ -213,6 +213,8 @@ func run(o options) (map[string]any, error) {
 	defer cancel()
 
 	cpu0, _ := cpuSeconds(o.serverPID)
+	self := os.Getpid()
+	clientCPU0, _ := cpuSeconds(self)
 	rssIdle, _ := rssMiB(o.serverPID)
 	start := time.Now()
 	sem := make(chan struct{}, o.dialConcurrency)
@@ -232,6 +234,7 @@ func run(o options) (map[string]any, error) {
 	}
 	connectSeconds := time.Since(start).Seconds()
 	cpuConnect, _ := cpuSeconds(o.serverPID)
+	clientCPUConnect, _ := cpuSeconds(self)
 	log.Printf("%d sidecars connected and ACKed in %.2fs", n, connectSeconds)
 	if o.record != "" {
 		if err := c.dump(0); err != nil {
@@ -246,10 +249,12 @@ func run(o options) (map[string]any, error) {
 	idleB, _ := cpuSeconds(o.serverPID)
 	rssConnected, _ := rssMiB(o.serverPID)
 
+	var clientCPUPerRound []float64
 	var allLatency, cpuPerRound, perProxyP50, perProxyP99, rssRounds []float64
 	for round := 1; round <= o.rounds; round++ {
 		c.openRound()
 		before, _ := cpuSeconds(o.serverPID)
+		clientBefore, _ := cpuSeconds(self)
 		t0 := time.Now()
 		c.setRoundStart(t0)
 		if err := trigger(o, round); err != nil {
@@ -264,6 +269,8 @@ func run(o options) (map[string]any, error) {
 		lat := c.closeRound()
 		time.Sleep(o.settle)
 		after, _ := cpuSeconds(o.serverPID)
+		clientAfter, _ := cpuSeconds(self)
+		clientCPUPerRound = append(clientCPUPerRound, clientAfter-clientBefore)
 		rss, _ := rssMiB(o.serverPID)
 		allLatency = append(allLatency, elapsed)
 		cpuPerRound = append(cpuPerRound, after-before)
@@ -305,6 +312,8 @@ func run(o options) (map[string]any, error) {
 		"per_proxy_p99_s":          round3(median(perProxyP99)),
 		"server_cpu_per_change_s":  round3(quantile(sortedCPU, 0.5)),
 		"server_cpu_window_settle": o.settle.Seconds(),
+		"client_cpu_connect_s":     round3(clientCPUConnect - clientCPU0),
+		"client_cpu_per_change_s":  round3(median(clientCPUPerRound)),
 		"server_rss_idle_mib":      round1(rssIdle),
 		"server_rss_connected_mib": round1(rssConnected),
 		"server_rss_max_mib":       round1(maxRSS),
