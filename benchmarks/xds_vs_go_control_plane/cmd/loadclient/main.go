@@ -311,6 +311,7 @@ func run(o options) (map[string]any, error) {
 		"per_proxy_p50_s":          round3(median(perProxyP50)),
 		"per_proxy_p99_s":          round3(median(perProxyP99)),
 		"server_cpu_per_change_s":  round3(quantile(sortedCPU, 0.5)),
+		"server_cpu_s":             roundAll(cpuPerRound),
 		"server_cpu_window_settle": o.settle.Seconds(),
 		"client_cpu_connect_s":     round3(clientCPUConnect - clientCPU0),
 		"client_cpu_per_change_s":  round3(median(clientCPUPerRound)),
