@@ -330,7 +330,18 @@ def extra_ratio(runs: dict[str, list[Run]], n: int) -> float | None:
     return round((median_cpu(runs[f"wasm-{n}"]) - base) / native, 3)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C, so every server started
+    here is stopped on the way out."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5, help="per variant and round")

@@ -441,7 +441,18 @@ def scenario_named(name: str, proxies: int) -> Scenario:
     raise SystemExit(f"unknown scenario {name!r}")
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a CI runner) unwinds like Ctrl-C, so every server started
+    here is stopped on the way out."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=["one-workload", "realistic"], default="one-workload")
     parser.add_argument("--proxies", type=int, default=1000)
