@@ -12,6 +12,7 @@ debian_packages=(
   clang lld wabt                                      # building example extensions to wasm32
   etcd-server                                         # storage for the test Kubernetes API server
   curl procps                                         # used by the quickstart and tests
+  wrk                                                 # HTTP load generator of the benchmarks
 )
 missing=()
 for pkg in "${debian_packages[@]}"; do
