@@ -111,7 +111,7 @@ async def running_control_plane(
     try:
         xds_port = await ads.start(options.xds_address)
         admin_host = listen_address(options.admin_address)
-        app = admin_app(control, ads, registry, lambda: control.loaded)
+        app = admin_app(control, ads, registry, lambda: control.ready)
         admin = await start_module_server(app, admin_host.host, admin_host.port)
         loop_task = asyncio.create_task(control.run(source), name="control loop")
         yield RunningControlPlane(control, ads, xds_port, modules, admin)
