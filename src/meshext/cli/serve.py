@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import yaml
 
-from meshext.cli.options import parse_labels, registry_options
+from meshext.cli.options import allow_private_registry_option, parse_labels, registry_options
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
 from meshext.mesh.workload import ProxyKind
@@ -46,6 +46,7 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--cache-max-bytes", type=int, default=None, help="Evict unused modules past this.")
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
+@allow_private_registry_option
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))

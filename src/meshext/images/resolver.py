@@ -39,9 +39,10 @@ import httpx
 
 from meshext.api.meta import ResourceKey
 from meshext.images.auth import ANONYMOUS_FINGERPRINT, Credentials, CredentialsError, DockerConfig
-from meshext.images.cache import CacheError, ImageRecord, ModuleCache
+from meshext.images.cache import CacheError, ImageRecord, ModuleCache, cache_write_error
 from meshext.images.client import Progress, RegistryClient
 from meshext.images.config import RegistryConfig, RetryPolicy
+from meshext.images.deadline import within_deadline
 from meshext.images.errors import (
     ImageError,
     InvalidImage,
@@ -153,6 +154,22 @@ class ImageResolver:
     async def pull(self, request: PullRequest, progress: Progress | None = None) -> ResolvedModule:
         """Resolve one image; raises :class:`ImageError` with a message a user can act on."""
         reference = parse_image_reference(request.image)
+        try:
+            record = await self._record(request, reference, progress)
+        except OSError as exc:  # what is left after the sources translated theirs
+            raise cache_write_error(self.cache, exc) from exc
+        _check_expected(request, reference, record)
+        path = self.cache.path_for(record.module_sha256)
+        if path is None:
+            raise CacheError(
+                f"the module of {reference} was evicted from the cache while resolving; retrying"
+            )
+        self.cache.touch(record.module_sha256)
+        return record.resolved(path)
+
+    async def _record(
+        self, request: PullRequest, reference: ImageReference, progress: Progress | None
+    ) -> ImageRecord:
         if reference.kind is ReferenceKind.FILE:
             record = await self._puller.load_file(Path(reference.path))
         elif reference.kind is ReferenceKind.OCI_LAYOUT:
@@ -165,19 +182,16 @@ class ImageResolver:
                 reference,
                 lambda: self.cache.single_flight(
                     flight,
-                    lambda: self._from_registry(reference, access, always, progress),
+                    lambda: within_deadline(
+                        self._config.pull_deadline,
+                        f"pulling {reference}",
+                        self._from_registry(reference, access, always, progress),
+                    ),
                     across_processes=False,
                 ),
                 access,
             )
-        _check_expected(request, reference, record)
-        path = self.cache.path_for(record.module_sha256)
-        if path is None:
-            raise CacheError(
-                f"the module of {reference} was evicted from the cache while resolving; retrying"
-            )
-        self.cache.touch(record.module_sha256)
-        return record.resolved(path)
+        return record
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
