@@ -38,6 +38,7 @@ def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[int]:
             "--admin-address", f"127.0.0.1:{free_port()}",
             "--module-address", f"127.0.0.1:{free_port()}",
             "--cache-dir", str(tmp_path / "cache"),
+            "--local-images", str(build_examples()),
         ],
         stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ},

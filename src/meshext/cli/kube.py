@@ -14,7 +14,12 @@ import click
 import yaml
 
 from meshext.cli.migrate import migrate
-from meshext.cli.options import allow_private_registry_option, registry_options
+from meshext.cli.options import (
+    allow_private_registry_option,
+    local_image_folders,
+    local_images_option,
+    registry_options,
+)
 from meshext.errors import MeshextError
 from meshext.istio.render import DEFAULT_ROOT_NAMESPACE, IstioOptions
 from meshext.kube.certs import self_signed, service_hosts
@@ -214,6 +219,7 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
 )
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @allow_private_registry_option
+@local_images_option
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--workers", type=int, default=4, show_default=True)
@@ -288,6 +294,7 @@ def controller(
         webhook_key=webhook_key,
         webhook_host=webhook_host,
         webhook_port=webhook_port,
+        local_images=local_image_folders(),
     )
 
     async def main() -> None:

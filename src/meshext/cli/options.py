@@ -35,6 +35,32 @@ def allow_private_registry_option(command: F) -> F:
     )(command)
 
 
+_LOCAL_IMAGES = "meshext.local_images"
+
+
+def local_images_option(command: F) -> F:
+    """``--local-images DIR`` (repeatable), kept on the click context like
+    ``--allow-private-registry`` and read by :func:`local_image_folders`."""
+
+    def keep(ctx: click.Context, _param: click.Parameter, value: tuple[Path, ...]) -> None:
+        ctx.meta[_LOCAL_IMAGES] = value
+
+    return click.option(
+        "--local-images",
+        multiple=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        expose_value=False,
+        callback=keep,
+        help="Folder that file: and oci-layout: images may be read from. Repeatable. "
+        "Without it, local images are refused.",
+    )(command)
+
+
+def local_image_folders() -> tuple[Path, ...]:
+    ctx = click.get_current_context(silent=True)
+    return tuple(ctx.meta.get(_LOCAL_IMAGES, ())) if ctx is not None else ()
+
+
 def allowed_private_registries() -> frozenset[str]:
     ctx = click.get_current_context(silent=True)
     return frozenset(ctx.meta.get(_ALLOWED_PRIVATE, ())) if ctx is not None else frozenset()

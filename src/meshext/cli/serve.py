@@ -12,9 +12,16 @@ from pathlib import Path
 import click
 import yaml
 
-from meshext.cli.options import allow_private_registry_option, parse_labels, registry_options
+from meshext.cli.options import (
+    allow_private_registry_option,
+    local_image_folders,
+    local_images_option,
+    parse_labels,
+    registry_options,
+)
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
+from meshext.errors import MeshextError
 from meshext.mesh.workload import ProxyKind
 from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 
@@ -47,6 +54,7 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 @click.option("--cache-max-bytes", type=int, default=None, help="Evict unused modules past this.")
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @allow_private_registry_option
+@local_images_option
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
@@ -80,9 +88,14 @@ def serve(
         cache_max_bytes=cache_max_bytes,
         module_delivery=DeliveryMode(module_delivery),
         registry=registry_options(insecure_registry, ca_file, registry_config),
+        local_images=local_image_folders(),
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(options, kubeconfig))
+        try:
+            asyncio.run(serve_forever(options, kubeconfig))
+        except MeshextError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
 
 
 @click.command()

@@ -30,6 +30,7 @@ as retryable. Permanent failures (401/403/404, a bad image or module) fail at on
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
+from meshext.images.local import ANYWHERE, LocalImages
 from meshext.images.pull import Puller
 from meshext.images.reference import (
     ImageReference,
@@ -114,12 +116,14 @@ class ImageResolver:
         registry_config: RegistryConfig = DEFAULT_REGISTRY_CONFIG,
         retries: RetryPolicy = DEFAULT_RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
+        local_images: LocalImages = ANYWHERE,
     ) -> None:
         self.cache = cache
         self._secrets = secrets
         self._config = registry_config
         self._retries = retries
         self._transport = transport
+        self._local_images = local_images
         self._puller = Puller(cache, registry_config.limits)
         self._clients: dict[tuple[str, str], RegistryClient] = {}
 
@@ -170,6 +174,9 @@ class ImageResolver:
     async def _record(
         self, request: PullRequest, reference: ImageReference, progress: Progress | None
     ) -> ImageRecord:
+        if reference.is_local:
+            path = self._local_images.check(Path(reference.path), str(reference))
+            reference = dataclasses.replace(reference, path=str(path))
         if reference.kind is ReferenceKind.FILE:
             record = await self._puller.load_file(Path(reference.path))
         elif reference.kind is ReferenceKind.OCI_LAYOUT:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
+from meshext.images.local import LocalImages
 from meshext.images.resolver import ImageResolver
 from meshext.kube.client import KubeClient
 from meshext.kube.controller import Controller, ControllerSettings
@@ -39,13 +40,21 @@ class RunOptions:
     webhook_key: Path | None = None
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443
+    local_images: tuple[Path, ...] = ()
+    """Folders of this host ``file:`` and ``oci-layout:`` images may come from. None by
+    default: a namespace's user must not read the controller's files."""
 
 
 async def run_controller(options: RunOptions, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or the task is cancelled)."""
     client = await KubeClient.connect(options.kubeconfig, context=options.context)
     cache = ModuleCache(options.cache_dir)
-    resolver = ImageResolver(cache, KubePullSecretStore(client), registry_config=options.registry)
+    resolver = ImageResolver(
+        cache,
+        KubePullSecretStore(client),
+        registry_config=options.registry,
+        local_images=LocalImages(options.local_images),
+    )
     controller = Controller(client, resolver, options.settings)
     admin = await start_module_server(
         admin_app(controller, cache), options.admin_host, options.admin_port

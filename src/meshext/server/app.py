@@ -22,6 +22,7 @@ from meshext.envoy.node import DeliveryMode, HostPort
 from meshext.envoy.wasm import ModuleDelivery
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
+from meshext.images.local import LocalImages
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
 from meshext.mesh.resolution import PullSecretStore
@@ -59,6 +60,8 @@ class ServeOptions:
     cache_max_bytes: int | None = None
     module_delivery: DeliveryMode = DeliveryMode.LOCAL
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    local_images: tuple[Path, ...] = ()
+    """Folders ``file:`` and ``oci-layout:`` images may come from; none by default."""
 
 
 @dataclass
@@ -96,7 +99,12 @@ async def running_control_plane(
     if secrets is None:
         secrets = FolderPullSecretStore(options.config) if options.config else _NoSecrets()
     cache = ModuleCache(options.cache_dir, max_bytes=options.cache_max_bytes)
-    resolver = ImageResolver(cache, secrets, registry_config=options.registry)
+    resolver = ImageResolver(
+        cache,
+        secrets,
+        registry_config=options.registry,
+        local_images=LocalImages(tuple(p.resolve() for p in options.local_images)),
+    )
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
