@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -223,7 +224,10 @@ class ControlPlane:
             self._forget_extension(key)
             self._inputs[key] = inputs
             if previous is not None and previous.state is ResolutionState.READY:
-                self._resolutions[key] = previous  # served until the new image is resolved
+                # served until the new image is resolved, and said so
+                self._resolutions[key] = dataclasses.replace(
+                    previous, message=f"resolving {ext.image}; {_still_running(previous)}"
+                )
             else:
                 self._resolutions[key] = Resolution.pending("resolving image " + ext.image)
             self._start_resolution(ext, delay=0.0)
@@ -259,7 +263,14 @@ class ControlPlane:
             and previous.state is ResolutionState.READY
             and resolution.retryable
         )
-        if not keep_previous:
+        if keep_previous:
+            assert previous is not None
+            self._resolutions[ext.key] = dataclasses.replace(
+                previous,
+                message=f"{ext.image} could not be resolved ({resolution.message}); "
+                f"{_still_running(previous)}",
+            )
+        else:
             self._resolutions[ext.key] = resolution
         if resolution.state is ResolutionState.FAILED:
             failures = self._failures.get(ext.key, 0) + 1
@@ -558,6 +569,16 @@ def _workload_key(workload: Workload) -> object:
         tuple(sorted(workload.labels.items())),
         workload.kind,
         workload.name,
+    )
+
+
+def _still_running(previous: Resolution) -> str:
+    module = previous.module
+    assert module is not None
+    image = f"image {module.image_digest}, " if module.image_digest else ""
+    return (
+        f"still running the module resolved before ({image}module sha256:{module.sha256}); "
+        "until the change resolves"
     )
 
 
