@@ -70,7 +70,12 @@ def load_all(data: str | bytes, limits: YamlLimits = DEFAULT_LIMITS) -> Iterator
     size = len(data.encode() if isinstance(data, str) else data)
     if size > limits.max_bytes:
         raise UnsafeYamlError(f"{size} bytes is more than the limit of {limits.max_bytes} bytes")
-    loader = _BoundedLoader(data, limits)
+    try:
+        loader = _BoundedLoader(data, limits)
+    except yaml.reader.ReaderError as exc:  # the reader checks a whole text at once
+        raise UnsafeYamlError(
+            f"not YAML text: character {exc.character!r} at position {exc.position} is not allowed"
+        ) from exc
     index = 0
     try:
         while True:
@@ -89,6 +94,8 @@ def load_all(data: str | bytes, limits: YamlLimits = DEFAULT_LIMITS) -> Iterator
             except yaml.MarkedYAMLError as exc:
                 mark = exc.problem_mark or exc.context_mark
                 problem = exc.problem or exc.context or "invalid YAML"
+                if exc.context and "duplicate anchor" in exc.context:
+                    problem = exc.context.split(";")[0]
                 if mark is None:
                     raise UnsafeYamlError(f"invalid YAML: {problem}", index or 1) from exc
                 where = f"at line {mark.line + 1}, column {mark.column + 1}"
