@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GOOD_IMAGE = "quay.io/team/filter:1.0"
+CASES_FOLDER = "cases"
+GOOD_IMAGE = "127.0.0.1:9/team/filter:1.0"
+"""Valid, and resolvable by nothing: port 9 on loopback is closed (serve runs allow it)."""
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,13 @@ def check_addresses(
             refused.append(f"{text} ({kind})")
     if allowed:
         return allowed
-    netloc = f"{host}:{port}"
+    bare = host.strip("[]")
+    shown = f"[{bare}]" if ":" in bare else bare
+    netloc = f"{shown}:{port}"
     raise AddressRefused(
         f"{netloc} resolves to {', '.join(refused) or 'no address'}; meshext does not "
         f"connect to internal addresses unless told to: allow it with "
-        f"--allow-private-registry {host} (or {netloc})"
+        f"--allow-private-registry {shown} (or {netloc})"
     )
 
 
