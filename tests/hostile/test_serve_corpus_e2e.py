@@ -157,8 +157,9 @@ async def test_hostile_configuration_and_images_never_stop_the_good_extension(
             assert SECRET not in json.dumps(message), case.name
 
         errors: list[str] = (await admin_json(mesh, "/api/v1/errors"))["errors"]
-        for case in config_cases:
-            check_config_case(case, mesh.config / CASES_FOLDER / case.name, errors)
+        for config_case in config_cases:
+            folder = mesh.config / CASES_FOLDER / config_case.name
+            check_config_case(config_case, folder, errors)
         expected = 1 + len(images) + sum(c.valid for c in config_cases)
         assert len(reports) == expected, [r["name"] for r in reports]
 
