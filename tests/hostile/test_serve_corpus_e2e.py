@@ -152,14 +152,13 @@ async def test_hostile_configuration_and_images_never_stop_the_good_extension(
             lambda rs: all(failed(rs, c) for c in images),
             "every hostile image refused with its reason",
         )
-        for case in images:
-            message = next(r for r in reports if r["name"] == case.name)["status"]["deployment"]
-            assert SECRET not in json.dumps(message), case.name
+        for image in images:
+            status = next(r for r in reports if r["name"] == image.name)["status"]
+            assert SECRET not in json.dumps(status), image.name
 
         errors: list[str] = (await admin_json(mesh, "/api/v1/errors"))["errors"]
-        for config_case in config_cases:
-            folder = mesh.config / CASES_FOLDER / config_case.name
-            check_config_case(config_case, folder, errors)
+        for case in config_cases:
+            check_config_case(case, mesh.config / CASES_FOLDER / case.name, errors)
         expected = 1 + len(images) + sum(c.valid for c in config_cases)
         assert len(reports) == expected, [r["name"] for r in reports]
 
