@@ -31,21 +31,18 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from meshext.api import safe_yaml  # noqa: E402
-from meshext.api.meta import ResourceKey  # noqa: E402
-from meshext.images.cache import ModuleCache  # noqa: E402
-from meshext.images.config import NO_RETRIES, RegistryConfig  # noqa: E402
-from meshext.images.resolver import ImageResolver  # noqa: E402
-from meshext.images.secrets import MappingPullSecretStore  # noqa: E402
-from meshext.mesh.extension import Extension, PullSettings  # noqa: E402
-from meshext.server.app import ServeOptions, running_control_plane  # noqa: E402
-from meshext.sources.folder import load_folder  # noqa: E402
-from tests.hostile.corpus import all_config_cases, build_case  # noqa: E402
-from tests.hostile.hostile_registry import hostile_registry  # noqa: E402
+from meshext.api import safe_yaml
+from meshext.api.meta import ResourceKey
+from meshext.images.cache import ModuleCache
+from meshext.images.config import NO_RETRIES, RegistryConfig
+from meshext.images.resolver import ImageResolver
+from meshext.images.secrets import MappingPullSecretStore
+from meshext.mesh.extension import Extension, PullSettings
+from meshext.server.app import ServeOptions, running_control_plane
+from meshext.sources.folder import load_folder
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the test suite's corpus and hostile registry
 
 
 def laughs() -> str:
@@ -75,6 +72,8 @@ def refuse(text: str) -> Callable[[], object]:
 
 
 def build_corpus(folder: Path) -> None:
+    from tests.hostile.corpus import all_config_cases, build_case  # noqa: PLC0415
+
     for case in all_config_cases():
         build_case(case, folder / "cases" / case.name)
 
@@ -117,6 +116,8 @@ async def admin_latency(workdir: Path, seconds: float) -> tuple[list[float], lis
 
 
 async def error_body_rss(workdir: Path) -> tuple[int, int]:
+    from tests.hostile.hostile_registry import hostile_registry  # noqa: PLC0415
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     async with hostile_registry() as registry:
         resolver = ImageResolver(
@@ -151,7 +152,10 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=7)
     args = parser.parse_args()
     rows = [
-        row("refuse a billion laughs (10^9 values expanded)", timed(refuse(laughs()), args.repetitions)),
+        row(
+            "refuse a billion laughs (10^9 values expanded)",
+            timed(refuse(laughs()), args.repetitions),
+        ),
         row(
             "refuse nesting 5,000 deep",
             timed(refuse("a: " + "[" * 5000 + "]" * 5000 + "\n"), args.repetitions),
@@ -175,7 +179,9 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     table = "\n".join(["| what | median | max | runs |", "|---|---|---|---|", *rows])
-    machine = f"{platform.machine()}, Linux {platform.release()}, Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, Linux {platform.release()}, Python {platform.python_version()}"
+    )
     rss = (
         f"Peak resident memory before resolving an image whose registry answers 500 with "
         f"a 1 GiB body: {before / 1024:.0f} MiB; after: {after / 1024:.0f} MiB."
