@@ -91,7 +91,7 @@ async def healthz_times(url: str, stop: asyncio.Event) -> list[float]:
 
 async def admin_latency(workdir: Path, seconds: float) -> tuple[list[float], list[float]]:
     config = workdir / "config"
-    config.mkdir()
+    config.mkdir(parents=True)
     options = ServeOptions(
         config=config,
         xds_address="127.0.0.1:0",

@@ -64,7 +64,9 @@ class ExtensionManifest(SpecModel):
         return str(PurePosixPath(self.module)).lstrip("/")
 
 
-_MANIFEST_YAML_LIMITS = safe_yaml.YamlLimits(max_bytes=1 << 20, max_documents=1, max_nodes=10_000)
+_MANIFEST_YAML_LIMITS = safe_yaml.YamlLimits(
+    max_bytes=1 << 20, max_documents=1, max_nodes=10_000, max_file_nodes=10_000
+)
 
 
 def parse_manifest(data: bytes, source: str = MANIFEST_PATH) -> ExtensionManifest:

@@ -8,8 +8,10 @@ and a repeated key silently replaces the first. This module wraps PyYAML's pure
 Python loader (its composer is the only place where depth can be counted as it grows)
 and checks each document's node graph before anything is constructed from it:
 
-- the stream is at most ``max_bytes`` long and holds at most ``max_documents``;
-- nesting is at most ``max_depth`` collections deep, counted while composing;
+- the stream is at most ``max_bytes`` long, holds at most ``max_documents`` and at
+  most ``max_file_nodes`` values as written (parsing work is bounded by this);
+- nesting is at most ``max_depth`` collections deep, counted while scanning (flow
+  collections) and composing (all collections);
 - counted as if every alias were copied out, a document has at most ``max_nodes``
   nodes and ``max_scalar_chars`` characters of scalars; an alias to a collection that
   encloses it is refused;
@@ -46,6 +48,9 @@ class YamlLimits:
     """Nodes of one document with every alias expanded."""
     max_scalar_chars: int = 16 << 20
     """Characters of scalars of one document with every alias expanded."""
+    max_file_nodes: int = 250_000
+    """Nodes parsed from one stream, aliases counted once each: bounds the parsing work
+    of a file (about 5 s on a slow shared core) before any document is measured."""
 
 
 DEFAULT_LIMITS = YamlLimits()
@@ -73,9 +78,7 @@ def load_all(data: str | bytes, limits: YamlLimits = DEFAULT_LIMITS) -> Iterator
     try:
         loader = _BoundedLoader(data, limits)
     except yaml.reader.ReaderError as exc:  # the reader checks a whole text at once
-        raise UnsafeYamlError(
-            f"not YAML text: character {exc.character!r} at position {exc.position} is not allowed"
-        ) from exc
+        raise UnsafeYamlError(_reader_problem(exc)) from exc
     index = 0
     try:
         while True:
@@ -101,6 +104,8 @@ def load_all(data: str | bytes, limits: YamlLimits = DEFAULT_LIMITS) -> Iterator
                 where = f"at line {mark.line + 1}, column {mark.column + 1}"
                 kind = "syntax error" if isinstance(exc, _SYNTAX_ERRORS) else "error"
                 raise UnsafeYamlError(f"YAML {kind} {where}: {problem}", index or 1) from exc
+            except yaml.reader.ReaderError as exc:
+                raise UnsafeYamlError(_reader_problem(exc), index or 1) from exc
             except yaml.YAMLError as exc:
                 raise UnsafeYamlError(f"YAML error: {exc}", index or 1) from exc
             except _DepthExceeded as exc:
@@ -123,26 +128,64 @@ def load_one(data: str | bytes, limits: YamlLimits = DEFAULT_LIMITS) -> Any:
     return documents[0] if documents else None
 
 
+def _reader_problem(exc: yaml.reader.ReaderError) -> str:
+    return f"not YAML text: character {exc.character!r} at position {exc.position} is not allowed"
+
+
 class _DepthExceeded(Exception):
     def __init__(self, line: int) -> None:
         super().__init__(line)
         self.line = line
 
 
-class _BoundedLoader(yaml.SafeLoader):
+class _PythonEvents(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):
+    def __init__(self, stream: str | bytes) -> None:
+        yaml.reader.Reader.__init__(self, stream)
+        yaml.scanner.Scanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+
+
+_EVENTS: Any = _PythonEvents
+if yaml.__with_libyaml__:
+    # libyaml scans and parses about five times faster than PyYAML's Python scanner
+    # (and bounds flow nesting itself); composing stays in Python, where it is counted.
+    _EVENTS = yaml.cyaml.CParser  # type: ignore[attr-defined]
+
+
+class _BoundedLoader(
+    yaml.composer.Composer,
+    _EVENTS,  # type: ignore[misc]
+    yaml.constructor.SafeConstructor,
+    yaml.resolver.Resolver,
+):
     def __init__(self, stream: str | bytes, limits: YamlLimits) -> None:
-        super().__init__(stream)
+        _EVENTS.__init__(self, stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
         self._limits = limits
         self._depth = 0
+        self._composed = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         self._depth += 1
         try:
             if self._depth > self._limits.max_depth:
-                raise _DepthExceeded(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+                raise _DepthExceeded(self.peek_event().start_mark.line + 1)
+            self._composed += 1  # aliases included: bounds the work before expansion is measured
+            if self._composed > self._limits.max_file_nodes:
+                raise UnsafeYamlError(f"more than {self._limits.max_file_nodes} values in one file")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # The scanner keeps state per open flow collection and revisits it for every
+        # token, so a long run of "[" costs quadratic time before the composer sees
+        # any depth: count flow depth here too.
+        if self.flow_level >= self._limits.max_depth:
+            raise _DepthExceeded(self.get_mark().line + 1)
+        super().fetch_flow_collection_start(token_class)
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
