@@ -3,10 +3,12 @@
 Measures, with ``--repetitions`` runs each (median and maximum reported):
 
 * the safe loader refusing a billion-laughs document (9 levels of 10 aliases), a
-  document nested 5,000 deep, and a recursive alias;
+  document nested 5,000 deep, a recursive alias, and 4 MiB of one-value lines (the
+  worst case of the per-file parsing bound);
 * ``load_folder`` over the whole hostile corpus of the test suite (109 cases);
 * the admin API's ``/healthz`` round trip, idle and while a control plane (in this
-  process, on this event loop, as ``meshext serve`` runs) reloads the corpus folder;
+  process, on this event loop, as ``meshext serve`` runs) reloads the corpus folder
+  plus the worst-case 4 MiB file;
 * the peak resident memory of resolving an image whose registry answers 500 with a
   1 GiB body (the client reads 16 KiB of it).
 
@@ -109,7 +111,13 @@ async def admin_latency(workdir: Path, seconds: float) -> tuple[list[float], lis
         stop = asyncio.Event()
         busy = asyncio.create_task(healthz_times(url, stop))
         await asyncio.to_thread(build_corpus, config)
-        while len(running.control.config_errors) < 90:  # the corpus loaded
+        (config / "worst.yaml").write_text("- 1\n" * (1 << 20))
+
+        def loaded() -> bool:
+            errors = [str(e) for e in running.control.config_errors]
+            return len(errors) > 90 and any("worst.yaml" in e for e in errors)
+
+        while not loaded():  # the corpus and the worst-case file read
             await asyncio.sleep(0.05)
         stop.set()
         return idle_times, await busy
@@ -161,6 +169,10 @@ def main() -> None:
             timed(refuse("a: " + "[" * 5000 + "]" * 5000 + "\n"), args.repetitions),
         ),
         row("refuse a recursive alias", timed(refuse("&c {self: *c}\n"), args.repetitions)),
+        row(
+            "refuse 4 MiB of one-value lines (the parsing bound)",
+            timed(refuse("- 1\n" * (1 << 20)), args.repetitions),
+        ),
     ]
     workdir = Path(tempfile.mkdtemp(prefix="meshext-hostile-bench-"))
     try:
@@ -174,7 +186,7 @@ def main() -> None:
         )
         idle, busy = asyncio.run(admin_latency(workdir / "serve", 3.0))
         rows.append(row("`/healthz` round trip, idle", idle))
-        rows.append(row("`/healthz` round trip while the corpus loads", busy))
+        rows.append(row("`/healthz` round trip while the corpus and a worst-case file load", busy))
         before, after = asyncio.run(error_body_rss(workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
