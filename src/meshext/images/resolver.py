@@ -105,7 +105,9 @@ class ImageResolver:
     """Resolves extension images to cached, verified modules (a ``ModuleResolver``).
 
     ``transport`` replaces the HTTP transport of every registry client (and with it
-    the TLS policy of ``registry_config``); it exists to observe or shape traffic.
+    the TLS policy of ``registry_config`` and the address guard); it exists to observe
+    or shape traffic. ``local_images`` says where ``file:`` and ``oci-layout:`` images
+    may be read from (anywhere by default, for the CLI; ``meshext serve`` narrows it).
     """
 
     def __init__(
