@@ -14,7 +14,7 @@ from meshext.cli.main import cli
 from meshext.images.cache import ModuleCache
 from meshext.images.local import LocalImages
 from meshext.images.resolver import ImageResolver
-from meshext.images.secrets import MappingPullSecretStore
+from meshext.images.secrets import FolderPullSecretStore, MappingPullSecretStore
 from meshext.mesh.resolution import ResolutionState
 from tests.images.conftest import extension
 from tests.images.wasm import proxy_wasm_module
@@ -77,3 +77,17 @@ async def test_local_images_are_read_only_from_regular_files_below_allowed_folde
     assert resolution.state is ResolutionState.FAILED
     assert expected in resolution.message
     assert "SECRET" not in resolution.message
+
+
+async def test_pull_secrets_are_found_beside_hostile_files_in_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "secret.yaml").write_text(
+        "kind: Secret\ntype: kubernetes.io/dockerconfigjson\n"
+        "metadata: {name: regcred, namespace: ns}\nstringData: {.dockerconfigjson: '{}'}\n"
+    )
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "cycle.yaml").write_text("&c {self: *c}\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    os.mkfifo(tmp_path / "pipe.yaml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    store = FolderPullSecretStore(tmp_path)
+    assert await store.get("ns", "regcred") == b"{}"
