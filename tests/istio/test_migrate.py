@@ -159,3 +159,13 @@ def test_the_command_fails_when_a_document_cannot_be_converted(tmp_path: Path) -
     result = CliRunner().invoke(kube, ["migrate", str(source)])
     assert result.exit_code == 1
     assert "error:" in result.stderr
+
+
+def test_migrate_refuses_a_billion_laughs_file_clearly(tmp_path: Path) -> None:
+    lines = ['l0: &l0 "lol"']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(migrate, [str(tmp_path / "laughs.yaml")])
+    assert result.exit_code == 1
+    assert "laughs.yaml (document 1): not valid YAML" in result.output
+    assert "once aliases are expanded" in result.output
