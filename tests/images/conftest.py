@@ -87,6 +87,7 @@ def registry_config(registry: Registry, **overrides: object) -> RegistryConfig:
     settings: dict[str, object] = {}
     if registry.ca is not None:
         settings["ca_file"] = registry.ca.ca_file
+        settings["allowed_private_registries"] = frozenset({"127.0.0.1"})
     else:
         settings["insecure_registries"] = frozenset({"127.0.0.1"})
     settings.update(overrides)

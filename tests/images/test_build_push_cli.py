@@ -33,6 +33,7 @@ def registry_flags(registry: Registry, tmp_path: Path) -> list[str]:
     flags = []
     if registry.ca is not None:
         flags.append(f"--ca-file={registry.ca.ca_file}")
+        flags.append("--allow-private-registry=127.0.0.1")
     else:
         flags.append("--insecure-registry=127.0.0.1")
     config = tmp_path / "docker-config.json"

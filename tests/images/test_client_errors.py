@@ -36,7 +36,8 @@ async def test_connection_refused_is_transient_and_chains_the_httpx_error() -> N
 async def test_unknown_certificate_authority_is_a_permanent_tls_error(
     tls_registry: Registry,
 ) -> None:
-    async with RegistryClient(tls_registry.host, RegistryConfig()) as client:
+    allowed = RegistryConfig(allowed_private_registries=frozenset({"127.0.0.1"}))
+    async with RegistryClient(tls_registry.host, allowed) as client:
         with pytest.raises(TLSError) as caught:
             await client.get_manifest("team/filter", "v1")
     assert caught.value.retryable is False
@@ -47,7 +48,8 @@ async def test_unknown_certificate_authority_is_a_permanent_tls_error(
 async def test_https_client_at_a_plain_http_registry_suggests_insecure_registry(
     plain_registry: Registry,
 ) -> None:
-    async with RegistryClient(plain_registry.host, RegistryConfig()) as client:
+    allowed = RegistryConfig(allowed_private_registries=frozenset({"127.0.0.1"}))
+    async with RegistryClient(plain_registry.host, allowed) as client:
         with pytest.raises(TLSError, match=r"--insecure-registry 127\.0\.0\.1"):
             await client.get_manifest("team/filter", "v1")
 

@@ -147,6 +147,39 @@ async def test_a_loopback_module_url_is_refused_unless_allowed(
     assert served.hits == {}
 
 
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [("169.254.169.254", "link-local"), ("10.1.2.3", "private"), ("[::1]", "loopback")],
+)
+async def test_a_module_url_at_an_internal_address_is_refused_before_any_connection(
+    cache: ModuleCache, host: str, kind: str
+) -> None:
+    resolution = await resolve(
+        resolver(cache, HttpModulePolicy()), f"http://{host}/module.wasm", MODULE_SHA
+    )
+    assert resolution.module is None
+    assert kind in resolution.message
+    assert "--allow-private-registry" in resolution.message
+
+
+async def test_a_redirect_from_an_allowed_host_to_an_internal_address_is_refused(
+    served: ModuleServer, cache: ModuleCache
+) -> None:
+    config = RegistryConfig(
+        http_modules=HttpModulePolicy(),
+        allowed_private_registries=frozenset({"127.0.0.1"}),
+        limits=Limits(),
+    )
+    found = ImageResolver(
+        cache, MappingPullSecretStore(), registry_config=config, retries=FAST_RETRIES
+    )
+    target = "http://169.254.169.254/latest/meta-data/"
+    resolution = await resolve(found, f"{served.base}/to-plain-http?target={target}", MODULE_SHA)
+    assert resolution.module is None
+    assert "link-local" in resolution.message
+    assert served.hits == {"/to-plain-http": 1}
+
+
 async def test_redirects_are_followed_up_to_the_bound(
     served: ModuleServer, cache: ModuleCache
 ) -> None:

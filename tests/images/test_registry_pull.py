@@ -420,6 +420,7 @@ async def test_plain_http_registry_is_not_used_unless_allowed(
         plain_registry,
         extension(references[ImageFormat.WASM_ARTIFACT]),
         insecure_registries=frozenset(),
+        allowed_private_registries=frozenset({"127.0.0.1"}),  # past the address guard
     )
     assert resolution.state is ResolutionState.FAILED
     assert resolution.retryable is False

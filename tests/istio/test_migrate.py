@@ -167,3 +167,13 @@ def test_a_migrated_extension_stays_on_inbound_traffic_and_warns_about_gateways(
     assert plugin["spec"]["match"] == [{"mode": "SERVER"}]
     assert "gateways no longer run this extension" in _warnings(result)
     assert "meshext.io/placement: exact" in _warnings(result)
+
+
+def test_migrate_refuses_a_billion_laughs_file_clearly(tmp_path: Path) -> None:
+    lines = ['l0: &l0 "lol"']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(migrate, [str(tmp_path / "laughs.yaml")])
+    assert result.exit_code == 1
+    assert "laughs.yaml (document 1): not valid YAML" in result.output
+    assert "once aliases are expanded" in result.output

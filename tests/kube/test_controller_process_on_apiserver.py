@@ -65,6 +65,7 @@ async def test_the_controller_command_serves_status_modules_and_conversions(
         f"--webhook-cert={cert}",
         f"--webhook-key={key}",
         f"--cache={tmp_path / 'cache'}",
+        f"--local-images={tmp_path}",
     ]
     log_path = tmp_path / "controller.log"
     with log_path.open("wb") as log:

@@ -55,6 +55,7 @@ def serve(kube_apiserver: KubeApiServer, tmp_path: Path) -> Iterator[Served]:
             "--mesh-ca-cert", str(tmp_path / "ca" / mesh_ca.CA_CERT_FILE),
             "--mesh-ca-key", str(tmp_path / "ca" / mesh_ca.CA_KEY_FILE),
             "--certificate-address", f"127.0.0.1:{certificates}",
+            "--local-images", str(build_examples()),
         ],
         stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT,
         env={**os.environ},

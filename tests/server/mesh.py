@@ -196,6 +196,7 @@ def serve_options(workdir: Path, *, xds_port: int = 0, module_port: int = 0) -> 
         module_address=f"127.0.0.1:{module_port}",
         cache_dir=workdir / "cache",
         ca=CaSettings(directory=workdir / "ca"),
+        local_images=(build_examples(), workdir),
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from meshext.api.base import SpecModel
+from meshext.api.kube_values import check_int32, check_labels
 from meshext.api.meta import ObjectMeta, ResourceKey
 from meshext.api.phase import Phase
 from meshext.images.reference import ReferenceKind, parse_image_reference
@@ -44,6 +45,12 @@ class LocalObjectReference(SpecModel):
 
 class WorkloadSelector(SpecModel):
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        check_labels(value)
+        return value
 
 
 class _SpecCommon(SpecModel):
@@ -73,7 +80,7 @@ class _SpecCommon(SpecModel):
     def _priority_is_integer(cls, value: object) -> object:
         if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
             raise ValueError(f"priority must be an integer, got {value!r}")
-        return value
+        return check_int32(value, "priority") if isinstance(value, int) else value
 
 
 class ExtensionSpecV1Alpha1(_SpecCommon):

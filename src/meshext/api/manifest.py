@@ -11,7 +11,9 @@ from pathlib import PurePosixPath
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from meshext.api import safe_yaml
 from meshext.api.base import SpecModel
+from meshext.api.kube_values import INT32_MAX, INT32_MIN
 from meshext.api.phase import Phase
 from meshext.errors import MeshextError
 
@@ -28,7 +30,7 @@ class ExtensionManifest(SpecModel):
     description: str = ""
     version: str = ""
     phase: Phase | None = None
-    priority: int | None = None
+    priority: int | None = Field(default=None, ge=INT32_MIN, le=INT32_MAX)
     module: str
 
     @field_validator("schema_version")
@@ -62,11 +64,16 @@ class ExtensionManifest(SpecModel):
         return str(PurePosixPath(self.module)).lstrip("/")
 
 
+_MANIFEST_YAML_LIMITS = safe_yaml.YamlLimits(
+    max_bytes=1 << 20, max_documents=1, max_nodes=10_000, max_file_nodes=10_000
+)
+
+
 def parse_manifest(data: bytes, source: str = MANIFEST_PATH) -> ExtensionManifest:
     """Parse and validate ``manifest.yaml``; errors name ``source`` and the field."""
     try:
-        document = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
+        document = safe_yaml.load_one(data, _MANIFEST_YAML_LIMITS)
+    except safe_yaml.UnsafeYamlError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(document, dict):
         raise ManifestError(f"{source}: expected a mapping at the top level")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from meshext.api.kube_values import check_labels
+
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
@@ -47,7 +49,7 @@ class ObjectMeta(BaseModel):
     namespace: str = DEFAULT_NAMESPACE
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    generation: int = 1
+    generation: int = Field(default=1, ge=0)
     uid: str | None = None
     resource_version: str | None = Field(default=None, alias="resourceVersion")
 
@@ -59,6 +61,12 @@ class ObjectMeta(BaseModel):
                 f"{value!r} is not a valid name: lowercase letters, digits, '-' and '.', "
                 "starting and ending with a letter or digit"
             )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        check_labels(value)
         return value
 
     @field_validator("namespace")

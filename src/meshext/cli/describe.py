@@ -14,7 +14,7 @@ from rich.table import Table
 
 from meshext.api.meta import ResourceKey
 from meshext.cli.console import make_console
-from meshext.cli.options import parse_labels, registry_options
+from meshext.cli.options import allow_private_registry_option, parse_labels, registry_options
 from meshext.cli.trust_options import signature_options
 from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.envoy import names
@@ -72,6 +72,7 @@ def validate(folder: Path) -> None:
 )
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
+@allow_private_registry_option
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @signature_options

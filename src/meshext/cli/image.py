@@ -24,6 +24,7 @@ from rich.progress import (
 
 from meshext.api.manifest import ExtensionManifest
 from meshext.api.phase import Phase
+from meshext.cli.options import allow_private_registry_option, allowed_private_registries
 from meshext.cli.trust_options import signature_options
 from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.images.auth import CredentialsError
@@ -78,7 +79,7 @@ def _registry_options(command: F) -> F:
     )
     for option in reversed(options):
         command = option(command)
-    return command
+    return allow_private_registry_option(command)
 
 
 def _registry_config(
@@ -89,7 +90,10 @@ def _registry_config(
     except (OSError, CredentialsError) as exc:
         raise click.ClickException(f"cannot read registry credentials: {exc}") from exc
     return RegistryConfig(
-        insecure_registries=frozenset(insecure), ca_file=ca_file, credentials=credentials
+        insecure_registries=frozenset(insecure),
+        allowed_private_registries=allowed_private_registries(),
+        ca_file=ca_file,
+        credentials=credentials,
     )
 
 

@@ -14,7 +14,12 @@ import click
 import yaml
 
 from meshext.cli.migrate import migrate
-from meshext.cli.options import registry_options
+from meshext.cli.options import (
+    allow_private_registry_option,
+    local_image_folders,
+    local_images_option,
+    registry_options,
+)
 from meshext.cli.trust_options import signature_options
 from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.errors import MeshextError
@@ -232,6 +237,8 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
 )
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
+@allow_private_registry_option
+@local_images_option
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--workers", type=int, default=4, show_default=True)
@@ -314,6 +321,7 @@ def controller(
         webhook_ca=webhook_ca,
         webhook_host=webhook_host,
         webhook_port=webhook_port,
+        local_images=local_image_folders(),
     )
 
     async def main() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 import yaml
 
+from meshext.api import safe_yaml
 from meshext.api.meta import SourceLocation
 from meshext.istio.migrate import migrate_documents
 from meshext.istio.render import DEFAULT_ROOT_NAMESPACE
@@ -32,9 +33,11 @@ def _documents(paths: tuple[str, ...]) -> Iterator[tuple[SourceLocation | None, 
             sources = [(str(p), p.read_text(encoding="utf-8")) for p in manifest_files(path)]
         for label, text in sources:
             try:
-                loaded = list(yaml.safe_load_all(text))
-            except yaml.YAMLError as exc:
-                raise click.ClickException(f"{label}: not valid YAML: {exc}") from exc
+                loaded = list(safe_yaml.load_all(text))
+            except safe_yaml.UnsafeYamlError as exc:
+                raise click.ClickException(
+                    f"{label} (document {exc.document}): not valid YAML: {exc}"
+                ) from exc
             for index, document in enumerate(loaded, start=1):
                 if document is not None:
                     yield SourceLocation(label, index), document

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -11,6 +13,59 @@ from meshext.images.auth import DockerConfig
 from meshext.images.config import RegistryConfig
 from meshext.images.http_module import HttpModulePolicy
 from meshext.images.secrets import load_docker_config
+
+F = TypeVar("F", bound=Callable[..., object])
+_ALLOWED_PRIVATE = "meshext.allowed_private_registries"
+
+
+def allow_private_registry_option(command: F) -> F:
+    """``--allow-private-registry HOST[:PORT]``: the value is kept on the click context
+    and read by :func:`allowed_private_registries`, so commands need no parameter."""
+
+    def keep(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+        ctx.meta[_ALLOWED_PRIVATE] = value
+
+    return click.option(
+        "--allow-private-registry",
+        multiple=True,
+        metavar="HOST[:PORT]",
+        expose_value=False,
+        callback=keep,
+        help="Registry (or token server, or redirect target) that may resolve to a "
+        "loopback, link-local or private address. Repeatable. Registries listed with "
+        "--insecure-registry are allowed too.",
+    )(command)
+
+
+_LOCAL_IMAGES = "meshext.local_images"
+
+
+def local_images_option(command: F) -> F:
+    """``--local-images DIR`` (repeatable), kept on the click context like
+    ``--allow-private-registry`` and read by :func:`local_image_folders`."""
+
+    def keep(ctx: click.Context, _param: click.Parameter, value: tuple[Path, ...]) -> None:
+        ctx.meta[_LOCAL_IMAGES] = value
+
+    return click.option(
+        "--local-images",
+        multiple=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        expose_value=False,
+        callback=keep,
+        help="Folder that file: and oci-layout: images may be read from. Repeatable. "
+        "Without it, local images are refused.",
+    )(command)
+
+
+def local_image_folders() -> tuple[Path, ...]:
+    ctx = click.get_current_context(silent=True)
+    return tuple(ctx.meta.get(_LOCAL_IMAGES, ())) if ctx is not None else ()
+
+
+def allowed_private_registries() -> frozenset[str]:
+    ctx = click.get_current_context(silent=True)
+    return frozenset(ctx.meta.get(_ALLOWED_PRIVATE, ())) if ctx is not None else frozenset()
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -31,7 +86,10 @@ def registry_options(
     --registry-config options."""
     credentials: DockerConfig = load_docker_config(registry_config)
     return RegistryConfig(
-        insecure_registries=frozenset(insecure_registry), ca_file=ca_file, credentials=credentials
+        insecure_registries=frozenset(insecure_registry),
+        allowed_private_registries=allowed_private_registries(),
+        ca_file=ca_file,
+        credentials=credentials,
     )
 
 

@@ -14,11 +14,19 @@ import click
 import yaml
 
 from meshext.cli.identity import ca_options, ca_settings
-from meshext.cli.options import parse_labels, registry_options, with_http_module_policy
+from meshext.cli.options import (
+    allow_private_registry_option,
+    local_image_folders,
+    local_images_option,
+    parse_labels,
+    registry_options,
+    with_http_module_policy,
+)
 from meshext.cli.trust_options import signature_options
 from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.envoy.bootstrap import AdsServer, BootstrapError, sidecar_bootstrap
 from meshext.envoy.node import DeliveryMode, parse_host_port
+from meshext.errors import MeshextError
 from meshext.identity.errors import IdentityError
 from meshext.identity.issuance import issue_for_proxy
 from meshext.identity.spiffe import DEFAULT_SERVICE_ACCOUNT
@@ -53,6 +61,8 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--cache-max-bytes", type=int, default=None, help="Evict unused modules past this.")
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
+@allow_private_registry_option
+@local_images_option
 @click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option(
@@ -127,6 +137,7 @@ def serve(
         certificate_address=certificate_address,
         token_audience=token_audience,
         signatures=signature_policy_of(trusted_keys, signature_policy),
+        local_images=local_image_folders(),
     )
     if insecure_xds:
         logging.getLogger("meshext").warning(
@@ -135,7 +146,11 @@ def serve(
             "configuration"
         )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(options, kubeconfig))
+        try:
+            asyncio.run(serve_forever(options, kubeconfig))
+        except MeshextError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
 
 
 @click.command()

@@ -78,7 +78,8 @@ def status(admin: str, output: str) -> None:
                 f"signed by {deployment['signer']}"
             )
     for error in errors:
-        console.print(f"[yellow]configuration error[/yellow]: {error}")
+        label = "error" if error.startswith("control loop:") else "configuration error"
+        console.print(f"[yellow]{label}[/yellow]: {error}")
 
 
 @click.command()

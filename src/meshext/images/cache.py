@@ -62,6 +62,23 @@ class CacheError(ImageError):
     retryable = True
 
 
+def cache_write_error(cache: ModuleCache, exc: OSError) -> CacheError:
+    """A file-system failure while filling ``cache``, said so a user can fix it."""
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "meshext may not write there",
+        errno.EPERM: "meshext may not write there",
+    }.get(exc.errno or 0, "")
+    return CacheError(
+        f"the module cache in {cache.root} cannot be written ({reason}"
+        + (f": {hint}" if hint else "")
+        + "); free space or give --cache-dir a writable folder"
+    )
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """What one image digest resolved to; stored as ``images/<hex>.json``."""

@@ -79,7 +79,7 @@ def check_header(data: bytes, what: str) -> None:
     """Refuse anything that is not a core WebAssembly module by its first 8 bytes."""
     if data[:4] != WASM_MAGIC:
         raise InvalidModule(
-            f"{what} is not a WebAssembly module (it starts with {data[:4]!r}, not b'\\x00asm')"
+            f"{what} is not a WebAssembly module (it does not start with b'\\x00asm')"
         )
     if data[4:8] != CORE_VERSION:
         if len(data) >= 8 and data[6:8] == b"\x01\x00":

@@ -13,7 +13,11 @@ destination before checking them) because meshext needs four things at once:
   Basic credentials or fetches a Bearer token from the realm for exactly the scope
   it needs (``repository:<name>:pull`` or ``pull,push``), then retries once;
 * an explicit transport policy: a custom CA, plain HTTP only for registries and
-  token realms listed as insecure, and no redirect from HTTPS down to HTTP.
+  token realms listed as insecure, no redirect from HTTPS down to HTTP, and no
+  connection to an internal address the operator did not allow (the address guard
+  of :mod:`meshext.net.guard` checks every connection, redirects included);
+* bounds: sizes while reading, error bodies read only as far as a message goes, and
+  (in the resolver) a deadline for a whole pull.
 
 Errors are translated at this boundary into :mod:`meshext.images.errors`.
 """
@@ -35,6 +39,7 @@ import httpx
 from meshext.images.auth import Challenge, Credentials, parse_challenge
 from meshext.images.config import MiB, RegistryConfig
 from meshext.images.errors import (
+    AddressNotAllowed,
     DigestMismatch,
     InsecureRegistryError,
     NotFound,
@@ -46,6 +51,7 @@ from meshext.images.errors import (
     Unauthorized,
 )
 from meshext.images.oci import ACCEPT, OCI_INDEX, Descriptor, digest_hex, sha256_digest
+from meshext.net.guard import AddressRefused, guarded_transport
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just transferred."""
@@ -91,7 +97,7 @@ class RegistryClient:
         self._actions = "pull,push" if push else "pull"
         self._base = config.base_url(registry)
         self._http = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(verify=config.ssl_context()),
+            transport=transport or guarded_transport(config.address_policy(), config.ssl_context()),
             timeout=httpx.Timeout(config.timeout),
             headers={"User-Agent": config.user_agent},
             follow_redirects=False,
@@ -403,6 +409,8 @@ class RegistryClient:
     async def _send(self, request: httpx.Request) -> httpx.Response:
         try:
             return await self._http.send(request, stream=True)
+        except AddressRefused as exc:
+            raise AddressNotAllowed(str(exc)) from exc
         except httpx.HTTPError as exc:
             raise _translate(exc, request.url) from exc
 
@@ -501,13 +509,21 @@ async def _stream_verified(
         raise DigestMismatch(f"{what}: the content hashes to {actual}")
 
 
+_ERROR_BODY_LIMIT = 16 * 1024
+"""Bytes of an error response read for its message; the rest is never read."""
+
+
 async def _error_detail(response: httpx.Response) -> str:
+    body = b""
     try:
-        body = await response.aread()
+        async for chunk in response.aiter_raw(4096):
+            body += chunk
+            if len(body) >= _ERROR_BODY_LIMIT:
+                return ""  # longer than any registry's error document: not worth reading
     except httpx.HTTPError:
         return ""
     try:
-        errors = json.loads(body[:65536]).get("errors") or []
+        errors = json.loads(body).get("errors") or []
         return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
     except (ValueError, AttributeError, TypeError):
         return ""

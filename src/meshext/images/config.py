@@ -20,6 +20,7 @@ from pathlib import Path
 from meshext.images.auth import DockerConfig
 from meshext.images.http_module import HttpModulePolicy
 from meshext.images.reference import registry_api_host
+from meshext.net.guard import AddressPolicy
 
 MiB = 1024 * 1024
 
@@ -61,7 +62,11 @@ class RegistryConfig:
     """Transport policy for every registry meshext talks to."""
 
     insecure_registries: frozenset[str] = frozenset()
-    """Hosts (``host`` or ``host:port``) that may be reached over plain HTTP."""
+    """Hosts (``host`` or ``host:port``) that may be reached over plain HTTP; they may
+    also resolve to internal addresses (a plain-HTTP registry is local by nature)."""
+    allowed_private_registries: frozenset[str] = frozenset()
+    """Hosts (``host`` or ``host:port``) that may resolve to loopback, link-local or
+    private addresses (see :mod:`meshext.net.guard`); others may not."""
     ca_file: Path | None = None
     """PEM bundle of extra CAs trusted for HTTPS registries (and token servers)."""
     credentials: DockerConfig = field(default_factory=DockerConfig)
@@ -69,6 +74,8 @@ class RegistryConfig:
     limits: Limits = Limits()
     timeout: float = 30.0
     """Seconds for connecting and between received bytes."""
+    pull_deadline: float = 600.0
+    """Seconds one pull of one image may take in all (each retry starts anew)."""
     chunk_size: int = 8 * MiB
     """Blobs larger than this are pushed in chunks of this size."""
     user_agent: str = "meshext"
@@ -79,6 +86,9 @@ class RegistryConfig:
         """True if ``netloc`` (``host[:port]``) was listed as an insecure registry."""
         host = _host_of(netloc)
         return netloc in self.insecure_registries or host in self.insecure_registries
+
+    def address_policy(self) -> AddressPolicy:
+        return AddressPolicy(self.insecure_registries | self.allowed_private_registries)
 
     def base_url(self, registry: str) -> str:
         """``scheme://host`` of the distribution API for ``registry``."""

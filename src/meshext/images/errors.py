@@ -68,6 +68,11 @@ class InsecureRegistryError(RegistryError):
     """A plain-HTTP registry or redirect that was not explicitly allowed."""
 
 
+class AddressNotAllowed(InsecureRegistryError):
+    """A registry, token server or redirect resolving to an internal address that the
+    operator did not allow (see :mod:`meshext.net.guard`)."""
+
+
 class TLSError(RegistryError):
     """The TLS handshake failed: unknown CA, wrong host name, or not TLS at all."""
 

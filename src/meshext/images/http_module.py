@@ -13,8 +13,12 @@ or broken server could stretch it:
   fetch is refused unless the operator allowed unpinned modules.
 
 Every hop's destination goes through :func:`check_destination` before a connection is
-made: the one place where the address policy lives. It refuses loopback hosts unless
-:attr:`HttpModulePolicy.allow_loopback` says otherwise.
+made: it applies meshext's address guard (:mod:`meshext.net.guard`), which refuses
+loopback, link-local (cloud metadata), private and other internal addresses unless the
+operator allowed that host (``--allow-private-registry``) or
+:attr:`HttpModulePolicy.allow_loopback` is set. The client given to
+:func:`fetch_module` should connect through :func:`meshext.net.guard.guarded_transport`
+so the address checked is the one connected to.
 
 Hand-written rather than a library call because httpx's own redirect following cannot
 check each hop's destination, bound the hops' total time, and refuse downgrades together.
@@ -24,12 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
-import socket
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from meshext.images.errors import (
@@ -40,6 +43,10 @@ from meshext.images.errors import (
     SizeLimitExceeded,
     TransientRegistryError,
 )
+from meshext.net.guard import AddressPolicy, AddressRefused, checked_addresses
+
+NO_INTERNAL_ADDRESSES = AddressPolicy()
+"""The guard's default: no host may resolve to an internal address."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -70,6 +77,7 @@ async def fetch_module(
     max_bytes: int,
     policy: HttpModulePolicy,
     client: httpx.AsyncClient,
+    addresses: AddressPolicy = NO_INTERNAL_ADDRESSES,
 ) -> str:
     """Download ``url`` into ``destination`` and return its sha256 (hex).
 
@@ -84,7 +92,7 @@ async def fetch_module(
         )
     try:
         async with asyncio.timeout(policy.deadline_seconds):
-            digest = await _follow(url, destination, max_bytes, policy, client)
+            digest = await _follow(url, destination, max_bytes, policy, client, addresses)
     except TimeoutError as exc:
         destination.unlink(missing_ok=True)
         raise TransientRegistryError(
@@ -102,39 +110,31 @@ async def fetch_module(
     return digest
 
 
-async def check_destination(url: str, policy: HttpModulePolicy) -> None:
-    """Refuse a destination the policy forbids, before connecting to it."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+async def check_destination(url: str, policy: HttpModulePolicy, addresses: AddressPolicy) -> None:
+    """Refuse a destination the address guard forbids, before connecting to it."""
     if policy.allow_loopback:
         return
-    addresses = await _addresses(host, parts.port or (443 if parts.scheme == "https" else 80))
-    loopback = [a for a in addresses if a.is_loopback]
-    if host.lower() == "localhost" or loopback:
-        raise ModuleUrlRefused(
-            f"{_show(url)}: the host is a loopback address; module URLs may not reach "
-            "meshext's own host"
-        )
-
-
-async def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        return [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise TransientRegistryError(f"cannot resolve {host!r}: {exc}") from exc
-    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        await checked_addresses(parts.hostname or "", port, addresses)
+    except AddressRefused as exc:
+        raise ModuleUrlRefused(f"{_show(url)}: {exc}") from exc
+    except httpcore.ConnectError as exc:
+        raise TransientRegistryError(f"{_show(url)}: {exc}") from exc
 
 
 async def _follow(
-    url: str, destination: Path, max_bytes: int, policy: HttpModulePolicy, client: httpx.AsyncClient
+    url: str,
+    destination: Path,
+    max_bytes: int,
+    policy: HttpModulePolicy,
+    client: httpx.AsyncClient,
+    addresses: AddressPolicy,
 ) -> str:
     current = url
     for _ in range(policy.max_redirects + 1):
-        await check_destination(current, policy)
+        await check_destination(current, policy, addresses)
         try:
             async with client.stream("GET", current, follow_redirects=False) as response:
                 if response.status_code in _REDIRECTS:

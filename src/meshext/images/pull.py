@@ -9,15 +9,15 @@ failure the work folder is removed and the cache is as it was.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 from meshext.images.cache import ImageRecord, ModuleCache
 from meshext.images.checks import ModuleChecker
 from meshext.images.client import FetchedManifest, Progress
 from meshext.images.config import Limits
-from meshext.images.errors import InvalidImage, NotFound, SizeLimitExceeded
+from meshext.images.errors import InvalidImage
 from meshext.images.formats import classify, extract_module
+from meshext.images.local import copy_regular
 from meshext.images.oci import ImageIndex, ImageManifest, parse_document, select_platform
 from meshext.images.source import ImageSource
 from meshext.mesh.resolution import ImageFormat
@@ -66,20 +66,7 @@ class Puller:
         """A plain ``.wasm`` file: copied, checked and cached under its own hash."""
         with self._cache.work_folder() as work:
             copy = work / "module.wasm"
-            try:
-                size = path.stat().st_size
-                if size > self._limits.module:
-                    raise SizeLimitExceeded(
-                        f"{path} is {size} bytes, over the module limit of "
-                        f"{self._limits.module} bytes"
-                    )
-                shutil.copyfile(path, copy)
-            except FileNotFoundError as exc:
-                raise NotFound(f"no module file at {path}") from exc
-            except IsADirectoryError as exc:
-                raise InvalidImage(f"{path} is a folder, not a .wasm file") from exc
-            except OSError as exc:
-                raise InvalidImage(f"cannot read {path}: {exc}") from exc
+            copy_regular(path, copy, self._limits.module, "module file")
             return await self._commit_plain(
                 copy,
                 _file_sha256(copy),

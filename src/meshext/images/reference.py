@@ -184,6 +184,9 @@ def _split_registry(name: str, text: str) -> tuple[str, str]:
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         if not _DOMAIN.match(first):
             raise ImageReferenceError(f"invalid registry host {first!r} in {text!r}")
+        port = first.rpartition("]")[2].rpartition(":")[2] if ":" in first else ""
+        if port and not 0 < int(port) <= 65535:
+            raise ImageReferenceError(f"invalid port {port} in {text!r}: ports are 1-65535")
         registry, repository = first, rest
     else:
         registry, repository = DEFAULT_REGISTRY, name

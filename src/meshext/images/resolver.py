@@ -48,9 +48,10 @@ import httpx
 
 from meshext.api.meta import ResourceKey
 from meshext.images.auth import ANONYMOUS_FINGERPRINT, Credentials, CredentialsError, DockerConfig
-from meshext.images.cache import CacheError, ImageRecord, ModuleCache
+from meshext.images.cache import CacheError, ImageRecord, ModuleCache, cache_write_error
 from meshext.images.client import FetchedManifest, Progress, RegistryClient
 from meshext.images.config import RegistryConfig, RetryPolicy
+from meshext.images.deadline import within_deadline
 from meshext.images.errors import (
     ImageError,
     InvalidImage,
@@ -58,6 +59,7 @@ from meshext.images.errors import (
     TransientRegistryError,
     Unauthorized,
 )
+from meshext.images.local import ANYWHERE, LocalImages
 from meshext.images.oci import ImageIndex, parse_document
 from meshext.images.pull import Puller
 from meshext.images.reference import (
@@ -115,7 +117,9 @@ class ImageResolver:
     """Resolves extension images to cached, verified modules (a ``ModuleResolver``).
 
     ``transport`` replaces the HTTP transport of every registry client (and with it
-    the TLS policy of ``registry_config``); it exists to observe or shape traffic.
+    the TLS policy of ``registry_config`` and the address guard); it exists to observe
+    or shape traffic. ``local_images`` says where ``file:`` and ``oci-layout:`` images
+    may be read from (anywhere by default, for the CLI; ``meshext serve`` narrows it).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class ImageResolver:
         retries: RetryPolicy = DEFAULT_RETRIES,
         transport: httpx.AsyncBaseTransport | None = None,
         signatures: SignatureVerifier | None = None,
+        local_images: LocalImages = ANYWHERE,
     ) -> None:
         self.cache = cache
         self.signatures = signatures or SignatureVerifier()
@@ -134,6 +139,7 @@ class ImageResolver:
         self._config = registry_config
         self._retries = retries
         self._transport = transport
+        self._local_images = local_images
         self._puller = Puller(cache, registry_config.limits)
         self._urls = UrlModuleSource(
             cache, self._puller, registry_config, retries, transport=transport
@@ -173,6 +179,26 @@ class ImageResolver:
     async def pull(self, request: PullRequest, progress: Progress | None = None) -> ResolvedModule:
         """Resolve one image; raises :class:`ImageError` with a message a user can act on."""
         reference = parse_image_reference(request.image)
+        try:
+            record, signer = await self._record(request, reference, progress)
+        except OSError as exc:  # what is left after the sources translated theirs
+            raise cache_write_error(self.cache, exc) from exc
+        _check_expected(request, reference, record)
+        path = self.cache.path_for(record.module_sha256)
+        if path is None:
+            raise CacheError(
+                f"the module of {reference} was evicted from the cache while resolving; retrying"
+            )
+        self.cache.touch(record.module_sha256)
+        module = record.resolved(path)
+        return replace(module, signer=str(signer)) if signer is not None else module
+
+    async def _record(
+        self, request: PullRequest, reference: ImageReference, progress: Progress | None
+    ) -> tuple[ImageRecord, TrustedKey | None]:
+        if reference.is_local:
+            path = self._local_images.check(Path(reference.path), str(reference))
+            reference = replace(reference, path=str(path))
         signer: TrustedKey | None = None
         if reference.kind is ReferenceKind.FILE:
             record = await self._puller.load_file(Path(reference.path))
@@ -202,7 +228,11 @@ class ImageResolver:
                 reference,
                 lambda: self.cache.single_flight(
                     flight,
-                    lambda: self._from_registry(reference, access, always, progress),
+                    lambda: within_deadline(
+                        self._config.pull_deadline,
+                        f"pulling {reference}",
+                        self._from_registry(reference, access, always, progress),
+                    ),
                     across_processes=False,
                 ),
                 access,
@@ -212,15 +242,7 @@ class ImageResolver:
                 signer = await self._with_retries(
                     reference, lambda: self._check_signatures(reference, access, digests), access
                 )
-        _check_expected(request, reference, record)
-        path = self.cache.path_for(record.module_sha256)
-        if path is None:
-            raise CacheError(
-                f"the module of {reference} was evicted from the cache while resolving; retrying"
-            )
-        self.cache.touch(record.module_sha256)
-        module = record.resolved(path)
-        return replace(module, signer=str(signer)) if signer is not None else module
+        return record, signer
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -27,9 +27,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-
+from meshext.api import safe_yaml
 from meshext.images.auth import DockerConfig
+from meshext.images.errors import ImageError
+from meshext.images.local import read_regular
 
 DOCKER_CONFIG_JSON = "kubernetes.io/dockerconfigjson"
 DOCKER_CFG = "kubernetes.io/dockercfg"
@@ -67,9 +68,10 @@ class FolderPullSecretStore:
         problems: list[str] = []
         for path in files:
             try:
-                documents = list(yaml.safe_load_all(path.read_bytes()))
-            except (OSError, yaml.YAMLError):
-                continue
+                data = read_regular(path, safe_yaml.DEFAULT_LIMITS.max_bytes, "manifest")
+                documents = list(safe_yaml.load_all(data))
+            except (OSError, ImageError, safe_yaml.UnsafeYamlError):
+                continue  # the folder's loader reports what is wrong with this file
             for number, document in enumerate(documents, start=1):
                 found = _pull_secret(document, f"{path} (document {number})", problems)
                 if found is not None:

@@ -14,6 +14,7 @@ from typing import BinaryIO, Protocol
 from meshext.images.client import FetchedManifest, ProgressCallback, RegistryClient
 from meshext.images.config import Limits
 from meshext.images.errors import DigestMismatch, InvalidImage, NotFound, SizeLimitExceeded
+from meshext.images.local import open_regular, read_regular
 from meshext.images.oci import (
     OCI_INDEX,
     REF_NAME_ANNOTATION,
@@ -137,11 +138,11 @@ class LayoutSource:
         """The layout's ``index.json``."""
         path = self._path / "index.json"
         try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
+            data = read_regular(path, self._limits.manifest, self.name)
+        except NotFound as exc:
             raise NotFound(f"{self.name}: no index.json; is this an OCI image layout?") from exc
         except OSError as exc:
-            raise InvalidImage(f"{self.name}: cannot read index.json: {exc}") from exc
+            raise InvalidImage(f"{self.name}: cannot read index.json: {exc.strerror}") from exc
         document = parse_document(data, OCI_INDEX, f"{self.name}/index.json")
         if not isinstance(document, ImageIndex):
             raise InvalidImage(f"{self.name}/index.json is not an image index")
@@ -180,8 +181,8 @@ class LayoutSource:
 
     def _open(self, descriptor: Descriptor) -> BinaryIO:
         try:
-            return self._blob_path(descriptor.digest).open("rb")
-        except FileNotFoundError as exc:
+            return open_regular(self._blob_path(descriptor.digest), self.name)
+        except NotFound as exc:
             raise NotFound(f"{self.name}: blob {descriptor.digest} is missing") from exc
 
     def _read_verified(self, descriptor: Descriptor, limit: int) -> bytes:

@@ -20,6 +20,7 @@ from meshext.images.config import RegistryConfig, RetryPolicy
 from meshext.images.errors import ImageError
 from meshext.images.http_module import fetch_module
 from meshext.images.pull import Puller
+from meshext.net.guard import guarded_transport
 
 
 class UrlModuleSource:
@@ -54,11 +55,8 @@ class UrlModuleSource:
     async def _download(self, url: str, expected_sha256: str | None) -> ImageRecord:
         with self._cache.work_folder() as work:
             path = work / "download.wasm"
-            # An explicit transport: no proxy from the environment, so the checked
-            # destination is the one connected to.
             async with httpx.AsyncClient(
-                transport=self._transport
-                or httpx.AsyncHTTPTransport(verify=self._config.ssl_context()),
+                transport=self._transport or self._guarded_transport(),
                 timeout=self._config.timeout,
                 headers={"User-Agent": self._config.user_agent},
                 follow_redirects=False,
@@ -70,10 +68,18 @@ class UrlModuleSource:
                     max_bytes=self._config.limits.module,
                     policy=self._config.http_modules,
                     client=client,
+                    addresses=self._config.address_policy(),
                 )
             record = await self._puller.commit_download(path, sha256, url)
         self._cache.store_tag(_tag(url), record.digest)
         return record
+
+    def _guarded_transport(self) -> httpx.AsyncBaseTransport:
+        """No proxy from the environment, and a connection only to an address the guard
+        checked, so DNS cannot swap the destination after the check."""
+        if self._config.http_modules.allow_loopback:
+            return httpx.AsyncHTTPTransport(verify=self._config.ssl_context(), trust_env=False)
+        return guarded_transport(self._config.address_policy(), self._config.ssl_context())
 
     async def _with_retries(self, operation: Callable[[], Awaitable[ImageRecord]]) -> ImageRecord:
         attempt = 0

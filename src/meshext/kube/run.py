@@ -16,6 +16,7 @@ from pathlib import Path
 
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
+from meshext.images.local import LocalImages
 from meshext.images.resolver import ImageResolver
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
 from meshext.images.verification import SignatureVerifier
@@ -45,6 +46,9 @@ class RunOptions:
     webhook_ca: Path | None = None
     webhook_host: str = "0.0.0.0"
     webhook_port: int = 8443
+    local_images: tuple[Path, ...] = ()
+    """Folders of this host ``file:`` and ``oci-layout:`` images may come from. None by
+    default: a namespace's user must not read the controller's files."""
 
 
 async def run_controller(options: RunOptions, stop: asyncio.Event | None = None) -> None:
@@ -56,6 +60,7 @@ async def run_controller(options: RunOptions, stop: asyncio.Event | None = None)
         KubePullSecretStore(client),
         registry_config=options.registry,
         signatures=SignatureVerifier(options.signatures),
+        local_images=LocalImages(options.local_images),
     )
     controller = Controller(client, resolver, options.settings)
     admin = await start_module_server(

@@ -2,7 +2,9 @@
 
 The Maistra fields come first: the resolved phase and priority, the generation seen,
 and ``deployment`` (ready, module sha256, image digest, module URL, or a message on
-failure, with the other deployment fields cleared). Which proxies run or rejected
+failure, with the other deployment fields cleared). A ready deployment carries a
+message when what runs is not what the resource asks for yet (a changed image that
+is still being resolved, or could not be). Which proxies run or rejected
 the extension is added by the server, which alone knows the proxies.
 """
 

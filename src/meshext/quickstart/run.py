@@ -60,6 +60,7 @@ async def run_quickstart(options: QuickstartOptions, console: Console) -> bool:
         admin_address=options.admin_address,
         module_address=options.module_address,
         cache_dir=workdir / "cache",
+        local_images=(options.config.parent,),
     )
     console.print(f"[bold]meshext quickstart[/bold]: serving {options.config}")
     async with running_control_plane(serve) as running:

@@ -63,6 +63,9 @@ async def _healthz(_request: web.Request) -> web.Response:
 async def _readyz(request: web.Request) -> web.Response:
     if request.app[READY]():
         return web.Response(text="ready\n")
+    faults = request.app[CONTROL_PLANE].faults.current()
+    if faults:
+        return web.Response(status=503, text="".join(f"not ready: {f}\n" for f in faults))
     return web.Response(status=503, text="not ready: configuration not loaded yet\n")
 
 
@@ -109,7 +112,8 @@ async def _proxy_config(request: web.Request) -> web.Response:
 
 
 async def _errors(request: web.Request) -> web.Response:
-    errors = request.app[CONTROL_PLANE].config_errors
+    control = request.app[CONTROL_PLANE]
+    errors = [*control.faults.current(), *control.config_errors]
     return web.json_response({"errors": [str(e) for e in errors]})
 
 

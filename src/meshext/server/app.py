@@ -32,6 +32,7 @@ from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
 from meshext.identity.state import credentials_root
 from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
+from meshext.images.local import LocalImages
 from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
@@ -78,6 +79,8 @@ class ServeOptions:
     """Where proxies exchange a token for a certificate (with a token authenticator)."""
     token_audience: str = DEFAULT_AUDIENCE
     signatures: SignaturePolicy = SIGNATURES_OFF
+    local_images: tuple[Path, ...] = ()
+    """Folders ``file:`` and ``oci-layout:`` images may come from; none by default."""
 
 
 @dataclass
@@ -153,6 +156,7 @@ async def running_control_plane(
         secrets,
         registry_config=options.registry,
         signatures=SignatureVerifier(options.signatures),
+        local_images=LocalImages(tuple(p.resolve() for p in options.local_images)),
     )
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
@@ -186,7 +190,7 @@ async def running_control_plane(
             log.info("certificate exchange on %s", certificates.base_url)
         xds_port = await ads.start(options.xds_address)
         admin_host = listen_address(options.admin_address)
-        app = admin_app(control, ads, registry, lambda: control.loaded)
+        app = admin_app(control, ads, registry, lambda: control.ready)
         admin = await start_module_server(app, admin_host.host, admin_host.port)
         tasks.append(asyncio.create_task(control.run(source), name="control loop"))
         if tls is not None:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshext.api.decode import ResourceError
@@ -45,6 +46,7 @@ from meshext.mesh.status import extension_status
 from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
+from meshext.server.faults import Faults
 from meshext.server.modules import module_url
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
@@ -126,12 +128,19 @@ class ControlPlane:
         self._recompute_proxies: set[str] = set()
         self._loaded = asyncio.Event()
         self._settled = asyncio.Event()
+        self.faults = Faults()
+        """Failures of the loop itself; see :mod:`meshext.server.faults`."""
 
     # --- configuration -------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
         return self._loaded.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Configuration loaded, and no part of the control loop failing."""
+        return self.loaded and not self.faults.current()
 
     @property
     def config_errors(self) -> list[ResourceError]:
@@ -143,13 +152,13 @@ class ControlPlane:
 
     def apply(self, result: LoadResult) -> None:
         """Take a new complete configuration."""
-        self._load = result
-        self._model = build_model(r.resource for r in result.resources)
+        model = build_model(r.resource for r in result.resources)
         self._served_versions = {
             r.key: r.resource.served_version
             for r in result.resources
             if isinstance(r.resource, ServiceMeshExtension)
         }
+        self._load, self._model = result, model
         for error in self.config_errors:
             log.warning("configuration: %s", error)
         self._schedule_resolutions()
@@ -171,8 +180,7 @@ class ControlPlane:
         settler = asyncio.create_task(self._settle())
         pusher = asyncio.create_task(self._push_loop())
         try:
-            async for result in source.updates():
-                self.apply(result)
+            await self._follow(source)
         finally:
             settler.cancel()
             pusher.cancel()
@@ -180,6 +188,26 @@ class ControlPlane:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pusher
+
+    async def _follow(self, source: ConfigSource, restart_delay: float = 1.0) -> None:
+        """Apply every configuration ``source`` yields. A configuration that cannot be
+        applied, or a source that fails, is a fault until a later one applies: the
+        previous configuration keeps being served, and a failed source is restarted
+        (sources yield complete states, so nothing is missed)."""
+        while True:
+            try:
+                async for result in source.updates():
+                    try:
+                        self.apply(result)
+                    except Exception as exc:
+                        self.faults.failed("applying the configuration", exc)
+                    else:
+                        self.faults.succeeded("applying the configuration")
+                        self.faults.succeeded("reading the configuration")
+            except Exception as exc:
+                self.faults.failed("reading the configuration", exc)
+            await asyncio.sleep(restart_delay)
+            restart_delay = min(restart_delay * 2, 30.0)
 
     # --- image resolution ----------------------------------------------------------
 
@@ -196,7 +224,10 @@ class ControlPlane:
             self._forget_extension(key)
             self._inputs[key] = inputs
             if previous is not None and previous.state is ResolutionState.READY:
-                self._resolutions[key] = previous  # served until the new image is resolved
+                # served until the new image is resolved, and said so
+                self._resolutions[key] = dataclasses.replace(
+                    previous, message=f"resolving {ext.image}; {_still_running(previous)}"
+                )
             else:
                 self._resolutions[key] = Resolution.pending("resolving image " + ext.image)
             self._start_resolution(ext, delay=0.0)
@@ -232,11 +263,15 @@ class ControlPlane:
             and previous.state is ResolutionState.READY
             and (resolution.retryable or resolution.keep_previous)
         )
-        if not keep_previous:
+        if keep_previous:
+            assert previous is not None
+            self._resolutions[ext.key] = dataclasses.replace(
+                previous,
+                message=f"{ext.image} could not be resolved ({resolution.message}); "
+                f"{_still_running(previous)}",
+            )
+        else:
             self._resolutions[ext.key] = resolution
-        elif previous is not None and resolution.keep_previous:
-            # still served, and the status says why the newer image was refused
-            self._resolutions[ext.key] = replace(previous, message=resolution.message)
         if resolution.state is ResolutionState.FAILED:
             failures = self._failures.get(ext.key, 0) + 1
             self._failures[ext.key] = failures
@@ -327,15 +362,22 @@ class ControlPlane:
             self._wake.clear()
             everything, proxies = self._recompute_all, self._recompute_proxies
             self._recompute_all, self._recompute_proxies = False, set()
-            if everything:
-                self.recompute()
+            try:
+                if everything:
+                    self.recompute()
+                else:
+                    round_cache = _RoundCache(self._delivery)
+                    for node_id in sorted(proxies):
+                        record = self._proxies.get(node_id)
+                        if record is not None:
+                            self._push_proxy(record, round_cache)
+                await self._publish_statuses()
+            except Exception as exc:
+                self.faults.failed("computing proxy configurations", exc)
+                # the next change tries again, and again everything
+                self._recompute_all = True
             else:
-                round_cache = _RoundCache(self._delivery)
-                for node_id in sorted(proxies):
-                    record = self._proxies.get(node_id)
-                    if record is not None:
-                        self._push_proxy(record, round_cache)
-            await self._publish_statuses()
+                self.faults.succeeded("computing proxy configurations")
 
     def recompute(self) -> None:
         """Recompute and publish every proxy's snapshot (unchanged ones send nothing).
@@ -528,6 +570,16 @@ def _workload_key(workload: Workload) -> object:
         tuple(sorted(workload.labels.items())),
         workload.kind,
         workload.name,
+    )
+
+
+def _still_running(previous: Resolution) -> str:
+    module = previous.module
+    assert module is not None
+    image = f"image {module.image_digest}, " if module.image_digest else ""
+    return (
+        f"still running the module resolved before ({image}module sha256:{module.sha256}); "
+        "until the change resolves"
     )
 
 

@@ -2,7 +2,9 @@
 
 Kinds meshext does not own are skipped. A broken document of an owned kind, or a
 second resource with the same kind, namespace and name, is reported and the rest
-still load, so one typo never hides every other extension.
+still load, so one typo never hides every other extension. Files are read with the
+bounds of :mod:`meshext.api.safe_yaml` and :mod:`meshext.sources.manifest_scan`;
+entries named like manifests that are not regular files are reported.
 """
 
 from __future__ import annotations
@@ -12,15 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from meshext.api import safe_yaml
 from meshext.api.decode import DecodeError, Resource, ResourceError, decode
 from meshext.api.extension import ServiceMeshExtension
 from meshext.api.meta import ResourceKey, SourceLocation
 from meshext.api.wasmplugin import WasmPlugin
 from meshext.images.reference import parse_image_reference
+from meshext.sources.manifest_scan import (
+    YAML_SUFFIXES,
+    UnreadableManifest,
+    read_manifest,
+    scan_manifests,
+)
 
-YAML_SUFFIXES = (".yaml", ".yml")
+__all__ = ["YAML_SUFFIXES", "LoadResult", "LoadedResource", "load_folder", "manifest_files"]
 
 
 @dataclass(frozen=True)
@@ -44,33 +51,35 @@ class LoadResult:
 
 
 def manifest_files(root: Path) -> list[Path]:
-    """Every YAML file below ``root`` (or ``root`` itself), in a stable order."""
-    if root.is_file():
-        return [root]
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix in YAML_SUFFIXES and p.is_file() and not _hidden(p.relative_to(root))
-    )
+    """Every regular YAML file below ``root`` (or ``root`` itself), in a stable order."""
+    return list(scan_manifests(root).files)
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-def load_folder(root: Path) -> LoadResult:
+def load_folder(root: Path, limits: safe_yaml.YamlLimits = safe_yaml.DEFAULT_LIMITS) -> LoadResult:
     """Load every owned resource below ``root``; see the module docstring for the rules."""
     result = LoadResult()
     if not root.exists():
         result.errors.append(ResourceError(f"{root}: no such file or folder"))
         return result
     seen: dict[ResourceKey, SourceLocation] = {}
-    for path in manifest_files(root):
-        for location, document in _documents(path, result.errors):
+    scan = scan_manifests(root)
+    for problem in scan.problems:
+        result.errors.append(
+            ResourceError(problem.message, location=SourceLocation(str(problem.path)))
+        )
+    for path in scan.files:
+        for location, document in _documents(path, result.errors, limits):
             try:
                 resource = decode(document, location)
             except DecodeError as exc:
                 result.errors.extend(exc.errors)
+                continue
+            except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+                # the bounds above should leave nothing for these; if one still comes,
+                # it is this document's error, not the end of the load
+                result.errors.append(
+                    ResourceError(f"cannot be decoded: {type(exc).__name__}", location=location)
+                )
                 continue
             if resource is None:
                 continue
@@ -91,25 +100,30 @@ def load_folder(root: Path) -> LoadResult:
     return result
 
 
-def _documents(path: Path, errors: list[ResourceError]) -> Iterator[tuple[SourceLocation, Any]]:
+def _documents(
+    path: Path, errors: list[ResourceError], limits: safe_yaml.YamlLimits
+) -> Iterator[tuple[SourceLocation, Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        errors.append(ResourceError(f"cannot read: {exc}", location=SourceLocation(str(path))))
+        text = read_manifest(path, limits.max_bytes).decode("utf-8")
+    except UnreadableManifest as exc:
+        errors.append(ResourceError(str(exc), location=SourceLocation(str(path))))
         return
-    index = 0
-    try:
-        for index, document in enumerate(yaml.safe_load_all(text), start=1):
-            if document is not None:
-                yield SourceLocation(str(path), index), document
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+    except UnicodeDecodeError as exc:
         errors.append(
             ResourceError(
-                f"YAML syntax error{where}: {problem}; later documents in this file were not read",
-                location=SourceLocation(str(path), index + 1),
+                f"not UTF-8 text (byte {exc.start}); not read", location=SourceLocation(str(path))
+            )
+        )
+        return
+    try:
+        for index, document in enumerate(safe_yaml.load_all(text, limits), start=1):
+            if document is not None:
+                yield SourceLocation(str(path), index), document
+    except safe_yaml.UnsafeYamlError as exc:
+        errors.append(
+            ResourceError(
+                f"{exc}; later documents in this file were not read",
+                location=SourceLocation(str(path), exc.document),
             )
         )
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import watchfiles
 
-from meshext.sources.folder import YAML_SUFFIXES, LoadResult, load_folder, manifest_files
+from meshext.sources.folder import LoadResult, load_folder
+from meshext.sources.manifest_scan import YAML_SUFFIXES, scan_manifests
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -25,11 +26,14 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 def fingerprint(root: Path) -> Fingerprint:
     """What changes whenever a manifest below ``root`` is added, removed or edited."""
     entries = []
-    for path in manifest_files(root) if root.exists() else []:
+    scan = scan_manifests(root) if root.exists() else None
+    for path in scan.files if scan else ():
         with contextlib.suppress(FileNotFoundError):
             stat = path.stat()
             entries.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(entries)
+    for problem in scan.problems if scan else ():
+        entries.append((f"{problem.path}: {problem.message}", -1, -1))
+    return tuple(sorted(entries))
 
 
 class FolderSource:

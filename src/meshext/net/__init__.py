@@ -1,0 +1,1 @@
+"""Network policy shared by everything meshext fetches from other hosts."""
