@@ -507,6 +507,7 @@ def controller_process(api: KubeApiServer, workdir: Path) -> Iterator[str]:
         f"--webhook-cert={cert}",
         f"--webhook-key={key}",
         f"--cache={workdir / 'cache'}",
+        f"--local-images={workdir.parent}",
     ]
     with (workdir / "controller.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -19,6 +19,7 @@ import yaml
 from meshext.quickstart.echo import start_echo_app
 from meshext.quickstart.envoy_process import EnvoyProcess
 from tests.envoy.harness import eventually
+from tests.envoy.support import build_examples
 from tests.network import free_port
 from tests.server.mesh import CONTROL_PLANE, sme
 
@@ -66,6 +67,7 @@ def start_serve(config: Path, env: dict[str, str], tmp_path: Path, *extra: str) 
             "--xds-address", f"127.0.0.1:{served.xds}",
             "--admin-address", f"127.0.0.1:{served.admin}",
             "--module-address", f"127.0.0.1:{free_port()}",
+            "--local-images", str(build_examples()),
             *extra,
         ],
         stdout=served.log.open("w"), stderr=subprocess.STDOUT, env=env,
