@@ -116,16 +116,32 @@ async def test_a_priority_istio_cannot_hold_is_reported_instead_of_clamped(
 ) -> None:
     namespace = mesh.members[0]
     module = wasm_file(tmp_path / "modules", "huge")
-    cluster.apply(extension("huge", namespace, f"file:{module}", priority=2**31))
+    exact = {"meshext.io/placement": "exact"}
+    cluster.apply(extension("huge", namespace, f"file:{module}", priority=2**25, annotations=exact))
     async with running_controller(kube_apiserver, tmp_path / "cache") as controller:
         status = await eventually(
             lambda: _deployment_when(cluster, "huge", namespace, ready=False), "a failure"
         )
         assert controller.stats.created == 0
-    assert status["priority"] == 2**31
+    assert status["priority"] == 2**25
     message = status["deployment"]["message"]
-    assert message.startswith("cannot render for Istio: spec.priority: 2147483648")
-    assert cluster.get("wasmplugins.extensions.istio.io", "huge", namespace) is None
+    assert message.startswith("cannot render for Istio: spec.priority: 33554432 is beyond")
+
+
+async def test_a_priority_beyond_int32_is_refused_with_the_field_named(
+    kube_apiserver: KubeApiServer, cluster: Cluster, mesh: Mesh, tmp_path: Path
+) -> None:
+    namespace = mesh.members[0]
+    module = wasm_file(tmp_path / "modules", "beyond")
+    cluster.apply(extension("beyond", namespace, f"file:{module}", priority=2**31))
+    async with running_controller(kube_apiserver, tmp_path / "cache", settings(istio=None)):
+        status = await eventually(
+            lambda: _deployment_when(cluster, "beyond", namespace, ready=False), "a failure"
+        )
+    message = status["deployment"]["message"]
+    assert "spec.priority" in message
+    assert "2147483648 is outside the 32-bit range" in message
+    assert cluster.get("wasmplugins.extensions.istio.io", "beyond", namespace) is None
 
 
 async def test_disabled_extensions_in_the_control_plane_are_reported(
