@@ -189,3 +189,15 @@ def test_an_sme_image_cannot_be_an_http_url() -> None:
 def test_plugin_type_defaults_to_http() -> None:
     assert from_wasm_plugin(plugin()).layer is FilterLayer.HTTP
     assert from_wasm_plugin(plugin(type="HTTP")).layer is FilterLayer.HTTP
+
+
+@pytest.mark.parametrize("priority", [2**31, -(2**31) - 1])
+def test_a_priority_beyond_istios_int32_is_an_error_naming_the_field(priority: int) -> None:
+    (message,) = errors(priority=priority)
+    assert "spec.priority" in message
+    assert "outside the 32-bit range" in message
+
+
+def test_the_int32_limits_themselves_are_accepted() -> None:
+    assert plugin(priority=2**31 - 1).spec.priority == 2**31 - 1
+    assert plugin(priority=-(2**31)).spec.priority == -(2**31)

@@ -27,6 +27,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshext.api.base import SpecModel
+from meshext.api.kube_values import check_int32
 from meshext.api.meta import ObjectMeta, ResourceKey
 from meshext.images.reference import parse_image_reference, parse_module_url
 
@@ -147,6 +148,12 @@ class WasmPluginSpec(SpecModel):
     def _url_is_supported(cls, value: str) -> str:
         image_url_to_reference(value)
         return value
+
+    @field_validator("priority")
+    @classmethod
+    def _priority_is_int32(cls, value: int | None) -> int | None:
+        """Istio's ``priority`` is an ``Int32Value``."""
+        return None if value is None else check_int32(value, "priority")
 
     @field_validator("sha256")
     @classmethod
