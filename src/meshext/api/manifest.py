@@ -1,7 +1,8 @@
 """``manifest.yaml``: the metadata file at the root of a Maistra extension image.
 
 It names the module inside the image and gives default phase and priority for
-extensions that do not set their own.
+extensions that do not set their own, and the root id the module registers its root
+context under (``rootId``) for extensions that do not set one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ExtensionManifest(SpecModel):
     version: str = ""
     phase: Phase | None = None
     priority: int | None = None
+    root_id: str | None = None
     module: str
 
     @field_validator("schema_version")
