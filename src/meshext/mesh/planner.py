@@ -14,8 +14,8 @@ from enum import StrEnum
 from meshext.api.meta import ResourceKey
 from meshext.api.phase import Phase
 from meshext.mesh.extension import Extension
-from meshext.mesh.rootid import effective_root_id
 from meshext.mesh.resolution import Resolution, ResolutionState, ResolvedModule
+from meshext.mesh.rootid import effective_root_id
 from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
 
