@@ -5,7 +5,8 @@ first request, so :class:`PreflightKey` (module sha256, root id, VM configuratio
 plugin configuration, environment) identifies it: a combination is started once,
 and an unchanged configuration costs a dictionary lookup on every recomputation
 after that. Runs are CPU-bound (wasmtime compiles the module), so they happen in
-worker threads, a bounded number at a time.
+worker threads, a bounded number at a time, each on an engine of its own that keeps
+recently compiled modules.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshext.preflight.errors import PreflightError
-from meshext.preflight.host import Limits, PreflightInput, PreflightResult, run_preflight
+from meshext.preflight.host import Limits, PreflightInput, PreflightResult, SandboxEngine
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class PreflightRunner:
         self, limits: Limits | None = None, *, concurrency: int = 1, remembered: int = 4096
     ) -> None:
         self._limits = limits or Limits()
+        self._engines = [SandboxEngine() for _ in range(concurrency)]
         self._slots = asyncio.Semaphore(concurrency)
         self._results: OrderedDict[PreflightKey, PreflightResult] = OrderedDict()
         self._remembered = remembered
@@ -85,7 +87,11 @@ class PreflightRunner:
                 data = await asyncio.to_thread(module.read_bytes)
             except OSError as exc:
                 raise PreflightError(f"cannot read module {module}: {exc}") from exc
-            result = await asyncio.to_thread(run_preflight, data, given, self._limits)
+            engine = self._engines.pop()
+            try:
+                result = await asyncio.to_thread(engine.run, data, given, self._limits)
+            finally:
+                self._engines.append(engine)
             self.runs += 1
         self._results[key] = result
         while len(self._results) > self._remembered:
