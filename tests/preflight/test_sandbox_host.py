@@ -14,9 +14,13 @@ from tests.envoy.support import BUILD, build_examples
 from tests.sdk_examples import AS_ROOT_ID, sdk_module
 
 
+def wat(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
 def module(body: str, *, start: str = "") -> bytes:
     """A minimal proxy-wasm module in WAT; ``body`` is spliced into it."""
-    return wasmtime.wat2wasm(
+    return wat(
         f"""
         (module
           (memory (export "memory") 1)
@@ -90,7 +94,7 @@ def test_memory_beyond_the_limit_is_refused_to_the_module() -> None:
 
 
 def test_a_module_without_the_abi_export_is_not_a_proxy_wasm_module() -> None:
-    wasm = wasmtime.wat2wasm('(module (memory (export "memory") 1))')
+    wasm = wat('(module (memory (export "memory") 1))')
     result = run_preflight(wasm, PreflightInput("", b""))
     assert not result.passed
     assert "not a proxy-wasm module" in result.reason
@@ -98,7 +102,7 @@ def test_a_module_without_the_abi_export_is_not_a_proxy_wasm_module() -> None:
 
 def test_the_plugin_configuration_and_root_id_reach_the_module() -> None:
     # Logs the root id it is asked about and the configuration it receives.
-    wasm = wasmtime.wat2wasm(
+    wasm = wat(
         """
         (module
           (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
