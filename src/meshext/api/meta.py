@@ -14,6 +14,16 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 DEFAULT_NAMESPACE = "default"
 
+ANNOTATION_PREFIX = "meshext.io/"
+KNOWN_ANNOTATIONS = frozenset(
+    {
+        "meshext.io/root-id",  # the root id of an extension's module
+        "meshext.io/placement",  # how an extension is rendered for Istio
+        "meshext.io/owner",  # the extension a rendered Istio object belongs to
+    }
+)
+"""Every ``meshext.io/`` annotation meshext reads; any other is a (misspelt) error."""
+
 
 @dataclass(frozen=True, order=True)
 class ResourceKey:
@@ -58,6 +68,19 @@ class ObjectMeta(BaseModel):
             raise ValueError(
                 f"{value!r} is not a valid name: lowercase letters, digits, '-' and '.', "
                 "starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _meshext_annotations_are_known(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(
+            k for k in value if k.startswith(ANNOTATION_PREFIX) and k not in KNOWN_ANNOTATIONS
+        )
+        if unknown:
+            raise ValueError(
+                f"unknown annotation {', '.join(repr(k) for k in unknown)}; meshext reads "
+                f"{', '.join(sorted(KNOWN_ANNOTATIONS))}"
             )
         return value
 

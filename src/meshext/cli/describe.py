@@ -24,6 +24,8 @@ from meshext.mesh.model import build_model
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
 from meshext.mesh.resolution import Resolution
 from meshext.mesh.workload import ProxyKind, Workload
+from meshext.preflight.gate import preflight_all
+from meshext.preflight.runner import PreflightRunner
 from meshext.server.app import default_cache_dir
 from meshext.sources.folder import load_folder
 
@@ -73,7 +75,9 @@ def describe(
 ) -> None:
     """Explain which extensions from FOLDER run on a workload, in what order, and why
     the others do not. Images are resolved (pulled into the module cache) unless
-    --offline, so defaults from their manifest.yaml count and broken images show."""
+    --offline, so defaults from their manifest.yaml count and broken images show, and
+    every resolved module is started with its configuration in the pre-flight sandbox,
+    so a module that would not start shows as not applied, in its own words."""
     result = load_folder(folder)
     model = build_model(r.resource for r in result.resources)
     workload = Workload(
@@ -102,8 +106,10 @@ def describe(
 async def _resolve_all(
     resolver: ImageResolver, extensions: Sequence[Extension]
 ) -> dict[ResourceKey, Resolution]:
+    """Resolve every image, then start every resolved combination in the pre-flight."""
     results = await asyncio.gather(*(resolver.resolve(e) for e in extensions))
-    return {e.key: r for e, r in zip(extensions, results, strict=True)}
+    resolved = {e.key: r for e, r in zip(extensions, results, strict=True)}
+    return await preflight_all(PreflightRunner(), extensions, resolved)
 
 
 def plan_to_json(plan: WorkloadPlan) -> dict[str, Any]:
@@ -136,6 +142,7 @@ def _applied_json(planned: PlannedExtension, order: int) -> dict[str, Any]:
         "name": planned.key.name,
         "phase": planned.phase.value,
         "priority": planned.priority,
+        "rootId": planned.root_id,
         "image": planned.extension.image,
         "sha256": module.sha256 if module else None,
         "imageDigest": module.image_digest if module else None,
@@ -150,10 +157,13 @@ def _print_plan(plan: WorkloadPlan) -> None:
         f"[bold]{w.kind.value}[/bold] in namespace [bold]{w.namespace}[/bold], labels {labels}"
     )
     table = Table(title="Extensions, in execution order", title_justify="left")
-    for column in ("#", "phase", "priority", "extension", "image"):
+    for column in ("#", "phase", "priority", "extension", "root id", "image"):
         table.add_column(column)
     for i, p in enumerate(plan.applied, start=1):
-        table.add_row(str(i), p.phase.value, str(p.priority), str(p.key), p.extension.image)
+        root_id = repr(p.root_id)
+        table.add_row(
+            str(i), p.phase.value, str(p.priority), str(p.key), root_id, p.extension.image
+        )
     console.print(table)
     chain = filter_chain(plan)
     rendered = [c if isinstance(c, str) else f"[cyan]{c.key.name}[/cyan]" for c in chain]

@@ -144,3 +144,26 @@ class PreflightGate:
     def close(self) -> None:
         for task in self._running.values():
             task.cancel()
+
+
+async def preflight_all(
+    runner: PreflightRunner,
+    extensions: Iterable[Extension],
+    resolutions: Mapping[ResourceKey, Resolution],
+) -> dict[ResourceKey, Resolution]:
+    """``resolutions`` with every resolved extension whose combination fails its
+    pre-flight turned into a failure that says why (for one-shot commands)."""
+    checked = dict(resolutions)
+    for ext in extensions:
+        resolution = resolutions.get(ext.key)
+        if resolution is None or resolution.module is None:
+            continue
+        key = preflight_key(ext, resolution.module)
+        try:
+            result = await runner.run(key, Path(resolution.module.path), plugin_name=ext.name)
+        except PreflightError as exc:
+            checked[ext.key] = Resolution.failed(f"the pre-flight could not run: {exc}")
+            continue
+        if not result.passed:
+            checked[ext.key] = Resolution.failed(failure_message(ext, key, result))
+    return checked
