@@ -85,4 +85,7 @@ def parse_manifest(data: bytes, source: str = MANIFEST_PATH) -> ExtensionManifes
 def render_manifest(manifest: ExtensionManifest) -> bytes:
     """The YAML text of ``manifest`` as written into images meshext builds."""
     document = manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for optional in ("description", "version"):
+        if document.get(optional) == "":
+            del document[optional]  # an empty field says nothing; leave it out
     return yaml.safe_dump(document, sort_keys=False).encode()
