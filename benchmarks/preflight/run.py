@@ -49,7 +49,8 @@ def measure(path: Path, root_id: str, configs: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     second = engine.run(data, PreflightInput(root_id, configs[1].encode()), Limits())
     warm = time.perf_counter() - started
-    assert first.passed and second.passed, (first.describe(), second.describe())
+    if not (first.passed and second.passed):
+        raise SystemExit(f"{path.name}: {first.describe()}; {second.describe()}")
 
     runner = PreflightRunner()
     key = PreflightKey.of("bench", root_id, configs[0])
