@@ -51,16 +51,37 @@ def validate(folder: Path) -> None:
 @click.option("--namespace", "-n", required=True, help="Namespace of the workload.")
 @click.option("--labels", "-l", default="", help="Workload labels, k=v,k2=v2.")
 @click.option("--gateway", is_flag=True, help="The workload is a gateway, not a sidecar.")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="A table for people or JSON for programs.",
+)
 @click.option(
     "--offline",
     is_flag=True,
     help="Do not resolve images: phase and priority must then come from the resources.",
 )
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
+)
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
-@click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="PEM file of extra CAs trusted for HTTPS registries.",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Docker config.json with registry credentials.",
+)
 def describe(
     folder: Path,
     namespace: str,

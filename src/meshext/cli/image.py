@@ -352,6 +352,7 @@ def pull(
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
+    help="Text for people or JSON for programs.",
 )
 @_cache_option
 @_policy_option
