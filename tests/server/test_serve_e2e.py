@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from meshext.mesh.workload import ProxyKind
-from meshext.server.delivery import DeliveryState
 from tests.server.mesh import Mesh, running_mesh, sme
 
 pytestmark = pytest.mark.e2e
