@@ -135,6 +135,7 @@ class ControlPlane:
         self._settled = asyncio.Event()
         self._gate = PreflightGate(preflight or PreflightRunner(), self._preflight_done)
         self._gated = Gated((), {}, {})
+        self._logged_errors: set[str] = set()
 
     # --- configuration -------------------------------------------------------------
 
@@ -159,8 +160,10 @@ class ControlPlane:
             for r in result.resources
             if isinstance(r.resource, ServiceMeshExtension)
         }
-        for error in self.config_errors:
-            log.warning("configuration: %s", error)
+        errors = {str(error) for error in self.config_errors}
+        for error in sorted(errors - self._logged_errors):
+            log.warning("configuration: %s", error)  # once, not on every reload
+        self._logged_errors = errors
         self._schedule_resolutions()
         self._loaded.set()
         self._request(everything=True)
@@ -319,9 +322,7 @@ class ControlPlane:
         record = self._proxies.get(node_id)
         if record is None:
             return
-        log.warning(
-            "proxy %s rejected %s %s: %s", node_id, type_url, list(resource_names), error_detail
-        )
+        # The ADS server has logged the rejection; status records it.
         if type_url == EXTENSION_CONFIG_TYPE_URL:
             for name in resource_names:
                 self._tracker.nacked(node_id, name, rejected_version, error_detail)
