@@ -76,7 +76,6 @@ def test_wasm_plugin_fetches_the_module_from_meshext_by_sha256() -> None:
         "url": f"{BASE_URL}/modules/sha256/{SHA}",
         "sha256": SHA,
         "pluginConfig": {"greeting": "hi"},
-        "pluginName": "",
         "phase": "STATS",
         "priority": 10,
         "failStrategy": "FAIL_CLOSE",
@@ -281,3 +280,4 @@ def test_envoy_filter_priorities_reproduce_maistras_phase_and_priority_order(
     extensions = [(phase, priority, i) for i, (phase, priority) in enumerate(specs)]
     expected = [e[2] for e in sorted(extensions, key=lambda e: (e[0].rank, -e[1]))]
     assert _chain_after_patches(extensions) == expected
+

@@ -298,7 +298,9 @@ def render_wasm_plugin(
                     "(use meshext.io/placement: exact to pass the string unchanged)",
                 )
             )
-    spec["pluginName"] = root_id(sme, resolved.module)
+    plugin_name = root_id(sme, resolved.module)
+    if plugin_name:  # Istio requires a non-empty pluginName; absent means root id ""
+        spec["pluginName"] = plugin_name
     phase_note = _phase_note(resolved.phase)
     if resolved.phase is not None:
         istio_phase = ISTIO_PHASES[resolved.phase]
