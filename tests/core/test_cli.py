@@ -88,3 +88,21 @@ def test_describe_rejects_malformed_labels() -> None:
     done = meshext("describe", str(QUICKSTART), "--offline", "-n", "bookinfo", "-l", "app")
     assert done.returncode == 2
     assert "'app' is not key=value" in done.stderr
+
+
+def test_a_misspelt_meshext_annotation_is_a_validation_error(tmp_path: Path) -> None:
+    (tmp_path / "ext.yaml").write_text(
+        "apiVersion: maistra.io/v1\n"
+        "kind: ServiceMeshExtension\n"
+        "metadata: {name: ext, namespace: bookinfo, annotations: {meshext.io/root_id: x}}\n"
+        'spec: {image: "quay.io/a/b:1", phase: PostAuthZ}\n'
+    )
+    done = meshext("validate", str(tmp_path))
+    assert done.returncode == 1
+    assert "ServiceMeshExtension bookinfo/ext: metadata.annotations" in done.stderr
+    assert "unknown annotation 'meshext.io/root_id'" in done.stderr
+
+
+def test_describe_shows_the_root_id_each_extension_is_configured_with() -> None:
+    result = describe_json("--namespace", "bookinfo", "--labels", "app=httpbin,version=v1")
+    assert {e["rootId"] for e in result["extensions"]} == {""}

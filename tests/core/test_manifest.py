@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshext.api.manifest import ManifestError, parse_manifest, render_manifest
+from meshext.api.manifest import ExtensionManifest, ManifestError, parse_manifest, render_manifest
 from meshext.api.phase import Phase
 
 GOOD = b"""
@@ -43,3 +43,13 @@ def test_rendered_manifest_parses_back_to_the_same_manifest() -> None:
 def test_invalid_manifests_name_the_field(text: bytes, message: str) -> None:
     with pytest.raises(ManifestError, match=message):
         parse_manifest(text, source="quay.io/x/y:1 manifest.yaml")
+
+
+def test_a_built_manifest_leaves_out_an_empty_version_and_keeps_the_root_id() -> None:
+    manifest = ExtensionManifest(
+        schema_version=1, name="ext", version="", root_id="my_root", module="plugin.wasm"
+    )
+    text = render_manifest(manifest).decode()
+    assert "version" not in text.replace("schemaVersion", "")
+    assert "description" not in text
+    assert parse_manifest(text.encode()).root_id == "my_root"

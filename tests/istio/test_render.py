@@ -76,7 +76,6 @@ def test_wasm_plugin_fetches_the_module_from_meshext_by_sha256() -> None:
         "url": f"{BASE_URL}/modules/sha256/{SHA}",
         "sha256": SHA,
         "pluginConfig": {"greeting": "hi"},
-        "pluginName": "header_root",
         "phase": "STATS",
         "priority": 10,
         "failStrategy": "FAIL_CLOSE",
@@ -200,7 +199,7 @@ def test_exact_placement_renders_an_envoy_filter_at_the_phase_anchor() -> None:
         "timeout": "30s",
     }
     assert remote["sha256"] == SHA
-    assert config["root_id"] == "header_root"
+    assert config["root_id"] == ""
     assert config["configuration"]["value"] == '{"k":"v"}'
 
 

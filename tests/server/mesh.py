@@ -173,7 +173,7 @@ class Mesh:
     async def until(
         self, probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], what: str
     ) -> T:
-        return await eventually(probe, done, what, deadline=60)
+        return await eventually(probe, done, what, deadline=120)
 
     async def until_running(self, name: str, proxies: int = 1) -> ExtensionReport:
         async def probe() -> ExtensionReport:

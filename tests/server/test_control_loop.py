@@ -141,7 +141,8 @@ async def test_an_image_change_keeps_serving_the_old_module_until_the_new_one_re
         await control.on_connect(node())
         first = extension_configs(cache)
         assert len(first) == 1
-        source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "request-counter")))
+        counter = sme("bookinfo", "tag", "request-counter", config={"name": "hits"})
+        source.queue.put_nowait(config(tmp_path, counter))
         await asyncio.sleep(0.3)
         assert extension_configs(cache) == first  # the old module, not a gap
         new.put_nowait(Resolution.ready(example_module("request-counter")))

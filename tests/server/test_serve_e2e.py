@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from meshext.mesh.workload import ProxyKind
-from meshext.server.delivery import DeliveryState
 from tests.server.mesh import Mesh, running_mesh, sme
 
 pytestmark = pytest.mark.e2e
@@ -141,7 +140,7 @@ async def test_two_sidecars_get_chains_per_scope_and_order_is_observed_at_the_ap
     )
 
 
-async def test_a_module_that_fails_to_configure_is_rejected_and_the_rest_keeps_serving(
+async def test_a_configuration_the_module_refuses_never_reaches_a_proxy_and_status_says_why(
     mesh: Mesh,
 ) -> None:
     mesh.write("good.yaml", sme("bookinfo", "good", "header-append", config={"value": "good"}))
@@ -150,14 +149,18 @@ async def test_a_module_that_fails_to_configure_is_rejected_and_the_rest_keeps_s
     sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN)
     other = await mesh.sidecar("reviews", "bookinfo", {"app": "reviews"})
 
-    async def bad_report() -> list[DeliveryState]:
-        return [p.state for p in mesh.report("bad").proxies]
+    async def bad_message() -> str:
+        return mesh.report("bad").status.deployment.message or ""
 
-    await mesh.until(bad_report, lambda s: s == [DeliveryState.REJECTED] * 2, "both rejections")
+    message = await mesh.until(bad_message, lambda m: "failed its pre-flight" in m, "the refusal")
+    assert message.startswith("ServiceMeshExtension bookinfo/bad failed its pre-flight")
+    assert "proxy_on_configure" in message
+    assert "deny-unless-header:" in message  # the module's own log line
     await mesh.until(sidecar.appended, lambda h: h == ["good"], "the good extension serving")
     await mesh.until(other.appended, lambda h: h == ["good"], "the other proxy serving")
-    rejected = mesh.report("bad").proxies[0]
-    assert "Unable to create Wasm plugin" in rejected.message
+    report = mesh.report("bad")
+    assert not report.status.deployment.ready
+    assert report.proxies == ()  # never offered, so never rejected either
 
     # Fixing the configuration brings the extension in on both proxies.
     mesh.write("bad.yaml", sme("bookinfo", "bad", "deny-unless-header", config={"name": "x-ok"}))

@@ -1,7 +1,8 @@
 """``manifest.yaml``: the metadata file at the root of a Maistra extension image.
 
 It names the module inside the image and gives default phase and priority for
-extensions that do not set their own.
+extensions that do not set their own, and the root id the module registers its root
+context under (``rootId``) for extensions that do not set one.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ExtensionManifest(SpecModel):
     version: str = ""
     phase: Phase | None = None
     priority: int | None = Field(default=None, ge=INT32_MIN, le=INT32_MAX)
+    root_id: str | None = None
     module: str
 
     @field_validator("schema_version")
@@ -90,4 +92,7 @@ def parse_manifest(data: bytes, source: str = MANIFEST_PATH) -> ExtensionManifes
 def render_manifest(manifest: ExtensionManifest) -> bytes:
     """The YAML text of ``manifest`` as written into images meshext builds."""
     document = manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for optional in ("description", "version"):
+        if document.get(optional) == "":
+            del document[optional]  # an empty field says nothing; leave it out
     return yaml.safe_dump(document, sort_keys=False).encode()

@@ -16,6 +16,17 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 DEFAULT_NAMESPACE = "default"
 
+ANNOTATION_PREFIX = "meshext.io/"
+KNOWN_ANNOTATIONS = frozenset(
+    {
+        "meshext.io/root-id",  # the root id of an extension's module
+        "meshext.io/placement",  # how an extension is rendered for Istio
+        "meshext.io/owner",  # the extension a rendered Istio object belongs to
+        "meshext.io/v1alpha1-config",  # a v1alpha1 config text kept byte for byte
+    }
+)
+"""Every ``meshext.io/`` annotation meshext reads; any other is a (misspelt) error."""
+
 
 @dataclass(frozen=True, order=True)
 class ResourceKey:
@@ -67,6 +78,19 @@ class ObjectMeta(BaseModel):
     @classmethod
     def _labels_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
         check_labels(value)
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _meshext_annotations_are_known(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(
+            k for k in value if k.startswith(ANNOTATION_PREFIX) and k not in KNOWN_ANNOTATIONS
+        )
+        if unknown:
+            raise ValueError(
+                f"unknown annotation {', '.join(repr(k) for k in unknown)}; meshext reads "
+                f"{', '.join(sorted(KNOWN_ANNOTATIONS))}"
+            )
         return value
 
     @field_validator("namespace")

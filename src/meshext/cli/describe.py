@@ -29,6 +29,8 @@ from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
 from meshext.mesh.resolution import Resolution
 from meshext.mesh.traffic import Direction, Side
 from meshext.mesh.workload import ProxyKind, Workload
+from meshext.preflight.gate import preflight_all
+from meshext.preflight.runner import PreflightRunner
 from meshext.server.app import default_cache_dir
 from meshext.sources.folder import load_folder
 
@@ -64,17 +66,38 @@ def validate(folder: Path) -> None:
 @click.option(
     "--outbound", is_flag=True, help="Explain the sidecar's outbound side (what the app sends)."
 )
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="A table for people or JSON for programs.",
+)
 @click.option(
     "--offline",
     is_flag=True,
     help="Do not resolve images: phase and priority must then come from the resources.",
 )
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
+)
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @allow_private_registry_option
-@click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="PEM file of extra CAs trusted for HTTPS registries.",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Docker config.json with registry credentials.",
+)
 @signature_options
 def describe(
     folder: Path,
@@ -94,7 +117,9 @@ def describe(
 ) -> None:
     """Explain which extensions from FOLDER run on a workload, in what order, and why
     the others do not. Images are resolved (pulled into the module cache) unless
-    --offline, so defaults from their manifest.yaml count and broken images show."""
+    --offline, so defaults from their manifest.yaml count and broken images show, and
+    every resolved module is started with its configuration in the pre-flight sandbox,
+    so a module that would not start shows as not applied, in its own words."""
     if outbound and gateway:
         raise click.UsageError("a gateway has no outbound side; drop --outbound or --gateway")
     side = Side(
@@ -130,8 +155,10 @@ def describe(
 async def _resolve_all(
     resolver: ImageResolver, extensions: Sequence[Extension]
 ) -> dict[ResourceKey, Resolution]:
+    """Resolve every image, then start every resolved combination in the pre-flight."""
     results = await asyncio.gather(*(resolver.resolve(e) for e in extensions))
-    return {e.key: r for e, r in zip(extensions, results, strict=True)}
+    resolved = {e.key: r for e, r in zip(extensions, results, strict=True)}
+    return await preflight_all(PreflightRunner(), extensions, resolved)
 
 
 def plan_to_json(plan: WorkloadPlan, side: Side | None = None) -> dict[str, Any]:
@@ -183,6 +210,7 @@ def _applied_json(planned: PlannedExtension, order: int, side: Side | None) -> d
         "name": planned.key.name,
         "phase": planned.phase.value,
         "priority": planned.priority,
+        "rootId": planned.root_id,
         "image": planned.extension.image,
         "sha256": module.sha256 if module else None,
         "imageDigest": module.image_digest if module else None,
@@ -199,7 +227,8 @@ def _print_plan(plan: WorkloadPlan, side: Side) -> None:
         f"[bold]{w.kind.value}[/bold] in namespace [bold]{w.namespace}[/bold], labels {labels}"
     )
     table = Table(title="Extensions, in execution order", title_justify="left")
-    for column in ("#", "phase", "priority", "extension", "type", "traffic", f"on {side}", "image"):
+    columns = ("#", "phase", "priority", "extension", "root id", "type", "traffic", f"on {side}")
+    for column in (*columns, "image"):
         table.add_column(column)
     for i, p in enumerate(plan.applied, start=1):
         ext = p.extension
@@ -208,6 +237,7 @@ def _print_plan(plan: WorkloadPlan, side: Side) -> None:
             p.phase.value,
             str(p.priority),
             str(p.key),
+            repr(p.root_id),
             ext.layer.value,
             ext.traffic.describe(),
             "yes" if ext.traffic.selects(side) else "no",

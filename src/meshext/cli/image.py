@@ -198,6 +198,11 @@ async def _resolve(
 @click.option("--description", default="", help="Free text for manifest.yaml.")
 @click.option("--version", "version", default="", help="Extension version for manifest.yaml.")
 @click.option(
+    "--root-id",
+    default=None,
+    help="The root id the module registers its root context under (manifest.yaml rootId).",
+)
+@click.option(
     "--output-layout",
     metavar="DIR[:TAG]",
     help="Write the image into an OCI image layout folder (tag default: latest).",
@@ -213,6 +218,7 @@ def build(
     priority: int | None,
     description: str,
     version: str,
+    root_id: str | None,
     output_layout: str | None,
     target: str | None,
     insecure: tuple[str, ...],
@@ -230,6 +236,7 @@ def build(
         version=version,
         phase=Phase.parse(phase) if phase else None,
         priority=priority,
+        root_id=root_id,
         module="plugin.wasm",
     )
     built = build_image(wasm_file.read_bytes(), manifest)
@@ -355,6 +362,7 @@ def pull(
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
+    help="Text for people or JSON for programs.",
 )
 @_cache_option
 @_policy_option

@@ -175,7 +175,13 @@ def serve(
 @click.option("--admin-port", type=int, default=15000, show_default=True)
 @click.option("--gateway", is_flag=True, help="Configure a gateway instead of a sidecar.")
 @click.option("--module-delivery", type=click.Choice([m.value for m in DeliveryMode]), default=None)
-@click.option("--output", "-o", type=click.Choice(["yaml", "json"]), default="yaml")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    help="Format of the printed bootstrap.",
+)
 @click.option(
     "--service-account",
     default=DEFAULT_SERVICE_ACCOUNT,

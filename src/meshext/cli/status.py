@@ -15,15 +15,31 @@ from meshext.cli.console import make_console
 
 ADMIN_URL = "http://127.0.0.1:15014"
 admin_option = click.option(
-    "--admin", "admin", default=ADMIN_URL, show_default=True, envvar="MESHEXT_ADMIN"
+    "--admin",
+    "admin",
+    default=ADMIN_URL,
+    show_default=True,
+    envvar="MESHEXT_ADMIN",
+    help="meshext's admin API: HOST:PORT as given to serve --admin-address, or a URL "
+    "(environment: MESHEXT_ADMIN).",
 )
 output_option = click.option(
-    "--output", "-o", type=click.Choice(["table", "json"]), default="table"
+    "--output",
+    "-o",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="A table for people or JSON for programs.",
 )
+
+
+def admin_url(admin: str) -> str:
+    """``HOST:PORT`` (the form of ``serve --admin-address``) or a URL, as a base URL."""
+    admin = admin.strip().rstrip("/")
+    return admin if "://" in admin else f"http://{admin}"
 
 
 def fetch(admin: str, path: str) -> dict[str, Any]:
-    url = admin.rstrip("/") + path
+    url = admin_url(admin) + path
     try:
         response = httpx.get(url, timeout=10)
     except httpx.HTTPError as exc:

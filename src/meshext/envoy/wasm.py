@@ -5,12 +5,9 @@ The ``envoy.config.core.v3.TypedExtensionConfig`` named
 ``envoy.extensions.filters.http.wasm.v3.Wasm`` whose ``PluginConfig`` is:
 
 - ``name``: the extension's name (Envoy's ``wasm.<name>.*`` stats and logs use it);
-- ``root_id``: ``Extension.root_id`` or ``""``. The proxy-wasm SDKs register their
-  root context under a root id, and the C++ SDK's default is the empty string; Envoy
-  silently runs a do-nothing context when the configured id was not registered, so
-  the default must be the one SDK-built modules register. (Maistra used
-  ``<name>_root``, which only works for modules written to expect it: set the
-  ``meshext.io/root-id`` annotation, or WasmPlugin's ``pluginName``, for those.)
+- ``root_id``: :attr:`PlannedExtension.root_id`, the one rule of
+  :mod:`meshext.mesh.rootid` (the resource's, else the image's ``manifest.yaml``,
+  else ``""``).
 - ``vm_config``: runtime ``envoy.wasm.runtime.v8``, ``vm_id`` from the module's sha256
   (:func:`~meshext.envoy.names.vm_id`) so extensions running the same module share one
   VM per worker, the code as a local file or a remote fetch (:class:`ModuleDelivery`),
@@ -149,7 +146,7 @@ def wasm_filter(planned: PlannedExtension, code: base_pb2.AsyncDataSource) -> An
         vm_config.environment_variables.host_env_keys.extend(ext.host_env)
     plugin = wasm_pb2.PluginConfig(
         name=ext.name,
-        root_id=ext.root_id or "",
+        root_id=planned.root_id,
         vm_config=vm_config,
         configuration=pack(wrappers_pb2.StringValue(value=ext.config)),
         failure_policy=_FAILURE_POLICIES[ext.failure_policy],

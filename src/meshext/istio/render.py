@@ -63,6 +63,7 @@ from meshext.api.phase import Phase
 from meshext.api.wasmplugin import PluginPhase
 from meshext.mesh.extension import ROOT_ID_ANNOTATION
 from meshext.mesh.resolution import ResolvedModule
+from meshext.mesh.rootid import effective_root_id
 from meshext.server.modules import module_url
 
 WASM_PLUGIN_API_VERSION = "extensions.istio.io/v1alpha1"
@@ -200,9 +201,10 @@ def target_namespace(sme: ServiceMeshExtension, control_plane_namespace: str, ro
     return root if namespace == control_plane_namespace else namespace
 
 
-def root_id(sme: ServiceMeshExtension) -> str:
-    """The root id the module is configured with: the annotation, else ``<name>_root``."""
-    return sme.metadata.annotations.get(ROOT_ID_ANNOTATION) or f"{sme.metadata.name}_root"
+def root_id(sme: ServiceMeshExtension, module: ResolvedModule | None = None) -> str:
+    """The root id the module is configured with: :mod:`meshext.mesh.rootid`'s rule."""
+    manifest = module.manifest if module is not None else None
+    return effective_root_id(sme.metadata.annotations.get(ROOT_ID_ANNOTATION), manifest)
 
 
 def istio_cluster_name(base_url: str) -> str:
@@ -299,7 +301,9 @@ def render_wasm_plugin(
                     "(use meshext.io/placement: exact to pass the string unchanged)",
                 )
             )
-    spec["pluginName"] = root_id(sme)
+    plugin_name = root_id(sme, resolved.module)
+    if plugin_name:  # Istio requires a non-empty pluginName; absent means root id ""
+        spec["pluginName"] = plugin_name
     phase_note = _phase_note(resolved.phase)
     if resolved.phase is not None:
         istio_phase = ISTIO_PHASES[resolved.phase]
@@ -409,7 +413,7 @@ def render_envoy_filter(
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
                 "name": sme.metadata.name,
-                "root_id": root_id(sme),
+                "root_id": root_id(sme, module),
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {

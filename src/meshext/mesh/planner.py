@@ -15,6 +15,7 @@ from meshext.api.meta import ResourceKey
 from meshext.api.phase import Phase
 from meshext.mesh.extension import Extension
 from meshext.mesh.resolution import Resolution, ResolutionState, ResolvedModule
+from meshext.mesh.rootid import effective_root_id
 from meshext.mesh.targets import target_mismatch
 from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
@@ -50,6 +51,12 @@ class PlannedExtension:
     @property
     def key(self) -> ResourceKey:
         return self.extension.key
+
+    @property
+    def root_id(self) -> str:
+        """The root id proxies configure (see :func:`meshext.mesh.rootid.effective_root_id`)."""
+        manifest = self.module.manifest if self.module is not None else None
+        return effective_root_id(self.extension.root_id, manifest)
 
     def sort_key(self) -> tuple[int, int, str, str, str, str]:
         ext = self.extension

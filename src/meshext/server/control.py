@@ -16,6 +16,10 @@ No proxy is answered before the images of the first configuration are resolved (
 lacks extensions the proxies already run merely because it has not pulled them yet.
 For the same reason, when an extension's image changes, the module it had keeps
 being served until the new image is resolved.
+
+Between resolution and planning sits the pre-flight gate
+(:mod:`meshext.preflight.gate`): proxies get only combinations of module and
+configuration that started in the sandbox; the first answer also waits for those.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from meshext.mesh.resolution import ModuleResolver, Resolution, ResolutionState
 from meshext.mesh.status import extension_status
 from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
+from meshext.preflight.gate import Gated, PreflightGate
+from meshext.preflight.runner import PreflightRunner
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
 from meshext.server.faults import Faults
 from meshext.server.modules import module_url
@@ -105,6 +111,7 @@ class ControlPlane:
         retry: ResolveSchedule = ResolveSchedule(),
         debounce: float = 0.05,
         settle_timeout: float = 30.0,
+        preflight: PreflightRunner | None = None,
     ) -> None:
         self._resolver = resolver
         self._cache = cache
@@ -130,6 +137,9 @@ class ControlPlane:
         self._settled = asyncio.Event()
         self.faults = Faults()
         """Failures of the loop itself; see :mod:`meshext.server.faults`."""
+        self._gate = PreflightGate(preflight or PreflightRunner(), self._preflight_done)
+        self._gated = Gated((), {}, {})
+        self._logged_errors: set[str] = set()
 
     # --- configuration -------------------------------------------------------------
 
@@ -159,8 +169,10 @@ class ControlPlane:
             if isinstance(r.resource, ServiceMeshExtension)
         }
         self._load, self._model = result, model
-        for error in self.config_errors:
-            log.warning("configuration: %s", error)
+        errors = {str(error) for error in self.config_errors}
+        for error in sorted(errors - self._logged_errors):
+            log.warning("configuration: %s", error)  # once, not on every reload
+        self._logged_errors = errors
         self._schedule_resolutions()
         self._loaded.set()
         self._request(everything=True)
@@ -170,7 +182,8 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settle_timeout
         while loop.time() < deadline and any(
-            r.state is ResolutionState.PENDING for r in self._resolutions.values()
+            r.state is ResolutionState.PENDING
+            for r in [*self._resolutions.values(), *self._gate_now().statuses.values()]
         ):
             await asyncio.sleep(0.05)
         self._settled.set()
@@ -186,6 +199,7 @@ class ControlPlane:
             pusher.cancel()
             for task in self._resolving.values():
                 task.cancel()
+            self._gate.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await pusher
 
@@ -286,6 +300,19 @@ class ControlPlane:
                 self._resolving.pop(ext.key, None)
         self._request(everything=True)
 
+    # --- pre-flight ------------------------------------------------------------------
+
+    def _gate_now(self) -> Gated:
+        """Extensions and resolutions as the pre-flight lets them be planned."""
+        self._gated = self._gate.gate(self._model.extensions, self._resolutions)
+        return self._gated
+
+    def _preflight_done(self) -> None:
+        self._request(everything=True)
+
+    def _new_round(self) -> _RoundCache:
+        return _RoundCache(self._delivery, self._gate_now())
+
     # --- proxies (StreamEvents) ----------------------------------------------------
 
     async def on_connect(self, node: Node) -> None:
@@ -333,9 +360,7 @@ class ControlPlane:
         record = self._proxies.get(node_id)
         if record is None:
             return
-        log.warning(
-            "proxy %s rejected %s %s: %s", node_id, type_url, list(resource_names), error_detail
-        )
+        # The ADS server has logged the rejection; status records it.
         if type_url == EXTENSION_CONFIG_TYPE_URL:
             for name in resource_names:
                 self._tracker.nacked(node_id, name, rejected_version, error_detail)
@@ -366,7 +391,7 @@ class ControlPlane:
                 if everything:
                     self.recompute()
                 else:
-                    round_cache = _RoundCache(self._delivery)
+                    round_cache = self._new_round()
                     for node_id in sorted(proxies):
                         record = self._proxies.get(node_id)
                         if record is not None:
@@ -387,7 +412,7 @@ class ControlPlane:
         built into an immutable snapshot once, and shared by every such proxy that has
         rejected nothing (a proxy with rejections gets its own, see ``_generate``).
         """
-        round_cache = _RoundCache(self._delivery)
+        round_cache = self._new_round()
         for record in list(self._proxies.values()):
             self._push_proxy(record, round_cache)
 
@@ -395,13 +420,14 @@ class ControlPlane:
         if record.proxy is None:
             self._cache.set_snapshot(record.node_id, Snapshot())
             return
-        round_cache = round_cache or _RoundCache(self._delivery)
+        round_cache = round_cache or self._new_round()
         proxy = record.proxy
         workload_key = _workload_key(proxy.workload)
         plan = round_cache.plans.get(workload_key)
         if plan is None:
+            gated = round_cache.gated
             plan = plan_workload(
-                self._model.topology, self._model.extensions, self._resolutions, proxy.workload
+                self._model.topology, gated.extensions, gated.resolutions, proxy.workload
             )
             round_cache.plans[workload_key] = plan
         record.plan = plan
@@ -489,9 +515,8 @@ class ControlPlane:
                 )
         reports = []
         for ext in self._model.extensions:
-            status = extension_status(
-                ext, self._resolutions.get(ext.key), self.module_url, self._model.topology
-            )
+            resolution = self._gated.statuses.get(ext.key, self._resolutions.get(ext.key))
+            status = extension_status(ext, resolution, self.module_url, self._model.topology)
             proxies = tuple(sorted(per_extension.get(ext.key, []), key=lambda p: p.proxy))
             reports.append(
                 ExtensionReport(ext.key, self._served_versions.get(ext.key), status, proxies)
@@ -535,6 +560,7 @@ class _RoundCache:
     each extension's ECDS resource and its serialized form."""
 
     delivery: ModuleDelivery
+    gated: Gated
     plans: dict[object, WorkloadPlan] = field(default_factory=dict)
     generated: dict[object, _Generated] = field(default_factory=dict)
     configs: dict[object, Any] = field(default_factory=dict)

@@ -1,0 +1,99 @@
+"""Runs pre-flights off the event loop and remembers their results by content.
+
+A result depends only on the module's bytes and what the proxy hands it before the
+first request, so :class:`PreflightKey` (module sha256, root id, VM configuration,
+plugin configuration, environment) identifies it: a combination is started once,
+and an unchanged configuration costs a dictionary lookup on every recomputation
+after that. Runs are CPU-bound (wasmtime compiles the module), so they happen in
+worker threads, a bounded number at a time, each on an engine of its own that keeps
+recently compiled modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshext.preflight.errors import PreflightError
+from meshext.preflight.host import Limits, PreflightInput, PreflightResult, SandboxEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreflightKey:
+    sha256: str
+    root_id: str
+    vm_config: str
+    plugin_config: str
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        sha256: str,
+        root_id: str,
+        plugin_config: str,
+        *,
+        vm_config: str = "",
+        env: Mapping[str, str] | None = None,
+    ) -> PreflightKey:
+        return cls(sha256, root_id, vm_config, plugin_config, tuple(sorted((env or {}).items())))
+
+
+class PreflightRunner:
+    """Pre-flights with a bounded, content-keyed memory of results."""
+
+    def __init__(
+        self, limits: Limits | None = None, *, concurrency: int = 1, remembered: int = 4096
+    ) -> None:
+        self._limits = limits or Limits()
+        self._engines = [SandboxEngine() for _ in range(concurrency)]
+        self._slots = asyncio.Semaphore(concurrency)
+        self._results: OrderedDict[PreflightKey, PreflightResult] = OrderedDict()
+        self._remembered = remembered
+        self.runs = 0
+        """How many pre-flights actually ran (the rest were answered from memory)."""
+
+    def cached(self, key: PreflightKey) -> PreflightResult | None:
+        result = self._results.get(key)
+        if result is not None:
+            self._results.move_to_end(key)
+        return result
+
+    async def run(
+        self, key: PreflightKey, module: Path, *, plugin_name: str = ""
+    ) -> PreflightResult:
+        """The result for ``key``, running the module at ``module`` unless remembered."""
+        known = self.cached(key)
+        if known is not None:
+            return known
+        async with self._slots:
+            known = self.cached(key)
+            if known is not None:
+                return known
+            given = PreflightInput(
+                root_id=key.root_id,
+                plugin_config=key.plugin_config.encode(),
+                vm_config=key.vm_config.encode(),
+                plugin_name=plugin_name,
+                env=dict(key.env),
+            )
+            try:
+                data = await asyncio.to_thread(module.read_bytes)
+            except OSError as exc:
+                raise PreflightError(f"cannot read module {module}: {exc}") from exc
+            engine = self._engines.pop()
+            try:
+                result = await asyncio.to_thread(engine.run, data, given, self._limits)
+            finally:
+                self._engines.append(engine)
+            self.runs += 1
+        self._results[key] = result
+        while len(self._results) > self._remembered:
+            self._results.popitem(last=False)
+        return result
