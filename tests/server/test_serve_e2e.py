@@ -81,6 +81,27 @@ async def test_editing_config_changes_the_header_in_place_without_failing_reques
     assert after.get("listener_manager.total_listeners_draining", 0) == 0
 
 
+async def test_status_observed_generation_follows_spec_edits_of_the_folder(mesh: Mesh) -> None:
+    async def observed() -> int | None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.get(mesh.running.admin_url + "/api/v1/extensions")
+            response.raise_for_status()
+        for item in response.json()["extensions"]:
+            if item["name"] == "tag":
+                generation: int | None = item["status"].get("observedGeneration")
+                return generation
+        return None
+
+    mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "one"}))
+    sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN)
+    await mesh.until(sidecar.appended, lambda h: h == ["one"], "the first header value")
+    assert await observed() == 1
+
+    mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "two"}))
+    await mesh.until(sidecar.appended, lambda h: h == ["two"], "the edited header value")
+    await mesh.until(observed, lambda g: g == 2, "observedGeneration 2 after the edit")
+
+
 async def test_deleting_an_extension_removes_its_filter(mesh: Mesh) -> None:
     mesh.write(
         "a.yaml", sme("bookinfo", "keep", "header-append", config={"value": "keep"}, priority=2)

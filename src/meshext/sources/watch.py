@@ -18,6 +18,7 @@ from pathlib import Path
 import watchfiles
 
 from meshext.sources.folder import LoadResult, load_folder
+from meshext.sources.generations import GenerationTracker
 from meshext.sources.manifest_scan import YAML_SUFFIXES, scan_manifests
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -43,6 +44,7 @@ class FolderSource:
         self.root = root
         self.debounce = debounce
         self.poll_interval = poll_interval
+        self._generations = GenerationTracker()
 
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r})"
@@ -52,14 +54,14 @@ class FolderSource:
         watcher = asyncio.create_task(self._watch(events))
         try:
             last = await asyncio.to_thread(fingerprint, self.root)
-            yield await asyncio.to_thread(load_folder, self.root)
+            yield self._generations.stamp(await asyncio.to_thread(load_folder, self.root))
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(events.wait(), self.poll_interval)
                 current = await self._quiet_fingerprint(events)
                 if current != last:
                     last = current
-                    yield await asyncio.to_thread(load_folder, self.root)
+                    yield self._generations.stamp(await asyncio.to_thread(load_folder, self.root))
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
