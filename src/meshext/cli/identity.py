@@ -73,7 +73,13 @@ def credentials() -> None:
     default=None,
     help="Folder to write; an existing one is renewed with the identity it holds.",
 )
-@click.option("--ttl-hours", type=click.IntRange(1, 24 * 365), default=24, show_default=True)
+@click.option(
+    "--ttl-hours",
+    type=click.IntRange(1, 24 * 365),
+    default=24,
+    show_default=True,
+    help="Validity of the issued certificate, in hours.",
+)
 @ca_options
 def issue(
     namespace: str | None,
@@ -123,7 +129,12 @@ def issue(
     required=True,
     help="The mesh CA's certificate, to verify the exchange.",
 )
-@click.option("--credentials-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--credentials-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write the key, certificate and CA bundle to.",
+)
 def fetch(ca_url: str, token_file: Path, ca_bundle: Path, credentials_dir: Path) -> None:
     """Exchange a service-account token for a certificate (Kubernetes mode)."""
     try:

@@ -87,7 +87,13 @@ async def _until_signal() -> asyncio.Event:
     metavar="NAMESPACE/NAME",
     help="Service of the conversion webhook.",
 )
-@click.option("--service-port", type=int, default=DEFAULT_SERVICE_PORT, show_default=True)
+@click.option(
+    "--service-port",
+    type=int,
+    default=DEFAULT_SERVICE_PORT,
+    show_default=True,
+    help="Port of the webhook's Service the API server calls.",
+)
 @click.option(
     "--ca-bundle",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -127,7 +133,9 @@ def crds(webhook_url: str | None, service: str, service_port: int, ca_bundle: Pa
     help="Service whose DNS names the certificate covers.",
 )
 @click.option("--host", "hosts", multiple=True, help="Extra DNS name or IP address. Repeatable.")
-@click.option("--days", type=int, default=365, show_default=True)
+@click.option(
+    "--days", type=int, default=365, show_default=True, help="Validity of the certificates."
+)
 def certs(out_dir: Path, service: str, hosts: tuple[str, ...], days: int) -> None:
     """Write a self-signed CA and a serving certificate for the conversion webhook."""
     namespace, name = _split_service(service)
@@ -140,11 +148,31 @@ def certs(out_dir: Path, service: str, hosts: tuple[str, ...], days: int) -> Non
 
 
 @kube.command("webhook")
-@click.option("--cert", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--port", type=int, default=8443, show_default=True)
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--cert",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM serving certificate (chain) of the webhook.",
+)
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --cert.",
+)
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on: the API server must reach it.",
+)
+@click.option("--port", type=int, default=8443, show_default=True, help="Port to listen on.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    help="Least severe log level written (debug, info, warning, error).",
+)
 def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None:
     """Serve only the v1alpha1⇄v1 conversion webhook over HTTPS."""
     _setup_logging(log_level)
@@ -182,7 +210,12 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     show_default="$POD_NAME or the host name",
     help="This replica's name in the Lease.",
 )
-@click.option("--lease-name", default=LEASE_NAME, show_default=True)
+@click.option(
+    "--lease-name",
+    default=LEASE_NAME,
+    show_default=True,
+    help="Name of the Lease the replicas elect a leader with.",
+)
 @click.option(
     "--leader-election/--no-leader-election",
     default=True,
@@ -200,7 +233,12 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     show_default=True,
     help="Render extensions into Istio WasmPlugin / EnvoyFilter resources.",
 )
-@click.option("--root-namespace", default=DEFAULT_ROOT_NAMESPACE, show_default=True)
+@click.option(
+    "--root-namespace",
+    default=DEFAULT_ROOT_NAMESPACE,
+    show_default=True,
+    help="Istio's root namespace: where mesh-wide rendered resources go (with --istio).",
+)
 @click.option(
     "--module-source",
     type=click.Choice(["http", "oci"]),
@@ -222,8 +260,16 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     show_default=True,
     help="Conversion webhook (HTTPS): the API server must reach it.",
 )
-@click.option("--webhook-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--webhook-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--webhook-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM serving certificate of the conversion webhook (with --webhook-key).",
+)
+@click.option(
+    "--webhook-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --webhook-cert.",
+)
 @click.option(
     "--webhook-ca",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -239,12 +285,39 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @allow_private_registry_option
 @local_images_option
-@click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--workers", type=int, default=4, show_default=True)
-@click.option("--resync-period", type=float, default=300.0, show_default=True)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="PEM file of extra CAs trusted for HTTPS registries.",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Docker config.json with registry credentials.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Extensions reconciled at once.",
+)
+@click.option(
+    "--resync-period",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds between full reconciliations of every extension.",
+)
 @signature_options
-@click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    help="Least severe log level written (debug, info, warning, error).",
+)
 def controller(
     *,
     kubeconfig: str | None,

@@ -48,9 +48,24 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     default=None,
     help="Serve the resources of this cluster instead of a folder, writing status there.",
 )
-@click.option("--xds-address", default="127.0.0.1:15010", show_default=True)
-@click.option("--admin-address", default="127.0.0.1:15014", show_default=True)
-@click.option("--module-address", default="127.0.0.1:15080", show_default=True)
+@click.option(
+    "--xds-address",
+    default="127.0.0.1:15010",
+    show_default=True,
+    help="Where the xDS server listens (gRPC, mutual TLS); 0 as port picks a free one.",
+)
+@click.option(
+    "--admin-address",
+    default="127.0.0.1:15014",
+    show_default=True,
+    help="Where the admin API (health, status, metrics) listens, host:port.",
+)
+@click.option(
+    "--module-address",
+    default="127.0.0.1:15080",
+    show_default=True,
+    help="Where the module server listens (remote delivery fetches modules there).",
+)
 @click.option(
     "--module-delivery",
     type=click.Choice([m.value for m in DeliveryMode]),
@@ -58,20 +73,40 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     show_default=True,
     help="How proxies that do not choose get modules: a local file, or over HTTP.",
 )
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
+)
 @click.option("--cache-max-bytes", type=int, default=None, help="Evict unused modules past this.")
 @click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
 @allow_private_registry_option
 @local_images_option
-@click.option("--ca-file", type=click.Path(exists=True, path_type=Path), default=None)
-@click.option("--registry-config", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="PEM file of extra CAs trusted for HTTPS registries.",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Docker config.json with registry credentials.",
+)
 @click.option(
     "--allow-unpinned-http-modules",
     is_flag=True,
     help="Accept WasmPlugin http(s) module URLs without spec.sha256 (trust the server).",
 )
 @signature_options
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--log-level",
+    default="info",
+    type=click.Choice(["debug", "info", "warning"]),
+    help="Least severe log level written.",
+)
 @click.option(
     "--insecure-xds",
     is_flag=True,
@@ -155,7 +190,7 @@ def serve(
 
 @click.command()
 @click.option("--name", required=True, help="Workload name.")
-@click.option("--namespace", "-n", required=True)
+@click.option("--namespace", "-n", required=True, help="Namespace of the workload.")
 @click.option("--labels", "-l", default="", help="Workload labels, k=v,k2=v2.")
 @click.option(
     "--listen",
@@ -170,11 +205,27 @@ def serve(
     "repeatable (sidecars only).",
 )
 @click.option("--app", required=True, help="host:port of the application behind the sidecar.")
-@click.option("--xds-address", default="127.0.0.1:15010", show_default=True)
+@click.option(
+    "--xds-address",
+    default="127.0.0.1:15010",
+    show_default=True,
+    help="host:port of the control plane's xDS server.",
+)
 @click.option("--delta", is_flag=True, help="Use the incremental (delta) xDS protocol.")
-@click.option("--admin-port", type=int, default=15000, show_default=True)
+@click.option(
+    "--admin-port",
+    type=int,
+    default=15000,
+    show_default=True,
+    help="Port of the proxy's Envoy admin interface (on loopback).",
+)
 @click.option("--gateway", is_flag=True, help="Configure a gateway instead of a sidecar.")
-@click.option("--module-delivery", type=click.Choice([m.value for m in DeliveryMode]), default=None)
+@click.option(
+    "--module-delivery",
+    type=click.Choice([m.value for m in DeliveryMode]),
+    default=None,
+    help="How this proxy gets modules (default: the server's --module-delivery).",
+)
 @click.option(
     "--output",
     "-o",
