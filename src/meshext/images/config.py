@@ -96,6 +96,19 @@ class RegistryConfig:
         scheme = "http" if self.allows_plain_http(host) else "https"
         return f"{scheme}://{host}"
 
+    def reach(self, registry: str) -> str:
+        """How ``registry`` is reached under this policy: scheme, whether it may be an
+        internal address, and the extra CAs. Access proven one way does not vouch for
+        another, so a cached image never hides a flag the registry needs."""
+        host = registry_api_host(registry)
+        bare = _host_of(host)
+        scheme = "http" if self.allows_plain_http(host) else "https"
+        port_text = host[len(bare) + 1 :]
+        port = int(port_text) if port_text.isdigit() else 80 if scheme == "http" else 443
+        internal = self.address_policy().allows_internal(bare, port)
+        ca = "" if scheme == "http" or self.ca_file is None else str(self.ca_file.resolve())
+        return f"{scheme} internal={internal} ca={ca}"
+
     def ssl_context(self) -> ssl.SSLContext:
         """System CAs plus ``ca_file``; built once per CA file (loading CAs is slow)."""
         return _ssl_context(str(self.ca_file) if self.ca_file is not None else None)

@@ -107,10 +107,13 @@ class _Access:
     missing: tuple[str, ...]
     source: str
     """Which secret (or the registry config) the credentials came from; '' if none."""
+    reach: str = ""
+    """How the registry is reached (:meth:`RegistryConfig.reach`): part of the identity."""
 
     @property
     def identity(self) -> str:
-        return self.credentials.fingerprint if self.credentials else ANONYMOUS_FINGERPRINT
+        who = self.credentials.fingerprint if self.credentials else ANONYMOUS_FINGERPRINT
+        return f"{who} via {self.reach}"
 
 
 class ImageResolver:
@@ -343,6 +346,7 @@ class ImageResolver:
                     request.secrets,
                     tuple(missing),
                     f"secret '{name}'",
+                    self._config.reach(reference.registry),
                 )
         fallback = self._config.credentials.credentials_for(
             reference.registry, reference.repository
@@ -353,6 +357,7 @@ class ImageResolver:
             request.secrets,
             tuple(missing),
             "the registry config" if fallback else "",
+            self._config.reach(reference.registry),
         )
 
     async def _with_retries(
