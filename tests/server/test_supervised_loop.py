@@ -59,7 +59,10 @@ async def test_a_configuration_that_fails_to_apply_is_a_fault_until_the_next_one
         assert "applying the configuration" in str(control.faults.current()[0])
         assert extension_configs(cache) == served  # the previous configuration still serves
         source.queue.put_nowait(
-            config(tmp_path, sme("bookinfo", "counter", "request-counter", priority=1))
+            config(
+                tmp_path,
+                sme("bookinfo", "counter", "request-counter", priority=1, config={"name": "hits"}),
+            )
         )
         await until(lambda: control.ready, "the loop ready again")
         await until(
