@@ -263,7 +263,7 @@ async def test_every_phase_reaches_the_sidecar_inbound_chain_in_maistras_order(
         sha = sme["status"]["deployment"]["sha256"]
         wasm = config.wasm(rendered[name])
         assert json.loads(wasm.configuration) == {"extension": name}
-        assert wasm.root_id == plugin["spec"]["pluginName"]
+        assert wasm.root_id == plugin["spec"].get("pluginName", "")
         assert wasm.url == f"{MODULE_SERVER}/modules/sha256/{sha}"
         assert wasm.cluster == "_", "istiod leaves the fetch to its agent"
         assert wasm.sha256 == sha
@@ -545,9 +545,11 @@ async def test_one_request_runs_through_istiods_inbound_chain_in_upstream_envoy(
     local.parent.mkdir()
     local.write_bytes(fetched)
     # The module logs its marker from its request-headers callback.
+    # Envoy names the filter, then the root id when there is one.
+    root_id = plugin["spec"].get("pluginName", "")
     logged = (
-        f"wasm log {namespace}.relayed~istio-translated-wasmplugin "
-        f"{plugin['spec']['pluginName']}: istiod-relayed-marker"
+        f"wasm log {namespace}.relayed~istio-translated-wasmplugin"
+        f"{' ' + root_id if root_id else ''}: istiod-relayed-marker"
     )
     async with EchoApp() as app:
         listen = free_port()
