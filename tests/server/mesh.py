@@ -31,6 +31,7 @@ from meshext.server.modules import RunningServer
 from tests.envoy.harness import eventually
 from tests.envoy.support import build_examples
 from tests.network import free_port
+from tests.sdk_examples import BUILD as SDK_BUILD
 
 T = TypeVar("T")
 
@@ -196,7 +197,7 @@ def serve_options(workdir: Path, *, xds_port: int = 0, module_port: int = 0) -> 
         module_address=f"127.0.0.1:{module_port}",
         cache_dir=workdir / "cache",
         ca=CaSettings(directory=workdir / "ca"),
-        local_images=(build_examples(), workdir),
+        local_images=(build_examples(), SDK_BUILD, workdir),
     )
 
 
