@@ -48,7 +48,9 @@ async def test_a_configuration_that_fails_to_apply_is_a_fault_until_the_next_one
     resolver.queue("request-counter.wasm").put_nowait(
         Resolution.ready(example_module("request-counter"))
     )
-    source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append")))
+    # One configuration both modules accept: only the image moves.
+    both = {"name": "hits", "value": "moved"}
+    source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append", config=both)))
     async with running(resolver, source, cache) as control:
         await control.on_connect(node())
         served = extension_configs(cache)
@@ -117,11 +119,14 @@ async def test_a_changed_image_that_cannot_be_resolved_shows_what_still_runs_and
     resolver.queue("header-append.wasm").put_nowait(Resolution.ready(old))
     moved = resolver.queue("request-counter.wasm")
     moved.put_nowait(Resolution.failed("127.0.0.1:9: connection refused", retryable=True))
-    source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append")))
+    # One configuration both modules accept: only the image moves.
+    both = {"name": "hits", "value": "moved"}
+    source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append", config=both)))
     async with running(resolver, source, cache) as control:
         await control.on_connect(node())
         served = extension_configs(cache)
-        source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "request-counter")))
+        counter = sme("bookinfo", "tag", "request-counter", config=both)
+        source.queue.put_nowait(config(tmp_path, counter))
 
         def message() -> str:
             return control.reports()[0].status.deployment.message or ""
