@@ -14,7 +14,7 @@ from rich.table import Table
 
 from meshext.api.meta import ResourceKey
 from meshext.cli.console import make_console
-from meshext.cli.options import allow_private_registry_option, parse_labels, registry_options
+from meshext.cli.options import parse_labels, registry_options, registry_transport_options
 from meshext.cli.trust_options import signature_options
 from meshext.cli.trust_options import signature_policy as signature_policy_of
 from meshext.envoy import names
@@ -84,20 +84,7 @@ def validate(folder: Path) -> None:
     default=None,
     help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
 )
-@click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
-@allow_private_registry_option
-@click.option(
-    "--ca-file",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="PEM file of extra CAs trusted for HTTPS registries.",
-)
-@click.option(
-    "--registry-config",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Docker config.json with registry credentials.",
-)
+@registry_transport_options
 @signature_options
 def describe(
     folder: Path,

@@ -15,10 +15,10 @@ import yaml
 
 from meshext.cli.migrate import migrate
 from meshext.cli.options import (
-    allow_private_registry_option,
     local_image_folders,
     local_images_option,
     registry_options,
+    registry_transport_options,
 )
 from meshext.cli.trust_options import signature_options
 from meshext.cli.trust_options import signature_policy as signature_policy_of
@@ -282,21 +282,8 @@ def webhook(cert: Path, key: Path, host: str, port: int, log_level: str) -> None
     type=click.Path(file_okay=False, path_type=Path),
     help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
 )
-@click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
-@allow_private_registry_option
+@registry_transport_options
 @local_images_option
-@click.option(
-    "--ca-file",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="PEM file of extra CAs trusted for HTTPS registries.",
-)
-@click.option(
-    "--registry-config",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Docker config.json with registry credentials.",
-)
 @click.option(
     "--workers",
     type=int,

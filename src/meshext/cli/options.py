@@ -58,6 +58,33 @@ def local_images_option(command: F) -> F:
     )(command)
 
 
+def registry_transport_options(command: F) -> F:
+    """``--insecure-registry``, ``--allow-private-registry``, ``--ca-file`` and
+    ``--registry-config``: how a command reaches registries, read back by
+    :func:`registry_options`."""
+    options: tuple[Callable[[F], F], ...] = (
+        click.option(
+            "--insecure-registry", multiple=True, help="Registry host reached over plain HTTP."
+        ),
+        allow_private_registry_option,
+        click.option(
+            "--ca-file",
+            type=click.Path(exists=True, path_type=Path),
+            default=None,
+            help="PEM file of extra CAs trusted for HTTPS registries.",
+        ),
+        click.option(
+            "--registry-config",
+            type=click.Path(exists=True, path_type=Path),
+            default=None,
+            help="Docker config.json with registry credentials.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def local_image_folders() -> tuple[Path, ...]:
     ctx = click.get_current_context(silent=True)
     return tuple(ctx.meta.get(_LOCAL_IMAGES, ())) if ctx is not None else ()

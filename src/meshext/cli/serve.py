@@ -15,11 +15,11 @@ import yaml
 
 from meshext.cli.identity import ca_options, ca_settings
 from meshext.cli.options import (
-    allow_private_registry_option,
     local_image_folders,
     local_images_option,
     parse_labels,
     registry_options,
+    registry_transport_options,
     with_http_module_policy,
 )
 from meshext.cli.trust_options import signature_options
@@ -80,21 +80,8 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     help="Module cache folder (default: $MESHEXT_CACHE/modules or ~/.cache/meshext/modules).",
 )
 @click.option("--cache-max-bytes", type=int, default=None, help="Evict unused modules past this.")
-@click.option("--insecure-registry", multiple=True, help="Registry host reached over plain HTTP.")
-@allow_private_registry_option
+@registry_transport_options
 @local_images_option
-@click.option(
-    "--ca-file",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="PEM file of extra CAs trusted for HTTPS registries.",
-)
-@click.option(
-    "--registry-config",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Docker config.json with registry credentials.",
-)
 @click.option(
     "--allow-unpinned-http-modules",
     is_flag=True,
