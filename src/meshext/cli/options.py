@@ -85,6 +85,34 @@ def registry_transport_options(command: F) -> F:
     return command
 
 
+def listen_address_options(command: F) -> F:
+    """``--xds-address``, ``--admin-address`` and ``--module-address``: where the control
+    plane's servers listen, on loopback unless the operator says otherwise."""
+    options = (
+        click.option(
+            "--xds-address",
+            default="127.0.0.1:15010",
+            show_default=True,
+            help="Where the xDS server listens (gRPC, mutual TLS); 0 as port picks a free one.",
+        ),
+        click.option(
+            "--admin-address",
+            default="127.0.0.1:15014",
+            show_default=True,
+            help="Where the admin API (health, status, metrics) listens, host:port.",
+        ),
+        click.option(
+            "--module-address",
+            default="127.0.0.1:15080",
+            show_default=True,
+            help="Where the module server listens (remote delivery fetches modules there).",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def local_image_folders() -> tuple[Path, ...]:
     ctx = click.get_current_context(silent=True)
     return tuple(ctx.meta.get(_LOCAL_IMAGES, ())) if ctx is not None else ()

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from meshext.cli.console import make_console
+from meshext.cli.options import listen_address_options
 from meshext.quickstart.run import QuickstartOptions, run_quickstart
 
 
@@ -35,24 +36,7 @@ from meshext.quickstart.run import QuickstartOptions, run_quickstart
     show_default=True,
     help="Loopback port of the demo sidecar's Envoy admin interface.",
 )
-@click.option(
-    "--xds-address",
-    default="127.0.0.1:15010",
-    show_default=True,
-    help="Where the xDS server listens (gRPC, mutual TLS); 0 as port picks a free one.",
-)
-@click.option(
-    "--admin-address",
-    default="127.0.0.1:15014",
-    show_default=True,
-    help="Where the admin API (health, status, metrics) listens, host:port.",
-)
-@click.option(
-    "--module-address",
-    default="127.0.0.1:15080",
-    show_default=True,
-    help="Where the module server listens (remote delivery fetches modules there).",
-)
+@listen_address_options
 @click.option("--once", is_flag=True, help="Exit after the tour instead of running until Ctrl-C.")
 def quickstart(
     config: Path,

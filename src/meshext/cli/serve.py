@@ -15,6 +15,7 @@ import yaml
 
 from meshext.cli.identity import ca_options, ca_settings
 from meshext.cli.options import (
+    listen_address_options,
     local_image_folders,
     local_images_option,
     parse_labels,
@@ -48,24 +49,7 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     default=None,
     help="Serve the resources of this cluster instead of a folder, writing status there.",
 )
-@click.option(
-    "--xds-address",
-    default="127.0.0.1:15010",
-    show_default=True,
-    help="Where the xDS server listens (gRPC, mutual TLS); 0 as port picks a free one.",
-)
-@click.option(
-    "--admin-address",
-    default="127.0.0.1:15014",
-    show_default=True,
-    help="Where the admin API (health, status, metrics) listens, host:port.",
-)
-@click.option(
-    "--module-address",
-    default="127.0.0.1:15080",
-    show_default=True,
-    help="Where the module server listens (remote delivery fetches modules there).",
-)
+@listen_address_options
 @click.option(
     "--module-delivery",
     type=click.Choice([m.value for m in DeliveryMode]),
