@@ -12,13 +12,12 @@ or broken server could stretch it:
 - the **sha256** is verified before anything reaches the cache; without a sha256 the
   fetch is refused unless the operator allowed unpinned modules.
 
-Every hop's destination goes through :func:`check_destination` before a connection is
-made: it applies meshext's address guard (:mod:`meshext.net.guard`), which refuses
-loopback, link-local (cloud metadata), private and other internal addresses unless the
-operator allowed that host (``--allow-private-registry``) or
-:attr:`HttpModulePolicy.allow_loopback` is set. The client given to
-:func:`fetch_module` should connect through :func:`meshext.net.guard.guarded_transport`
-so the address checked is the one connected to.
+The client given to :func:`fetch_module` connects through meshext's address guard
+(:func:`meshext.net.guard.guarded_transport`): every hop, redirects included, is refused
+when its host resolves only to loopback, link-local (cloud metadata), private or other
+internal addresses, unless the operator allowed that host (``--allow-private-registry``)
+or :attr:`HttpModulePolicy.allow_loopback` is set. The guard checks the address the
+connection is made to, so DNS cannot swap it after the check.
 
 Hand-written rather than a library call because httpx's own redirect following cannot
 check each hop's destination, bound the hops' total time, and refuse downgrades together.
@@ -32,7 +31,6 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpcore
 import httpx
 
 from meshext.images.errors import (
@@ -43,10 +41,7 @@ from meshext.images.errors import (
     SizeLimitExceeded,
     TransientRegistryError,
 )
-from meshext.net.guard import AddressPolicy, AddressRefused, checked_addresses
-
-NO_INTERNAL_ADDRESSES = AddressPolicy()
-"""The guard's default: no host may resolve to an internal address."""
+from meshext.net.guard import AddressRefused
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -77,7 +72,6 @@ async def fetch_module(
     max_bytes: int,
     policy: HttpModulePolicy,
     client: httpx.AsyncClient,
-    addresses: AddressPolicy = NO_INTERNAL_ADDRESSES,
 ) -> str:
     """Download ``url`` into ``destination`` and return its sha256 (hex).
 
@@ -92,7 +86,7 @@ async def fetch_module(
         )
     try:
         async with asyncio.timeout(policy.deadline_seconds):
-            digest = await _follow(url, destination, max_bytes, policy, client, addresses)
+            digest = await _follow(url, destination, max_bytes, policy, client)
     except TimeoutError as exc:
         destination.unlink(missing_ok=True)
         raise TransientRegistryError(
@@ -110,31 +104,15 @@ async def fetch_module(
     return digest
 
 
-async def check_destination(url: str, policy: HttpModulePolicy, addresses: AddressPolicy) -> None:
-    """Refuse a destination the address guard forbids, before connecting to it."""
-    if policy.allow_loopback:
-        return
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        await checked_addresses(parts.hostname or "", port, addresses)
-    except AddressRefused as exc:
-        raise ModuleUrlRefused(f"{_show(url)}: {exc}") from exc
-    except httpcore.ConnectError as exc:
-        raise TransientRegistryError(f"{_show(url)}: {exc}") from exc
-
-
 async def _follow(
     url: str,
     destination: Path,
     max_bytes: int,
     policy: HttpModulePolicy,
     client: httpx.AsyncClient,
-    addresses: AddressPolicy,
 ) -> str:
     current = url
     for _ in range(policy.max_redirects + 1):
-        await check_destination(current, policy, addresses)
         try:
             async with client.stream("GET", current, follow_redirects=False) as response:
                 if response.status_code in _REDIRECTS:
@@ -142,6 +120,8 @@ async def _follow(
                     continue
                 _check_status(url, response)
                 return await _save(url, response, destination, max_bytes)
+        except AddressRefused as exc:
+            raise ModuleUrlRefused(f"{_show(url)}: {exc}") from exc
         except httpx.TransportError as exc:
             raise TransientRegistryError(f"{_show(url)}: {type(exc).__name__}: {exc}") from exc
     raise ModuleUrlRefused(f"{_show(url)}: more than {policy.max_redirects} redirects")

@@ -68,7 +68,6 @@ class UrlModuleSource:
                     max_bytes=self._config.limits.module,
                     policy=self._config.http_modules,
                     client=client,
-                    addresses=self._config.address_policy(),
                 )
             record = await self._puller.commit_download(path, sha256, url)
         self._cache.store_tag(_tag(url), record.digest)
