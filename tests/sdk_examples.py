@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -13,10 +14,16 @@ AS_ROOT_ID = "as_header_append"
 """The root id the AssemblyScript example registers its root context under."""
 
 
+@functools.cache
+def _built() -> None:
+    """Runs the setup fragment once per test session (a no-op when up to date)."""
+    subprocess.run([str(SETUP)], check=True)
+
+
 def sdk_module(name: str) -> Path:
     """``go-header-append`` or ``as-header-append``, built by the setup fragment (a no-op
     when up to date)."""
-    subprocess.run([str(SETUP)], check=True)
+    _built()
     path = BUILD / f"{name}.wasm"
     assert path.is_file(), path
     return path
