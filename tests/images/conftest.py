@@ -1,7 +1,8 @@
 """Fixtures for the image tests: real registries, caches, pushes with skopeo.
 
 Registries are started once per session per setup (anonymous HTTP, htpasswd basic
-auth, bearer tokens, TLS with a test CA); each test uses its own repository names.
+auth, bearer tokens, TLS with a test CA, and an OCI 1.1 registry with the referrers
+API over TLS); each test uses its own repository names.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
 from meshext.mesh.extension import Extension, PullSettings
 from meshext.mesh.resolution import Resolution
+from tests.images.oci_registry import start_oci_registry
 from tests.images.registry import Registry, TokenAuth, make_ca, start_registry
 from tests.images.tokens import ISSUER, SERVICE, TokenServer
 
@@ -73,6 +75,15 @@ def token_registry(
 def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     base = tmp_path_factory.mktemp("registry-tls")
     registry = start_registry(base, ca=make_ca(base / "pki"))
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A TLS registry with the OCI 1.1 referrers API (``tools/oci-registry``)."""
+    base = tmp_path_factory.mktemp("registry-oci")
+    registry = start_oci_registry(base, make_ca(base / "pki"))
     yield registry
     registry.stop()
 

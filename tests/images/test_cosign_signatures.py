@@ -137,7 +137,7 @@ async def test_an_image_signed_by_a_trusted_key_resolves_and_names_its_signer(
     assert resolution.module is not None
     assert resolution.module.image_digest == digest
     key = load_trusted_keys(trusted)[0]
-    assert resolution.module.signer == f"key0.pub (sha256:{key.fingerprint})"
+    assert resolution.module.signer == f"key0.pub (sha256:{key.fingerprint}), cosign signature"
 
 
 async def test_an_unsigned_image_is_refused_naming_its_digest_and_where_it_looked(
@@ -352,7 +352,7 @@ def test_image_inspect_shows_the_verified_signer_and_refuses_unsigned_images(
     shown = CliRunner().invoke(image_cli, ["inspect", reference, *common])
     assert shown.exit_code == 0, shown.output
     key = load_trusted_keys(trusted)[0]
-    assert f"signer: key0.pub (sha256:{key.fingerprint})" in shown.output
+    assert f"signer: key0.pub (sha256:{key.fingerprint}), cosign signature" in shown.output
 
 
 async def test_an_oci_layout_holding_the_signature_tag_verifies_and_one_without_is_refused(
@@ -583,7 +583,7 @@ def test_describe_shows_the_signer_and_leaves_out_an_unsigned_image(
     assert applied["name"] == "signed"
     assert applied["imageDigest"] == signed_digest
     key = load_trusted_keys(trusted)[0]
-    assert applied["signer"] == f"key0.pub (sha256:{key.fingerprint})"
+    assert applied["signer"] == f"key0.pub (sha256:{key.fingerprint}), cosign signature"
     [skipped] = plan["skipped"]
     assert skipped["name"] == "unsigned"
     assert f"image {unsigned_digest} has no cosign signature" in skipped["detail"]

@@ -108,7 +108,7 @@ def test_a_signature_by_a_trusted_key_over_the_digest_is_verified(algorithm: str
     keys = parse_public_keys(public_pem(private), "ci.pub")
     verdict = judge(DIGEST, (signed(private, payload(DIGEST), "tag x.sig"),), keys, "tag x.sig")
     assert verdict.verified
-    assert verdict.signer == keys[0]
+    assert str(verdict.signer) == f"{keys[0]}, cosign signature"
     assert verdict.found_via == "tag x.sig"
 
 
@@ -150,7 +150,7 @@ def test_no_signature_at_all_says_where_it_looked() -> None:
     keys = parse_public_keys(public_pem(ec.generate_private_key(ec.SECP256R1())), "ci.pub")
     verdict = judge(DIGEST, (), keys, "tag sha256-aaa.sig")
     assert verdict.explain() == (
-        f"image {DIGEST} has no cosign signature (looked for tag sha256-aaa.sig)"
+        f"image {DIGEST} has no cosign signature or sigstore bundle (looked for tag sha256-aaa.sig)"
     )
 
 

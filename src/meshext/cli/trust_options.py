@@ -4,6 +4,10 @@
 trusted in addition for that namespace's extensions); ``--signature-policy`` chooses
 ``enforce``, ``warn`` or ``off`` explicitly (``warn`` and ``enforce`` need keys).
 Without either, signatures are not checked.
+
+The folder may also trust certificate-signed Sigstore bundles: ``trusted_root.json``
+and/or ``*.crt`` authorities plus ``identities.yaml``
+(:mod:`meshext.images.certificate_trust`); then it needs no public key.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from meshext.images.certificate_trust import load_certificate_trust
 from meshext.images.trust import (
     SIGNATURES_OFF,
     SignatureMode,
@@ -39,8 +44,9 @@ def signature_options(command: F) -> F:
         "--trusted-keys",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         default=None,
-        help="Folder of PEM public keys (*.pem, *.pub) whose cosign signatures are trusted; "
-        "DIR/<namespace>/ adds keys for that namespace's extensions.",
+        help="Folder of PEM public keys (*.pem, *.pub) whose cosign signatures and Sigstore "
+        "bundles are trusted; DIR/<namespace>/ adds keys for that namespace's extensions; "
+        "trusted_root.json / *.crt with identities.yaml trust certificate-signed bundles.",
     )(command)
 
 
@@ -52,8 +58,9 @@ def signature_policy(trusted_keys: Path | None, mode: str | None) -> SignaturePo
     if trusted_keys is None:
         raise click.UsageError(f"--signature-policy {mode} needs --trusted-keys DIR")
     try:
-        keys = load_trusted_keys(trusted_keys)
+        certificates = load_certificate_trust(trusted_keys)
+        keys = load_trusted_keys(trusted_keys, required=certificates is None)
         namespaces = load_namespace_keys(trusted_keys)
     except TrustConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--trusted-keys") from exc
-    return SignaturePolicy(chosen or SignatureMode.ENFORCE, keys, namespaces)
+    return SignaturePolicy(chosen or SignatureMode.ENFORCE, keys, namespaces, certificates)

@@ -68,8 +68,9 @@ from meshext.images.reference import (
     ReferenceKind,
     parse_image_reference,
 )
+from meshext.images.signatures import Signer
 from meshext.images.source import LayoutSource, RegistrySource
-from meshext.images.trust import SignatureMode, TrustedKey
+from meshext.images.trust import SignatureMode
 from meshext.images.url_source import UrlModuleSource
 from meshext.images.verification import SignatureRefused, SignatureVerifier
 from meshext.mesh.extension import Extension
@@ -198,11 +199,11 @@ class ImageResolver:
 
     async def _record(
         self, request: PullRequest, reference: ImageReference, progress: Progress | None
-    ) -> tuple[ImageRecord, TrustedKey | None]:
+    ) -> tuple[ImageRecord, Signer | None]:
         if reference.is_local:
             path = self._local_images.check(Path(reference.path), str(reference))
             reference = replace(reference, path=str(path))
-        signer: TrustedKey | None = None
+        signer: Signer | None = None
         if reference.kind is ReferenceKind.FILE:
             record = await self._puller.load_file(Path(reference.path))
             cached = self.cache.path_for(record.module_sha256)
@@ -307,7 +308,7 @@ class ImageResolver:
 
     async def _check_signatures(
         self, reference: ImageReference, access: _Access, digests: tuple[str, ...]
-    ) -> TrustedKey | None:
+    ) -> Signer | None:
         client = self._client(reference.registry, access.credentials)
         source = RegistrySource(client, reference.repository, str(reference))
 

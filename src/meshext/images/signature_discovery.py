@@ -1,20 +1,29 @@
-"""Finding the cosign signatures of an image digest in its repository.
+"""Finding the cosign signatures and Sigstore bundles of an image digest.
 
 Two places are looked at, both within the image's own repository and with the
 extension's own credentials:
 
 * the tag convention: the signature manifest is tagged ``sha256-<hex>.sig``
   (``cosign sign`` by default);
-* OCI 1.1 referrers: manifests whose ``subject`` is the image and whose
-  ``artifactType`` is cosign's signature type (``cosign sign
-  --registry-referrers-mode=oci-1-1``). They are listed by the referrers API
-  (``GET /v2/<name>/referrers/<digest>``) or, on registries without it (a 404, as
-  from distribution 2.8), by the fallback index tagged ``sha256-<hex>``.
+* OCI 1.1 referrers: manifests whose ``subject`` is the image, listed by the
+  referrers API (``GET /v2/<name>/referrers/<digest>``) or, on registries without
+  it (a 404, as from distribution 2.8), by the fallback index tagged
+  ``sha256-<hex>``. Cosign signature manifests (``cosign sign
+  --registry-referrers-mode=oci-1-1``) and Sigstore bundles (``cosign sign
+  --new-bundle-format``) are both found there.
 
-A signature manifest contributes each layer of the simple-signing media type that
-carries a signature annotation; payloads are read through the same verified,
-size-limited blob path as image layers. Nothing found here is trusted: the
-verdict is :func:`meshext.images.signatures.judge`'s.
+At most ``MAX_SIGNATURES`` referrer entries are read. Entries whose
+``artifactType`` is neither cosign's nor a bundle's are skipped without a request
+(registries that fill ``artifactType`` from the config media type report a bundle
+as ``application/vnd.oci.empty.v1+json``, which is read too). Each referrer
+manifest read must name the image as its ``subject``, whatever the index claims.
+
+A cosign signature manifest contributes each layer of the simple-signing media type
+that carries a signature annotation; a bundle manifest contributes its bundle layer.
+Payloads are read through the same verified, size-limited blob path as image
+layers. Nothing found here is trusted: the verdicts are
+:func:`meshext.images.signatures.judge`'s and
+:func:`meshext.images.sigstore_bundle.judge_bundles`'.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from meshext.images.errors import ImageError, InvalidImage, NotFound
@@ -34,7 +44,16 @@ from meshext.images.signatures import (
     SIMPLE_SIGNING,
     FoundSignature,
 )
+from meshext.images.sigstore_bundle import (
+    BUNDLE_ARTIFACT,
+    BUNDLE_MEDIA_TYPES,
+    MAX_BUNDLE,
+    FoundBundle,
+)
 from meshext.images.source import ImageSource
+
+EMPTY_ARTIFACT = "application/vnd.oci.empty.v1+json"
+_READ_ARTIFACTS = frozenset({COSIGN_SIGNATURE_ARTIFACT, BUNDLE_ARTIFACT, EMPTY_ARTIFACT, ""})
 
 Referrers = Callable[[str], Awaitable[bytes | None]]
 """The referrers index of a digest, or ``None`` where the registry has no such API."""
@@ -54,17 +73,28 @@ def places(digest: str, has_referrers_api: bool) -> str:
     return f"tag {signature_tag(digest)}, {api}referrers tag {referrers_tag(digest)}"
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """What was found for one digest, and the places that could not be read."""
+
+    signatures: tuple[FoundSignature, ...] = ()
+    bundles: tuple[FoundBundle, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
 async def find_signatures(
     source: ImageSource, digest: str, referrers: Referrers | None
-) -> tuple[tuple[FoundSignature, ...], tuple[str, ...]]:
-    """Every cosign signature layer attached to ``digest`` (at most ``MAX_SIGNATURES``),
-    and what went wrong looking in each place that could not be read.
+) -> Discovery:
+    """Every cosign signature layer and Sigstore bundle attached to ``digest`` (at most
+    ``MAX_SIGNATURES`` of each), and what went wrong in each place that could not be
+    read.
 
     A place that fails (a malformed manifest, an oversized payload, a registry
     refusing the referrers API) does not hide what the other places hold; only a
     transient registry failure is raised, to be retried.
     """
     found: list[FoundSignature] = []
+    bundles: list[FoundBundle] = []
     problems: list[str] = []
     tag = signature_tag(digest)
     try:
@@ -82,15 +112,52 @@ async def find_signatures(
             via = f"referrers tag {referrers_tag(digest)}"
             index = await _raw_manifest_or_none(source, referrers_tag(digest))
         if index is not None:
-            for entry in _signature_entries(index, digest, via)[:MAX_SIGNATURES]:
-                document = parse_document((await source.manifest(entry)).data, "", f"{via} {entry}")
-                if isinstance(document, ImageManifest):
-                    found.extend(await _layers(source, document, f"{via} {entry}"))
+            for entry in _referrer_entries(index, digest, via):
+                where = f"{via} {entry}"
+                try:
+                    data = (await source.manifest(entry)).data
+                    if _subject(data) != digest:
+                        problems.append(f"{where}: its subject is not this image")
+                        continue
+                    document = parse_document(data, "", where)
+                    if isinstance(document, ImageManifest):
+                        found.extend(await _layers(source, document, where))
+                        bundles.extend(await _bundles(source, document, where))
+                except ImageError as exc:
+                    if exc.retryable:
+                        raise
+                    problems.append(f"{where}: {exc}")
     except ImageError as exc:
         if exc.retryable:
             raise
         problems.append(f"{via}: {exc}")
-    return tuple(found[:MAX_SIGNATURES]), tuple(problems)
+    return Discovery(
+        tuple(found[:MAX_SIGNATURES]), tuple(bundles[:MAX_SIGNATURES]), tuple(problems)
+    )
+
+
+def _subject(manifest: bytes) -> str | None:
+    """The digest a referrer manifest's ``subject`` names, if any."""
+    try:
+        document: Any = json.loads(manifest)
+        subject = document.get("subject") or {}
+        value = subject.get("digest")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+async def _bundles(source: ImageSource, manifest: ImageManifest, where: str) -> list[FoundBundle]:
+    if manifest.artifact_type and manifest.artifact_type not in BUNDLE_MEDIA_TYPES:
+        return []
+    found: list[FoundBundle] = []
+    for layer in manifest.layers[:MAX_SIGNATURES]:
+        if layer.media_type not in BUNDLE_MEDIA_TYPES:
+            continue
+        sink = io.BytesIO()
+        await source.blob(layer, sink, limit=MAX_BUNDLE)
+        found.append(FoundBundle(sink.getvalue(), where))
+    return found
 
 
 async def _raw_manifest_or_none(source: ImageSource, tag: str) -> bytes | None:
@@ -123,8 +190,9 @@ async def _layers(source: ImageSource, manifest: ImageManifest, where: str) -> l
     return found
 
 
-def _signature_entries(index: bytes, digest: str, where: str) -> list[str]:
-    """Digests of the cosign signature manifests an index lists."""
+def _referrer_entries(index: bytes, digest: str, where: str) -> list[str]:
+    """Digests of the first ``MAX_SIGNATURES`` entries of a referrers index that may be
+    cosign signatures or bundles."""
     try:
         document: Any = json.loads(index)
         entries = document.get("manifests") or []
@@ -133,8 +201,8 @@ def _signature_entries(index: bytes, digest: str, where: str) -> list[str]:
     if not isinstance(entries, list):
         raise InvalidImage(f"{where} of {digest}: 'manifests' is not a list")
     wanted: list[str] = []
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("artifactType") != COSIGN_SIGNATURE_ARTIFACT:
+    for entry in entries[:MAX_SIGNATURES]:
+        if not isinstance(entry, dict) or entry.get("artifactType", "") not in _READ_ARTIFACTS:
             continue
         entry_digest = entry.get("digest")
         if isinstance(entry_digest, str):

@@ -49,6 +49,22 @@ COSIGN_SIGNATURE_ARTIFACT = "application/vnd.dev.cosign.artifact.sig.v1+json"
 COSIGN_PAYLOAD_TYPE = "cosign container image signature"
 MAX_PAYLOAD = 64 * 1024
 MAX_SIGNATURES = 32
+COSIGN_KIND = "cosign signature"
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Who vouched for an image or module, and in which form.
+
+    Shown in status, ``describe`` and ``image inspect`` as ``<name>, <kind>``, e.g.
+    ``ci.pub (sha256:…), cosign signature`` or ``ci.pub (sha256:…), sigstore bundle``.
+    """
+
+    name: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.name}, {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,7 @@ class SignatureVerdict:
     """The outcome of judging one image digest."""
 
     digest: str
-    signer: TrustedKey | None
+    signer: Signer | None
     found_via: str
     findings: tuple[str, ...]
 
@@ -77,9 +93,13 @@ class SignatureVerdict:
     def explain(self) -> str:
         """Why the image is refused: what was found and why none of it counted."""
         if not self.findings:
-            return f"image {self.digest} has no cosign signature (looked for {self.found_via})"
-        return f"image {self.digest} has no valid signature by a trusted key: " + "; ".join(
-            self.findings
+            return (
+                f"image {self.digest} has no cosign signature or sigstore bundle "
+                f"(looked for {self.found_via})"
+            )
+        return (
+            f"image {self.digest} has no valid signature by a trusted key or identity: "
+            + "; ".join(self.findings)
         )
 
 
@@ -182,5 +202,5 @@ def judge(
         elif named != digest:
             findings.append(f"{where}: signed by {key}, but for image {named}, not this one")
         else:
-            return SignatureVerdict(digest, key, where, tuple(findings))
+            return SignatureVerdict(digest, Signer(str(key), COSIGN_KIND), where, tuple(findings))
     return SignatureVerdict(digest, None, looked_at, tuple(findings))

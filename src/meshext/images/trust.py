@@ -24,11 +24,15 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from meshext.errors import MeshextError
+
+if TYPE_CHECKING:
+    from meshext.images.certificate_trust import CertificateTrust
 
 KEY_SUFFIXES = (".pem", ".pub")
 _MAX_KEY_FILE = 64 * 1024
@@ -77,9 +81,11 @@ class SignaturePolicy:
     keys: tuple[TrustedKey, ...] = ()
     namespace_keys: tuple[tuple[str, tuple[TrustedKey, ...]], ...] = ()
     """Keys trusted in addition for one namespace's extensions, by namespace."""
+    certificates: CertificateTrust | None = None
+    """Authorities and identities trusted for certificate-signed Sigstore bundles."""
 
     def __post_init__(self) -> None:
-        if self.mode is not SignatureMode.OFF and not self.keys:
+        if self.mode is not SignatureMode.OFF and not self.keys and self.certificates is None:
             raise TrustConfigError(f"signature policy {self.mode.value!r} needs trusted keys")
 
     @property
@@ -144,8 +150,11 @@ def load_namespace_keys(folder: Path) -> tuple[tuple[str, tuple[TrustedKey, ...]
     return tuple(found)
 
 
-def load_trusted_keys(folder: Path, prefix: str = "") -> tuple[TrustedKey, ...]:
-    """Every public key in the ``*.pem`` and ``*.pub`` files directly in ``folder``."""
+def load_trusted_keys(
+    folder: Path, prefix: str = "", *, required: bool = True
+) -> tuple[TrustedKey, ...]:
+    """Every public key in the ``*.pem`` and ``*.pub`` files directly in ``folder``;
+    none is an error when ``required``."""
     if not folder.is_dir():
         raise TrustConfigError(f"trusted keys folder {folder} does not exist or is not a folder")
     keys: list[TrustedKey] = []
@@ -160,7 +169,7 @@ def load_trusted_keys(folder: Path, prefix: str = "") -> tuple[TrustedKey, ...]:
         if len(data) > _MAX_KEY_FILE:
             raise TrustConfigError(f"{path}: over {_MAX_KEY_FILE} bytes, not a public key file")
         keys.extend(parse_public_keys(data, prefix + path.name))
-    if not keys:
+    if not keys and required:
         raise TrustConfigError(f"trusted keys folder {folder} holds no *.pem or *.pub public key")
     seen: dict[str, TrustedKey] = {}
     for key in keys:

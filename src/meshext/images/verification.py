@@ -8,7 +8,8 @@ only if the policy allows it.
 * ``warn``: signatures are looked for and judged; the result is logged and, when
   verified, the signer reported; an image without a trusted signature still runs.
 * ``enforce``: the image runs only with a valid signature by a trusted key over its
-  digest; anything else raises :class:`SignatureRefused`, naming the digest, what
+  digest (a cosign signature or a Sigstore bundle; a bundle may instead be signed
+  with a certificate naming a trusted identity); anything else raises :class:`SignatureRefused`, naming the digest, what
   was found and why it did not count. A ``file:`` module needs a detached
   signature next to it (``<file>.sig``, base64, as ``cosign sign-blob
   --output-signature`` writes) over the module bytes.
@@ -34,20 +35,23 @@ import logging
 from pathlib import Path
 
 from meshext.images.errors import ImageError
-from meshext.images.signature_discovery import Referrers, find_signatures, places
+from meshext.images.signature_discovery import Discovery, Referrers, find_signatures, places
 from meshext.images.signatures import (
     PayloadError,
     SignatureVerdict,
+    Signer,
     decode_signature,
     judge,
     signing_key,
 )
+from meshext.images.sigstore_bundle import judge_bundles
 from meshext.images.source import ImageSource
 from meshext.images.trust import SIGNATURES_OFF, SignatureMode, SignaturePolicy, TrustedKey
 
 log = logging.getLogger(__name__)
 
 DETACHED_SUFFIX = ".sig"
+DETACHED_KIND = "detached signature"
 _MAX_DETACHED = 16 * 1024
 
 
@@ -71,7 +75,7 @@ class SignatureVerifier:
         digests: tuple[str, ...],
         referrers: Referrers | None,
         namespace: str = "",
-    ) -> TrustedKey | None:
+    ) -> Signer | None:
         """The trusted signer of the first of ``digests`` signed, or ``None`` (warn/off).
 
         ``namespace`` is the extension's: its own keys count besides the mesh's.
@@ -86,14 +90,14 @@ class SignatureVerifier:
             verdict = self._verified.get(remembered)
             if verdict is None:
                 try:
-                    found, problems = await find_signatures(source, digest, referrers)
+                    discovery = await find_signatures(source, digest, referrers)
                 except ImageError as exc:
                     if self.policy.mode is SignatureMode.ENFORCE:
                         raise
                     log.warning("signatures of %s: %s (policy 'warn': delivered)", digest, exc)
                     return None
-                verdict = judge(
-                    digest, found, keys, places(digest, referrers is not None), problems
+                verdict = self._judge(
+                    digest, discovery, keys, places(digest, referrers is not None)
                 )
             if verdict.verified:
                 self._verified[remembered] = verdict
@@ -102,9 +106,23 @@ class SignatureVerifier:
         self._refuse(source.name, " / ".join(v.explain() for v in verdicts))
         return None
 
+    def _judge(
+        self, digest: str, discovery: Discovery, keys: tuple[TrustedKey, ...], looked_at: str
+    ) -> SignatureVerdict:
+        """Cosign signatures first, then bundles; every finding of both if neither counts."""
+        classic = judge(digest, discovery.signatures, keys, looked_at, discovery.problems)
+        if classic.verified or not discovery.bundles:
+            return classic
+        bundled = judge_bundles(
+            digest, discovery.bundles, keys, self.policy.certificates, looked_at
+        )
+        if bundled.verified:
+            return bundled
+        return SignatureVerdict(digest, None, looked_at, classic.findings + bundled.findings)
+
     def check_file(
         self, path: Path, cached: Path, sha256: str, namespace: str = ""
-    ) -> TrustedKey | None:
+    ) -> Signer | None:
         """The trusted signer of module file ``path`` (by its detached ``.sig``).
 
         The signature is checked against ``cached``, the copy whose hash is
@@ -145,8 +163,9 @@ class SignatureVerifier:
                 f"file:{path}", f"module sha256:{sha256}: {where} is signed by no trusted key"
             )
             return None
-        self._verified[remembered] = SignatureVerdict(sha256, key, where, ())
-        return key
+        signer = Signer(str(key), DETACHED_KIND)
+        self._verified[remembered] = SignatureVerdict(sha256, signer, where, ())
+        return signer
 
     def _remembered(self, digest: str, namespace: str) -> str:
         """Where a verdict is remembered: one signed with a namespace's own key counts
