@@ -11,7 +11,8 @@ what is needed to trust a bundle signed with a *certificate*:
     trust anchor, the others are intermediates. Transparency logs, CT logs and
     timestamp authorities in it are not used (see docs/security.md, Limits), nor
     is ``validFor``: the certificates' own validity periods are checked;
-  - ``*.crt`` files of PEM ``CERTIFICATE`` blocks, each one a trust anchor;
+  - ``*.crt`` files of PEM ``CERTIFICATE`` blocks: each self-signed one is a trust
+    anchor, any other an intermediate that may complete a chain to an anchor;
 
 * ``identities.yaml``, which names who may sign::
 
@@ -51,6 +52,7 @@ from typing import Any
 
 import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
@@ -127,7 +129,8 @@ def load_certificate_trust(folder: Path) -> CertificateTrust | None:
         intermediates += root_intermediates
     for path in sorted(folder.iterdir()):
         if path.suffix == CA_SUFFIX and path.is_file():
-            anchors += parse_pem_certificates(_read(path), str(path))
+            for certificate in parse_pem_certificates(_read(path), str(path)):
+                (anchors if _self_signed(certificate) else intermediates).append(certificate)
     identities_file = folder / IDENTITIES
     identities = (
         parse_identities(_read(identities_file), str(identities_file))
@@ -158,6 +161,14 @@ def _read(path: Path) -> bytes:
     if len(data) > _MAX_FILE:
         raise TrustConfigError(f"{path}: over {_MAX_FILE} bytes")
     return data
+
+
+def _self_signed(certificate: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def parse_pem_certificates(data: bytes, name: str) -> list[x509.Certificate]:
