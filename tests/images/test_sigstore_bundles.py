@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from meshext.cli.image import image as image_cli
 from meshext.cli.trust_options import signature_policy
 from meshext.images.cache import ModuleCache
 from meshext.images.resolver import ImageResolver
@@ -427,3 +429,55 @@ async def test_classic_signatures_are_found_by_tag_or_by_the_referrers_api(
     assert resolution.module is not None
     assert resolution.module.signer is not None
     assert resolution.module.signer.endswith(", cosign signature")
+
+
+async def test_a_bundle_on_a_registry_without_the_referrers_api_is_found_by_the_referrers_tag(
+    tmp_path: Path, cache: ModuleCache, tls_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("bundle-fallback")
+    reference, digest = push_image(tmp_path, tls_registry, repository, "bundle fallback")
+    cosign.sign_bundle(ci_key, by_digest(reference, digest), tls_registry)
+    # distribution 2.8 has no referrers API: cosign wrote the fallback index tag
+    assert f"sha256-{digest[7:]}" in tags(tls_registry, repository)
+    resolution = await resolve(cache, tls_registry, keys_folder(tmp_path, ci_key), reference)
+    assert resolution.state is ResolutionState.READY, resolution.message
+    assert resolution.module is not None
+    assert str(resolution.module.signer).endswith(", sigstore bundle")
+
+
+def test_image_inspect_names_the_certificate_identity_of_a_bundle(
+    tmp_path: Path,
+    oci_registry: Registry,
+    cosign: Cosign,
+    ci_key: KeyPair,
+    authority: SigningAuthority,
+) -> None:
+    repository = unique("bundle-inspect")
+    reference, digest = push_image(tmp_path, oci_registry, repository, "bundle inspect")
+    trusted = certificate_folder(tmp_path, authority, as_trusted_root=False, subject=SIGNER_EMAIL)
+    assert oci_registry.ca is not None
+    common = [
+        "--ca-file",
+        str(oci_registry.ca.ca_file),
+        "--allow-private-registry",
+        "127.0.0.1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--trusted-keys",
+        str(trusted),
+        "--quiet",
+    ]
+    refused = CliRunner().invoke(image_cli, ["inspect", reference, *common])
+    assert refused.exit_code == 1
+    assert f"image {digest} has no cosign signature or sigstore bundle" in refused.output
+    cosign.sign_bundle(
+        ci_key,
+        by_digest(reference, digest),
+        oci_registry,
+        certificate=authority.certify(ci_key.public, SIGNER_EMAIL, tmp_path / "leaf.pem"),
+        chain=authority.write_chain(tmp_path / "chain.pem"),
+    )
+    shown = CliRunner().invoke(image_cli, ["inspect", reference, *common, "-o", "json"])
+    assert shown.exit_code == 0, shown.output
+    signer = json.loads(shown.output)["signer"]
+    assert signer == (f"{SIGNER_EMAIL} (issuer {ISSUER}, CA CN=release CA root), sigstore bundle")
