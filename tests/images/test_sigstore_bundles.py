@@ -481,3 +481,72 @@ def test_image_inspect_names_the_certificate_identity_of_a_bundle(
     assert shown.exit_code == 0, shown.output
     signer = json.loads(shown.output)["signer"]
     assert signer == (f"{SIGNER_EMAIL} (issuer {ISSUER}, CA CN=release CA root), sigstore bundle")
+
+
+async def test_at_most_32_referrers_are_read_whatever_the_registry_lists(
+    tmp_path: Path, cache: ModuleCache, oci_registry: Registry, ci_key: KeyPair
+) -> None:
+    repository = unique("bundle-flood")
+    reference, digest = push_image(tmp_path, oci_registry, repository, "flood")
+    empty = push_blob(oci_registry, repository, b"{}")
+    size = len(blob_manifest(oci_registry, repository, digest))
+    for number in range(40):
+        junk = f'{{"mediaType": "{BUNDLE_ARTIFACT}", "junk": {number}}}'.encode()
+        push_manifest(
+            oci_registry,
+            repository,
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": BUNDLE_ARTIFACT,
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty,
+                           "size": 2},
+                "layers": [
+                    {
+                        "mediaType": BUNDLE_ARTIFACT,
+                        "digest": push_blob(oci_registry, repository, junk),
+                        "size": len(junk),
+                    }
+                ],
+                "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": size},
+            },
+        )  # fmt: skip
+    assert len(referrers(oci_registry, repository, digest)) == 40
+    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, ci_key), reference)
+    assert resolution.state is ResolutionState.FAILED
+    assert resolution.message.count("unreadable bundle") == 32
+
+
+async def test_a_referrer_whose_manifest_names_another_subject_is_ignored(
+    tmp_path: Path, cache: ModuleCache, tls_registry: Registry, cosign: Cosign, ci_key: KeyPair
+) -> None:
+    repository = unique("bundle-subject")
+    reference, signed_digest = push_image(tmp_path, tls_registry, repository, "subject a")
+    cosign.sign_bundle(ci_key, by_digest(reference, signed_digest), tls_registry)
+    # A referrers tag for another image that lists the first image's bundle.
+    layout = Layout(tmp_path / "other")
+    layout.image(
+        "v2", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", proxy_wasm_module("other"))]))]
+    )
+    skopeo_push(layout.root, "v2", tls_registry, f"{repository}:v2")
+    other_ref = f"{tls_registry.host}/{repository}:v2"
+    other_digest = skopeo_manifest_digest(tls_registry, other_ref)
+    index_type = "application/vnd.oci.image.index.v1+json"
+    with client(tls_registry) as http:
+        index = http.get(
+            f"/v2/{repository}/manifests/sha256-{signed_digest[7:]}",
+            headers={"Accept": index_type},
+        )
+        index.raise_for_status()
+        http.put(
+            f"/v2/{repository}/manifests/sha256-{other_digest[7:]}",
+            content=index.content,
+            headers={"Content-Type": index_type},
+        ).raise_for_status()
+    listed = json.loads(index.content)["manifests"][0]["digest"]
+    resolution = await resolve(cache, tls_registry, keys_folder(tmp_path, ci_key), other_ref)
+    assert resolution.state is ResolutionState.FAILED
+    assert (
+        f"referrers tag sha256-{other_digest[7:]} {listed}: its subject is not this image"
+        in resolution.message
+    )
