@@ -111,7 +111,7 @@ async def test_status_names_the_signer_of_a_signed_image_and_refuses_an_unsigned
     assert signed["deployment"]["ready"] is True, signed
     assert signed["deployment"]["containerSha256"] == signed_digest
     fingerprint = policy.keys[0].fingerprint
-    assert signed["deployment"]["signer"] == f"ci.pub (sha256:{fingerprint})"
+    assert signed["deployment"]["signer"] == f"ci.pub (sha256:{fingerprint}), cosign signature"
     assert unsigned["deployment"]["ready"] is False
     message = unsigned["deployment"]["message"]
     assert "refused by the signature policy" in message
