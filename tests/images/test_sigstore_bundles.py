@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from meshext.cli.image import image as image_cli
 from meshext.cli.trust_options import signature_policy
@@ -549,4 +551,26 @@ async def test_a_referrer_whose_manifest_names_another_subject_is_ignored(
     assert (
         f"referrers tag sha256-{other_digest[7:]} {listed}: its subject is not this image"
         in resolution.message
+    )
+
+
+async def test_a_bundle_signed_by_an_imported_ed25519_key_verifies(
+    tmp_path: Path, cache: ModuleCache, oci_registry: Registry, cosign: Cosign
+) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    pem = tmp_path / "ed25519.pem"
+    pem.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key = cosign.import_key_pair(pem, tmp_path / "imported")
+    reference, digest = push_image(tmp_path, oci_registry, unique("bundle-ed"), "bundle ed25519")
+    cosign.sign_bundle(key, by_digest(reference, digest), oci_registry)
+    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, key), reference)
+    assert resolution.state is ResolutionState.READY, resolution.message
+    assert str(resolution.module.signer if resolution.module else None).endswith(
+        ", sigstore bundle"
     )

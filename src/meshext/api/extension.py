@@ -118,7 +118,9 @@ class DeploymentStatus(SpecModel):
     url: str | None = None
     message: str | None = None
     signer: str | None = None
-    """The trusted key that signed the running image, when signatures are checked."""
+    """Who signed the running image and how, when signatures are checked: the trusted
+    key or certificate identity, then the kind (``…, cosign signature``,
+    ``…, sigstore bundle``, ``…, detached signature``)."""
 
 
 class ExtensionStatus(SpecModel):

@@ -41,7 +41,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import BadSignatureError, CryptoError
 
-from meshext.images.trust import TrustedKey
+from meshext.images.trust import PublicKey, TrustedKey
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -136,12 +136,18 @@ def decode_signature(signature_b64: str) -> bytes:
 
 def signature_is_valid(key: TrustedKey, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` over ``message`` verifies with ``key``."""
-    if isinstance(key.key, ed25519.Ed25519PublicKey):
-        return _pure_ed25519_valid(key.key, message, signature) or _ed25519ph_valid(
-            key.key, message, signature
+    return public_key_signature_is_valid(key.key, message, signature)
+
+
+def public_key_signature_is_valid(key: PublicKey, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` over ``message`` verifies with ``key`` (ECDSA with SHA-256,
+    or Ed25519 pure or prehashed)."""
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return _pure_ed25519_valid(key, message, signature) or _ed25519ph_valid(
+            key, message, signature
         )
     try:
-        key.key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True

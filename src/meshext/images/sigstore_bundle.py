@@ -33,7 +33,7 @@ network by default. None of that holds for key-signed bundles made with
 ``--tlog-upload=false`` or for an operator's own CA. What is written here is the
 bundle and in-toto JSON layout and DSSE's pre-authentication encoding (a few lines
 of the DSSE specification); all cryptography is ``cryptography``'s (and PyNaCl's for
-Ed25519ph, through :func:`meshext.images.signatures.signature_is_valid`).
+Ed25519ph, through :func:`meshext.images.signatures.public_key_signature_is_valid`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from meshext.images.certificate_trust import (
 from meshext.images.signatures import (
     SignatureVerdict,
     Signer,
-    signature_is_valid,
+    public_key_signature_is_valid,
 )
 from meshext.images.trust import TrustedKey
 
@@ -241,7 +241,7 @@ def _valid_with(
             return False
         algorithm: ec.ECDSA = ec.ECDSA(Prehashed(hashes.SHA256()))
     elif isinstance(key, ed25519.Ed25519PublicKey):
-        return signature_is_valid(TrustedKey("", "", key), bundle.signed, bundle.signature)
+        return public_key_signature_is_valid(key, bundle.signed, bundle.signature)
     else:
         algorithm = ec.ECDSA(_curve_hash(key))
     try:
