@@ -26,6 +26,7 @@ from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
 from meshext.mesh.extension import Extension, PullSettings
 from meshext.mesh.resolution import Resolution
+from tests.images.cosign import Cosign, KeyPair, find_cosign
 from tests.images.oci_registry import start_oci_registry
 from tests.images.registry import Registry, TokenAuth, make_ca, start_registry
 from tests.images.tokens import ISSUER, SERVICE, TokenServer
@@ -86,6 +87,24 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
     registry = start_oci_registry(base, make_ca(base / "pki"))
     yield registry
     registry.stop()
+
+
+@pytest.fixture(scope="session")
+def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
+    """The real cosign, built by ``scripts/setup.d/45-cosign.sh``, in its own home."""
+    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
+
+
+@pytest.fixture(scope="session")
+def ci_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """The build system's key pair (``cosign generate-key-pair``)."""
+    return cosign.generate_key_pair(tmp_path_factory.mktemp("ci-key"))
+
+
+@pytest.fixture(scope="session")
+def rogue_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    """A key pair nobody trusts."""
+    return cosign.generate_key_pair(tmp_path_factory.mktemp("rogue-key"))
 
 
 def unique(prefix: str) -> str:

@@ -37,28 +37,13 @@ from tests.images.conftest import (
     unique,
     write_pull_secret,
 )
-from tests.images.cosign import Cosign, KeyPair, find_cosign
+from tests.images.cosign import Cosign, KeyPair
 from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.registry import Registry
 from tests.images.wasm import proxy_wasm_module
 from tests.server.mesh import CONTROL_PLANE
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session")
-def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
-    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
-
-
-@pytest.fixture(scope="session")
-def ci_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
-    return cosign.generate_key_pair(tmp_path_factory.mktemp("ci-key"))
-
-
-@pytest.fixture(scope="session")
-def rogue_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
-    return cosign.generate_key_pair(tmp_path_factory.mktemp("rogue-key"))
 
 
 def trust_folder(tmp_path: Path, *keys: KeyPair) -> Path:

@@ -36,7 +36,7 @@ from tests.images.conftest import (
     skopeo_push,
     unique,
 )
-from tests.images.cosign import Cosign, KeyPair, find_cosign
+from tests.images.cosign import Cosign, KeyPair
 from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.registry import Registry
 from tests.images.signing_certificates import (
@@ -51,21 +51,6 @@ pytestmark = pytest.mark.e2e
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SIGNER_EMAIL = "release@ci.example"
-
-
-@pytest.fixture(scope="session")
-def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
-    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
-
-
-@pytest.fixture(scope="session")
-def ci_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
-    return cosign.generate_key_pair(tmp_path_factory.mktemp("ci-key"))
-
-
-@pytest.fixture(scope="session")
-def rogue_key(cosign: Cosign, tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
-    return cosign.generate_key_pair(tmp_path_factory.mktemp("rogue-key"))
 
 
 @pytest.fixture(scope="session")
