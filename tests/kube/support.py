@@ -205,6 +205,29 @@ def wasm_file(directory: Path, marker: str) -> Path:
     return path
 
 
+def push_image(module: Path, image: str) -> str:
+    """``meshext image build`` of ``module`` pushed as ``image`` (an insecure loopback
+    registry); returns the manifest digest."""
+    result = subprocess.run(
+        [
+            str(MESHEXT),
+            "image",
+            "build",
+            f"--wasm={module}",
+            "--name=header",
+            "--phase=PreAuthZ",
+            f"--tag={image}",
+            "--insecure-registry=127.0.0.1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digest: str = result.stdout.split()[0]
+    return digest
+
+
 # --------------------------------------------------------------------------- webhook + CRDs
 
 
