@@ -29,6 +29,7 @@ from tests.kube.support import (
     push_image,
     running_controller,
     settings,
+    unique,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
@@ -159,7 +160,7 @@ async def test_one_field_on_the_control_plane_and_a_mesh_key_protect_every_membe
         assert "signer" not in status["deployment"]
 
 
-async def test_a_namespace_key_trusts_only_the_extensions_of_that_namespace(
+async def test_a_namespace_key_trusts_only_the_extensions_of_that_namespace_in_the_mesh(
     kube_apiserver: KubeApiServer,
     cluster: Cluster,
     mesh: Mesh,
@@ -170,14 +171,19 @@ async def test_a_namespace_key_trusts_only_the_extensions_of_that_namespace(
     team, other = mesh.members
     mesh_key = key_pair(cosign, tmp_path, "mesh")
     team_key = key_pair(cosign, tmp_path, "team")
+    outsider_key = key_pair(cosign, tmp_path, "outsider")
     image, digest = signed_image(cosign, registry, tmp_path, "team-signed", team_key)
+    foreign, _ = signed_image(cosign, registry, tmp_path, "outsider-signed", outsider_key)
+    outsider = cluster.namespace(unique("outsider"))
     cluster.apply(
         trusted_keys(mesh.control_plane, "mesh-keys", {"ci.pub": mesh_key.public.read_text()}),
         trusted_keys(team, "team-keys", {"team.pub": team_key.public.read_text()}),
+        trusted_keys(outsider, "keys", {"outsider.pub": outsider_key.public.read_text()}),
         signature_policy(mesh, "enforce"),
         extension("team", team, image),
         extension("borrowed", other, image),
         extension("mesh-wide", mesh.control_plane, image),
+        extension("foreign", other, foreign),
     )
     async with running_controller(
         kube_apiserver, tmp_path / "cache", settings(istio=None), registry=INSECURE
@@ -187,7 +193,8 @@ async def test_a_namespace_key_trusts_only_the_extensions_of_that_namespace(
         assert status["deployment"]["signer"] == (
             f"ConfigMap {team}/team-keys:team.pub (sha256:{fingerprint(team_key)})"
         )
-        for name, namespace in (("borrowed", other), ("mesh-wide", mesh.control_plane)):
+        refusals = (("borrowed", other), ("mesh-wide", mesh.control_plane), ("foreign", other))
+        for name, namespace in refusals:
             status = await settled(cluster, name, namespace, refused, "refused")
             assert "signed by no trusted key" in status["deployment"]["message"]
 
