@@ -1,17 +1,19 @@
 """The Kubernetes controller: ServiceMeshExtension status, and Istio resources for them.
 
 Informers keep local copies of ServiceMeshExtensions (read through v1, the storage
-version, whatever version users wrote), control planes, member rolls and, in Istio
-mode, WasmPlugins and EnvoyFilters. Every change puts the key of the extension it
-concerns on a :class:`~meshext.kube.workqueue.WorkQueue`; a control plane or member
-roll change concerns every extension. The reconciler then looks at the *current*
+version, whatever version users wrote), control planes, member rolls, the ConfigMaps
+that publish trusted keys (:mod:`meshext.kube.signature_trust`) and, in Istio mode,
+WasmPlugins and EnvoyFilters. Every change puts the key of the extension it concerns
+on a :class:`~meshext.kube.workqueue.WorkQueue`; a control plane, member roll or
+trusted-keys change concerns every extension. The reconciler then looks at the *current*
 state only (level-triggered), so a burst of events costs one pass, and the result
 is the same whether events were seen, missed and re-listed, or replayed:
 
 1. decode the object (an invalid one gets a status saying what is wrong);
 2. check the namespace is in a mesh with extensions enabled (else a status saying so);
-3. resolve the image through the :class:`~meshext.mesh.resolution.ModuleResolver`
-   (a retryable failure is retried with backoff);
+3. resolve the image through the :class:`~meshext.mesh.resolution.ModuleResolver`,
+   under the signature policy of the extension's mesh and namespace (a retryable
+   failure is retried with backoff);
 4. in Istio mode, render the WasmPlugin or EnvoyFilter, create or correct it (someone
    editing it is undone), and delete what this extension rendered before but no
    longer should - also when the extension is deleted: owner references are set,
