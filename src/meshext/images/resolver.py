@@ -227,6 +227,10 @@ class ImageResolver:
             access = await self._access(request, reference)
             always = request.policy == ALWAYS or (not request.policy and reference.is_latest)
             flight = f"resolve:{reference}:{always}:{access.identity}"
+            if self.signatures.mode_for(request.namespace) is SignatureMode.ENFORCE:
+                # The pull refuses by the policy of its namespace (namespaces may
+                # trust keys of their own): never share that verdict with another.
+                flight += f":{request.namespace}"
             record = await self._with_retries(
                 reference,
                 lambda: self.cache.single_flight(
