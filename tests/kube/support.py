@@ -38,13 +38,13 @@ from meshext.images.cache import ModuleCache
 from meshext.images.config import RegistryConfig
 from meshext.images.resolver import ImageResolver
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
-from meshext.images.verification import SignatureVerifier
 from meshext.istio.render import IstioOptions
 from meshext.kube.certs import self_signed
 from meshext.kube.client import KubeClient
 from meshext.kube.controller import Controller, ControllerSettings
 from meshext.kube.crds import ConversionWebhook, custom_resource_definitions
 from meshext.kube.secrets import KubePullSecretStore
+from meshext.kube.signature_trust import ClusterTrust
 from meshext.kube.tasks import cancel_and_wait
 from tests.documents import sme_document
 from tests.images.wasm import proxy_wasm_module
@@ -205,6 +205,29 @@ def wasm_file(directory: Path, marker: str) -> Path:
     return path
 
 
+def push_image(module: Path, image: str) -> str:
+    """``meshext image build`` of ``module`` pushed as ``image`` (an insecure loopback
+    registry); returns the manifest digest."""
+    result = subprocess.run(
+        [
+            str(MESHEXT),
+            "image",
+            "build",
+            f"--wasm={module}",
+            "--name=header",
+            "--phase=PreAuthZ",
+            f"--tag={image}",
+            "--insecure-registry=127.0.0.1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    digest: str = result.stdout.split()[0]
+    return digest
+
+
 # --------------------------------------------------------------------------- webhook + CRDs
 
 
@@ -327,13 +350,16 @@ async def running_controller(
 ) -> AsyncIterator[Controller]:
     """A controller running in this event loop until the block ends."""
     client = await KubeClient.connect(kubeconfig or api.kubeconfig_path, request_timeout=10)
+    chosen = controller_settings or settings()
+    # Wired as meshext.kube.run wires it: keys published in the cluster count.
+    trust = ClusterTrust(client, signatures, watch_timeout=chosen.watch_timeout)
     resolver = ImageResolver(
         ModuleCache(cache_dir),
         KubePullSecretStore(client),
         registry_config=registry or RegistryConfig(),
-        signatures=SignatureVerifier(signatures),
+        signatures=trust.verifier,
     )
-    controller = Controller(client, resolver, controller_settings or settings())
+    controller = Controller(client, resolver, chosen, trust=trust)
     task = asyncio.create_task(controller.run(), name="controller under test")
     try:
         await _ready_or_failed(controller, task)

@@ -4,7 +4,6 @@ verified image and the refusal of an unsigned one."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,11 @@ from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_ke
 from tests.images.cosign import Cosign, KeyPair, find_cosign
 from tests.images.registry import Registry, start_registry
 from tests.kube.support import (
-    MESHEXT,
     Cluster,
     Mesh,
     eventually,
     extension,
+    push_image,
     running_controller,
     settings,
     wasm_file,
@@ -42,27 +41,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 @pytest.fixture
 def mesh_members() -> int:
     return 1
-
-
-def _push(module: Path, image: str) -> str:
-    result = subprocess.run(
-        [
-            str(MESHEXT),
-            "image",
-            "build",
-            f"--wasm={module}",
-            "--name=header",
-            "--phase=PreAuthZ",
-            f"--tag={image}",
-            "--insecure-registry=127.0.0.1",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    digest: str = result.stdout.split()[0]
-    return digest
 
 
 def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
@@ -87,10 +65,10 @@ async def test_status_names_the_signer_of_a_signed_image_and_refuses_an_unsigned
     policy = SignaturePolicy(SignatureMode.ENFORCE, load_trusted_keys(trusted))
 
     signed_image = f"{registry.host}/extensions/signed:v1"
-    signed_digest = _push(wasm_file(tmp_path / "modules", "signed"), signed_image)
+    signed_digest = push_image(wasm_file(tmp_path / "modules", "signed"), signed_image)
     cosign.sign(key, f"{registry.host}/extensions/signed@{signed_digest}", registry)
     unsigned_image = f"{registry.host}/extensions/unsigned:v1"
-    unsigned_digest = _push(wasm_file(tmp_path / "modules", "unsigned"), unsigned_image)
+    unsigned_digest = push_image(wasm_file(tmp_path / "modules", "unsigned"), unsigned_image)
     cluster.apply(
         extension("signed", namespace, signed_image),
         extension("unsigned", namespace, unsigned_image),
@@ -133,7 +111,7 @@ async def test_an_always_tag_moved_to_an_unsigned_image_keeps_the_verified_modul
     shutil.copy(key.public, trusted / "ci.pub")
     policy = SignaturePolicy(SignatureMode.ENFORCE, load_trusted_keys(trusted))
     image = f"{registry.host}/extensions/moving:v1"
-    signed_digest = _push(wasm_file(tmp_path / "modules", "before"), image)
+    signed_digest = push_image(wasm_file(tmp_path / "modules", "before"), image)
     cosign.sign(key, f"{registry.host}/extensions/moving@{signed_digest}", registry)
     cluster.apply(extension("moving", namespace, image, imagePullPolicy="Always"))
     async with running_controller(
@@ -149,7 +127,7 @@ async def test_an_always_tag_moved_to_an_unsigned_image_keeps_the_verified_modul
             ),
             "the signer in status",
         )
-        moved_digest = _push(wasm_file(tmp_path / "modules", "after"), image)
+        moved_digest = push_image(wasm_file(tmp_path / "modules", "after"), image)
 
         def refused() -> dict[str, Any] | None:
             status = _status(cluster, "moving", namespace)

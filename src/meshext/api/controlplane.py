@@ -20,6 +20,9 @@ MEMBER_ROLL_NAME = "default"
 
 class WasmExtensionsConfig(LenientModel):
     enabled: bool = False
+    signature_policy: str | None = None
+    """``enforce``, ``warn`` or ``off`` for the images of this mesh's extensions; checked
+    by :mod:`meshext.images.trust_scopes` so a typo is reported, not a mesh dropped."""
 
 
 class TechPreview(LenientModel):
@@ -44,6 +47,11 @@ class ServiceMeshControlPlane(SpecModel):
     def extensions_enabled(self) -> bool:
         """``spec.techPreview.wasmExtensions.enabled``; absent means disabled."""
         return self.spec.tech_preview.wasm_extensions.enabled
+
+    @property
+    def signature_policy(self) -> str | None:
+        """``spec.techPreview.wasmExtensions.signaturePolicy`` as written; absent is ``None``."""
+        return self.spec.tech_preview.wasm_extensions.signature_policy
 
 
 class MemberRollSpec(SpecModel):

@@ -223,11 +223,15 @@ class ImageResolver:
             record = await self._urls.fetch(
                 reference.path, request.expected_sha256, always=request.policy == ALWAYS
             )
-            self.signatures.check_url(reference.path, record.module_sha256)
+            self.signatures.check_url(reference.path, record.module_sha256, request.namespace)
         else:
             access = await self._access(request, reference)
             always = request.policy == ALWAYS or (not request.policy and reference.is_latest)
             flight = f"resolve:{reference}:{always}:{access.identity}"
+            if self.signatures.mode_for(request.namespace) is SignatureMode.ENFORCE:
+                # The pull refuses by the policy of its namespace (namespaces may
+                # trust keys of their own): never share that verdict with another.
+                flight += f":{request.namespace}"
             record = await self._with_retries(
                 reference,
                 lambda: self.cache.single_flight(
@@ -241,7 +245,7 @@ class ImageResolver:
                 ),
                 access,
             )
-            if self.signatures.policy.active:
+            if self.signatures.mode_for(request.namespace) is not SignatureMode.OFF:
                 digests = _signed_digests(record)
                 signer = await self._with_retries(
                     reference, lambda: self._check_signatures(reference, access, digests), access
@@ -263,7 +267,8 @@ class ImageResolver:
         cached = self.cache.image(top.digest)
         if cached is not None:
             return cached
-        if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
+        enforced = self.signatures.mode_for(namespace) is SignatureMode.ENFORCE
+        if enforced and not _is_index(top):
             await self.signatures.check_image(source, (top.digest,), None, namespace)
         return await self._puller.pull(source, top, _LOCAL_IDENTITY, progress)
 
@@ -298,7 +303,8 @@ class ImageResolver:
             return record
         source = registry()
         top = await source.manifest(known or reference.version)
-        if self.signatures.policy.mode is SignatureMode.ENFORCE and not _is_index(top):
+        enforced = self.signatures.mode_for(access.namespace) is SignatureMode.ENFORCE
+        if enforced and not _is_index(top):
             # refused before a byte of the image is downloaded, unpacked or compiled
             await self._check_signatures(reference, access, (top.digest,))
         record = await self._puller.pull(source, top, access.identity, progress)

@@ -69,6 +69,10 @@ class SignatureVerifier:
     def __repr__(self) -> str:
         return f"SignatureVerifier({self.policy.mode.value}, keys={len(self.policy.keys)})"
 
+    def mode_for(self, namespace: str) -> SignatureMode:
+        """The mode applied to the extensions of ``namespace``."""
+        return self.policy.mode
+
     async def check_image(
         self,
         source: ImageSource,
@@ -172,7 +176,7 @@ class SignatureVerifier:
         for that namespace only."""
         return f"{namespace}/{digest}" if self.policy.has_own_keys(namespace) else digest
 
-    def check_url(self, url: str, sha256: str) -> None:
+    def check_url(self, url: str, sha256: str, namespace: str = "") -> None:
         """An http(s) module carries no signature meshext can read: refused under enforce."""
         if not self.policy.active:
             return

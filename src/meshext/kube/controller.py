@@ -1,17 +1,19 @@
 """The Kubernetes controller: ServiceMeshExtension status, and Istio resources for them.
 
 Informers keep local copies of ServiceMeshExtensions (read through v1, the storage
-version, whatever version users wrote), control planes, member rolls and, in Istio
-mode, WasmPlugins and EnvoyFilters. Every change puts the key of the extension it
-concerns on a :class:`~meshext.kube.workqueue.WorkQueue`; a control plane or member
-roll change concerns every extension. The reconciler then looks at the *current*
+version, whatever version users wrote), control planes, member rolls, the ConfigMaps
+that publish trusted keys (:mod:`meshext.kube.signature_trust`) and, in Istio mode,
+WasmPlugins and EnvoyFilters. Every change puts the key of the extension it concerns
+on a :class:`~meshext.kube.workqueue.WorkQueue`; a control plane, member roll or
+trusted-keys change concerns every extension. The reconciler then looks at the *current*
 state only (level-triggered), so a burst of events costs one pass, and the result
 is the same whether events were seen, missed and re-listed, or replayed:
 
 1. decode the object (an invalid one gets a status saying what is wrong);
 2. check the namespace is in a mesh with extensions enabled (else a status saying so);
-3. resolve the image through the :class:`~meshext.mesh.resolution.ModuleResolver`
-   (a retryable failure is retried with backoff);
+3. resolve the image through the :class:`~meshext.mesh.resolution.ModuleResolver`,
+   under the signature policy of the extension's mesh and namespace (a retryable
+   failure is retried with backoff);
 4. in Istio mode, render the WasmPlugin or EnvoyFilter, create or correct it (someone
    editing it is undone), and delete what this extension rendered before but no
    longer should - also when the extension is deleted: owner references are set,
@@ -39,6 +41,8 @@ from meshext.api.extension import DeploymentStatus, ExtensionStatus, ServiceMesh
 from meshext.api.meta import ResourceKey, SourceLocation
 from meshext.api.phase import Phase
 from meshext.errors import MeshextError
+from meshext.images.scoped_verification import signature_scope
+from meshext.images.trust_scopes import ScopedTrust
 from meshext.istio.render import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -67,6 +71,7 @@ from meshext.kube.resources import (
     object_key,
 )
 from meshext.kube.secrets import only_namespace
+from meshext.kube.signature_trust import ClusterTrust
 from meshext.kube.status import write_status
 from meshext.kube.tasks import Backoff, cancel_and_wait
 from meshext.kube.watching import Informer, wait_all_synced
@@ -136,10 +141,16 @@ class Controller:
         client: KubeClient,
         resolver: ModuleResolver,
         settings: ControllerSettings | None = None,
+        *,
+        trust: ClusterTrust | None = None,
     ) -> None:
         self.client = client
         self.resolver = resolver
         self.settings = settings or ControllerSettings()
+        self.trust = trust
+        """Keys and modes published in the cluster; its verifier must be the resolver's."""
+        if trust is not None:
+            trust.config_maps.add_handler(self._on_mesh)
         self.stats = ControllerStats()
         timeout = self.settings.watch_timeout
         self.extensions = Informer(
@@ -173,7 +184,7 @@ class Controller:
                 on_change=self._on_leadership,
             )
         self._ready = asyncio.Event()
-        self._resolved: dict[ObjectKey, tuple[tuple[str, int, int], Resolution]] = {}
+        self._resolved: dict[ObjectKey, tuple[_ResolvedFor, Resolution]] = {}
         self._retries: dict[ObjectKey, Backoff] = {}
         self._epoch = 0
 
@@ -183,7 +194,14 @@ class Controller:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.extensions, self.control_planes, self.member_rolls, *self.rendered.values()]
+        trusted = [self.trust.config_maps] if self.trust is not None else []
+        return [
+            self.extensions,
+            self.control_planes,
+            self.member_rolls,
+            *trusted,
+            *self.rendered.values(),
+        ]
 
     @property
     def ready(self) -> bool:
@@ -349,7 +367,8 @@ class Controller:
                     "spec.techPreview.wasmExtensions.enabled: true",
                 )
             )
-        resolution, retry = await self._resolve(key, obj, extension)
+        scope = self.trust.trust_for(key.namespace, mesh) if self.trust is not None else None
+        resolution, retry = await self._resolve(key, obj, extension, scope)
         status = extension_status(extension, resolution, self._module_url)
         istio = self.settings.istio
         if istio is None or not status.deployment.ready:
@@ -372,32 +391,44 @@ class Controller:
         return _Evaluation(status, rendering)
 
     async def _resolve(
-        self, key: ObjectKey, obj: KubeObject, extension: Extension
+        self,
+        key: ObjectKey,
+        obj: KubeObject,
+        extension: Extension,
+        scope: ScopedTrust | None = None,
     ) -> tuple[Resolution, bool]:
         """The image's resolution, and whether to try again later.
 
-        A ready resolution is reused until the extension changes or the periodic
-        resync comes. When re-resolving fails for a reason that may pass (registry
-        down), the module already in use for this very generation stays in use.
+        A ready resolution is reused until the extension changes, the keys or mode
+        that apply to it change, or the periodic resync comes. When re-resolving
+        fails for a reason that may pass (registry down), the module already in use
+        for this very generation stays in use; so does it when a newer image is
+        refused by the signature policy, unless that policy itself changed (a key
+        removed must stop counting).
         """
         uid = str(metadata(obj).get("uid") or "")
+        trust = scope.identity if scope is not None else ()
+        current = _ResolvedFor(uid, extension.generation, self._epoch, trust)
         cached = self._resolved.get(key)
-        if cached is not None and cached[0] == (uid, extension.generation, self._epoch):
+        if cached is not None and cached[0] == current:
             return cached[1], False
         try:
-            with only_namespace(extension.namespace):
+            with only_namespace(extension.namespace), signature_scope(scope):
                 resolution = await self.resolver.resolve(extension)
         except MeshextError as exc:
             resolution = Resolution.failed(
                 str(exc), retryable=bool(getattr(exc, "retryable", False))
             )
         if resolution.state is ResolutionState.READY:
-            self._resolved[key] = ((uid, extension.generation, self._epoch), resolution)
+            self._resolved[key] = (current, resolution)
             return resolution, False
         retry = resolution.state is ResolutionState.FAILED and (
             resolution.retryable or resolution.keep_previous
         )
-        if retry and cached is not None and cached[0][:2] == (uid, extension.generation):
+        same = cached is not None and cached[0].same_object(current)
+        if resolution.keep_previous and cached is not None and cached[0].trust != trust:
+            same = False  # refused under a policy other than the one that verified it
+        if retry and cached is not None and same:
             log.warning("%s: %s; keeping the module in use", key, resolution.message)
             if resolution.keep_previous:  # status says why the newer image was refused
                 return replace(cached[1], message=resolution.message), True
@@ -498,6 +529,19 @@ class Controller:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class _ResolvedFor:
+    """What a cached resolution was made for."""
+
+    uid: str
+    generation: int
+    epoch: int
+    trust: tuple[str, ...]
+
+    def same_object(self, other: _ResolvedFor) -> bool:
+        return (self.uid, self.generation) == (other.uid, other.generation)
 
 
 def _owner_of(obj: KubeObject) -> ObjectKey | None:

@@ -340,7 +340,8 @@ SERVICE_MESH_CONTROL_PLANE = Definition(
     singular="servicemeshcontrolplane",
     short_names=("smcp",),
     description=(
-        "A service mesh control plane. meshext reads spec.techPreview.wasmExtensions.enabled; "
+        "A service mesh control plane. meshext reads spec.techPreview.wasmExtensions.enabled "
+        "and .signaturePolicy; "
         "every other field belongs to other tools and is kept as written."
     ),
     versions=(

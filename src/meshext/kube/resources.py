@@ -82,6 +82,7 @@ SERVICE_MESH_MEMBER_ROLL = ResourceType(
 WASM_PLUGIN = ResourceType("extensions.istio.io", "v1alpha1", "wasmplugins", wasmplugin.KIND)
 ENVOY_FILTER = ResourceType("networking.istio.io", "v1alpha3", "envoyfilters", "EnvoyFilter")
 SECRET = ResourceType("", "v1", "secrets", "Secret")
+CONFIG_MAP = ResourceType("", "v1", "configmaps", "ConfigMap")
 LEASE = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 CUSTOM_RESOURCE_DEFINITION = ResourceType(
     "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False

@@ -19,12 +19,12 @@ from meshext.images.config import RegistryConfig
 from meshext.images.local import LocalImages
 from meshext.images.resolver import ImageResolver
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
-from meshext.images.verification import SignatureVerifier
 from meshext.kube.cainjector import CaBundleInjector
 from meshext.kube.client import KubeClient
 from meshext.kube.controller import Controller, ControllerSettings
 from meshext.kube.http import admin_app, start_webhook_server
 from meshext.kube.secrets import KubePullSecretStore
+from meshext.kube.signature_trust import ClusterTrust
 from meshext.kube.tasks import cancel_and_wait
 from meshext.server.modules import start_module_server
 
@@ -55,14 +55,17 @@ async def run_controller(options: RunOptions, stop: asyncio.Event | None = None)
     """Run until ``stop`` is set (or the task is cancelled)."""
     client = await KubeClient.connect(options.kubeconfig, context=options.context)
     cache = ModuleCache(options.cache_dir)
+    # The operator's policy, combined per mesh and namespace with the keys published
+    # in the cluster (see meshext.kube.signature_trust).
+    trust = ClusterTrust(client, options.signatures, watch_timeout=options.settings.watch_timeout)
     resolver = ImageResolver(
         cache,
         KubePullSecretStore(client),
         registry_config=options.registry,
-        signatures=SignatureVerifier(options.signatures),
+        signatures=trust.verifier,
         local_images=LocalImages(options.local_images),
     )
-    controller = Controller(client, resolver, options.settings)
+    controller = Controller(client, resolver, options.settings, trust=trust)
     admin = await start_module_server(
         admin_app(controller, cache), options.admin_host, options.admin_port
     )
