@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshext.images.certificate_trust import CertificateTrust, TrustedIdentity
 from meshext.images.scoped_verification import ScopedSignatureVerifier, signature_scope
 from meshext.images.trust import (
     SIGNATURES_OFF,
@@ -27,6 +28,7 @@ from meshext.images.trust_scopes import (
     strictest,
 )
 from meshext.images.verification import SignatureRefused
+from tests.images.signing_certificates import SigningAuthority
 
 MESH = "istio-system"
 TEAM = "team-a"
@@ -241,7 +243,8 @@ def test_the_scoped_verifier_trusts_a_namespace_key_only_in_its_namespace(
     with signature_scope(own):
         signer = verifier.check_file(module, cached, "1" * 64, TEAM)
     assert signer is not None
-    assert signer.name == "team"
+    assert signer.name.startswith("team (sha256:")
+    assert signer.kind == "detached signature"
     for namespace in ("team-b", MESH):
         other = scoped_trust(SIGNATURES_OFF, namespace, mesh_namespace=MESH, mesh=settings)
         with signature_scope(other), pytest.raises(SignatureRefused):
@@ -275,3 +278,15 @@ def test_outside_a_scope_the_operator_policy_applies() -> None:
     verifier = ScopedSignatureVerifier(SIGNATURES_OFF)
     assert verifier.mode_for(TEAM) is SignatureMode.OFF
     verifier.check_url("https://127.0.0.1/m.wasm", "3" * 64, TEAM)
+
+
+def test_the_operators_certificate_trust_reaches_every_scope_and_enforces_without_keys() -> None:
+    authority = SigningAuthority.generate("ci")
+    certificates = CertificateTrust((authority.root,), (), (TrustedIdentity("release@ci.example"),))
+    operator = SignaturePolicy(SignatureMode.ENFORCE, (), certificates=certificates)
+    for namespace in (MESH, TEAM):
+        trust = scoped_trust(operator, namespace, mesh_namespace=MESH, mesh=mesh_settings(None))
+        policy = trust.policy()
+        assert policy is not None, trust.without_keys()
+        assert policy.certificates is certificates
+        assert trust.keys == ()

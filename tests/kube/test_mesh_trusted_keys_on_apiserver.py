@@ -143,7 +143,7 @@ async def test_one_field_on_the_control_plane_and_a_mesh_key_protect_every_membe
         extension("signed", mesh.control_plane, image),
         extension("unsigned", first, unsigned),
     )
-    signer = f"ConfigMap {mesh.control_plane}/mesh-keys:ci.pub (sha256:{fingerprint(key)})"
+    signer = f"ConfigMap {mesh.control_plane}/mesh-keys:ci.pub (sha256:{fingerprint(key)}), cosign signature"
     async with running_controller(
         kube_apiserver, tmp_path / "cache", settings(istio=None), registry=INSECURE
     ):
@@ -191,7 +191,7 @@ async def test_a_namespace_key_trusts_only_the_extensions_of_that_namespace_in_t
         status = await settled(cluster, "team", team, ready, "verified with the team key")
         assert status["deployment"]["containerSha256"] == digest
         assert status["deployment"]["signer"] == (
-            f"ConfigMap {team}/team-keys:team.pub (sha256:{fingerprint(team_key)})"
+            f"ConfigMap {team}/team-keys:team.pub (sha256:{fingerprint(team_key)}), cosign signature"
         )
         refusals = (("borrowed", other), ("mesh-wide", mesh.control_plane), ("foreign", other))
         for name, namespace in refusals:

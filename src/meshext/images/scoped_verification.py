@@ -24,8 +24,9 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from meshext.images.signature_discovery import Referrers
+from meshext.images.signatures import Signer
 from meshext.images.source import ImageSource
-from meshext.images.trust import SIGNATURES_OFF, SignatureMode, SignaturePolicy, TrustedKey
+from meshext.images.trust import SIGNATURES_OFF, SignatureMode, SignaturePolicy
 from meshext.images.trust_scopes import ScopedTrust
 from meshext.images.verification import SignatureRefused, SignatureVerifier
 
@@ -67,7 +68,7 @@ class ScopedSignatureVerifier(SignatureVerifier):
         digests: tuple[str, ...],
         referrers: Referrers | None,
         namespace: str = "",
-    ) -> TrustedKey | None:
+    ) -> Signer | None:
         scope = self._scope(namespace)
         if scope is None:
             return await super().check_image(source, digests, referrers, namespace)
@@ -81,7 +82,7 @@ class ScopedSignatureVerifier(SignatureVerifier):
 
     def check_file(
         self, path: Path, cached: Path, sha256: str, namespace: str = ""
-    ) -> TrustedKey | None:
+    ) -> Signer | None:
         scope = self._scope(namespace)
         if scope is None:
             return super().check_file(path, cached, sha256, namespace)

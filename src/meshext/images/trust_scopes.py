@@ -17,7 +17,7 @@ On Kubernetes three parties say which keys sign trusted extension images:
   namespace apply to the whole mesh, so they count the mesh's keys only, never a
   member's.
 
-A mode that is on with no key at all trusts nothing: every image of that scope is
+A mode that is on with no key (and no certificate trust of the operator) trusts nothing: every image of that scope is
 refused (``enforce``) or reported (``warn``), and the reason names where keys are
 expected. A mode written wrongly counts as ``enforce`` (failing closed) and is
 reported. Keys that do not parse are reported by the object and entry they came from;
@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from meshext.images.certificate_trust import CertificateTrust
 from meshext.images.trust import (
     SignatureMode,
     SignaturePolicy,
@@ -73,17 +74,22 @@ class ScopedTrust:
     """Who set the mode (``--signature-policy`` or a ServiceMeshControlPlane)."""
     problems: tuple[str, ...] = ()
     keys_hint: str = ""
+    certificates: CertificateTrust | None = None
+    """The operator's authorities and identities for certificate-signed bundles."""
 
     @property
     def identity(self) -> tuple[str, ...]:
-        """Equal for two scopes that trust the same keys under the same mode."""
-        return (self.mode.value, *(f"{k.name}={k.fingerprint}" for k in self.keys))
+        """Equal for two scopes that trust the same keys and certificates under one mode."""
+        certificates = (
+            () if self.certificates is None else (f"certificates={id(self.certificates)}",)
+        )
+        return (self.mode.value, *(f"{k.name}={k.fingerprint}" for k in self.keys), *certificates)
 
     def policy(self) -> SignaturePolicy | None:
-        """The policy to verify with; ``None`` when the mode is off or no key is trusted."""
-        if self.mode is SignatureMode.OFF or not self.keys:
+        """The policy to verify with; ``None`` when the mode is off or nothing is trusted."""
+        if self.mode is SignatureMode.OFF or (not self.keys and self.certificates is None):
             return None
-        return SignaturePolicy(self.mode, self.keys)
+        return SignaturePolicy(self.mode, self.keys, certificates=self.certificates)
 
     def without_keys(self) -> str:
         """Why nothing can be verified when the mode is on and no key is trusted."""
@@ -181,4 +187,5 @@ def scoped_trust(
         decided_by,
         tuple(problems),
         mesh.keys_hint,
+        operator.certificates,
     )
