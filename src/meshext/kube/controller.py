@@ -41,7 +41,6 @@ from meshext.api.extension import DeploymentStatus, ExtensionStatus, ServiceMesh
 from meshext.api.meta import ResourceKey, SourceLocation
 from meshext.api.phase import Phase
 from meshext.errors import MeshextError
-from meshext.images.scoped_verification import signature_scope
 from meshext.images.trust_scopes import ScopedTrust
 from meshext.istio.render import (
     MANAGED_BY,
@@ -70,7 +69,7 @@ from meshext.kube.resources import (
     metadata,
     object_key,
 )
-from meshext.kube.secrets import only_namespace
+from meshext.kube.scoped_resolution import resolving_in
 from meshext.kube.signature_trust import ClusterTrust
 from meshext.kube.status import write_status
 from meshext.kube.tasks import Backoff, cancel_and_wait
@@ -413,7 +412,7 @@ class Controller:
         if cached is not None and cached[0] == current:
             return cached[1], False
         try:
-            with only_namespace(extension.namespace), signature_scope(scope):
+            with resolving_in(extension.namespace, scope):
                 resolution = await self.resolver.resolve(extension)
         except MeshextError as exc:
             resolution = Resolution.failed(

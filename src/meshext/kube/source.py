@@ -7,12 +7,17 @@ except the WasmPlugins meshext's own controller rendered, which stand for
 extensions already listed. Each change yields the complete current state, decoded
 like a folder is; an object that does not decode becomes an error naming
 ``kubernetes://<namespace>/<kind>/<name>``, and the rest still load.
+
+Other informers whose objects decide how the state is served, without being part of
+it (the ConfigMaps of trusted keys, :mod:`meshext.kube.signature_trust`), can run
+with the source: the first state waits for them too, and their changes yield the
+state again, so the consumer looks at it anew.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from meshext.api.decode import DecodeError, decode
 from meshext.api.meta import SourceLocation
@@ -44,6 +49,8 @@ class KubernetesSource:
 
     Changes arriving while the consumer is busy are coalesced: the next state yielded
     is the latest one. ``namespace`` limits the watch to one namespace.
+    ``watch_also``: informers run and waited for with the source's own, whose
+    changes yield the state again; their objects are not part of it.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class KubernetesSource:
         namespace: str | None = None,
         wasm_plugins: bool = True,
         watch_timeout: int = 300,
+        watch_also: Sequence[Informer] = (),
     ) -> None:
         self.client = client
         self._changed = asyncio.Event()
@@ -78,6 +86,9 @@ class KubernetesSource:
                     watch_timeout=watch_timeout,
                 )
             )
+        self.watched_also = list(watch_also)
+        for informer in self.watched_also:
+            informer.add_handler(self._on_change)
 
     def __repr__(self) -> str:
         return f"<KubernetesSource {self.client.host}: {self.informers!r}>"
@@ -90,11 +101,10 @@ class KubernetesSource:
         return self._updates()
 
     async def _updates(self) -> AsyncGenerator[LoadResult, None]:
-        tasks = [
-            asyncio.create_task(i.run(), name=f"source informer {i.rtype}") for i in self.informers
-        ]
+        informers = [*self.informers, *self.watched_also]
+        tasks = [asyncio.create_task(i.run(), name=f"source informer {i.rtype}") for i in informers]
         try:
-            await wait_all_synced(*self.informers)
+            await wait_all_synced(*informers)
             while True:
                 self._changed.clear()
                 yield self.snapshot()

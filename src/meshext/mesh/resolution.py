@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from meshext.api.manifest import ExtensionManifest
 from meshext.api.meta import ResourceKey
@@ -96,6 +96,18 @@ class ModuleResolver(Protocol):
 
     def forget(self, key: ResourceKey) -> None:
         """The extension is gone: its module need not be kept for it any more."""
+        ...
+
+
+@runtime_checkable
+class JudgingResolver(Protocol):
+    """A resolver whose outcome depends on more than the extension's image and pull
+    settings: on Kubernetes, the signature policy and keys of the extension's mesh
+    and namespace (:mod:`meshext.kube.scoped_resolution`)."""
+
+    def judged_by(self, extension: Extension) -> tuple[object, ...]:
+        """What, besides the extension, its resolution is made under; the image is
+        resolved again when this changes."""
         ...
 
 

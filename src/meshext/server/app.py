@@ -19,6 +19,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -37,7 +38,7 @@ from meshext.images.resolver import ImageResolver
 from meshext.images.secrets import FolderPullSecretStore
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
 from meshext.images.verification import SignatureVerifier
-from meshext.mesh.resolution import PullSecretStore
+from meshext.mesh.resolution import ModuleResolver, PullSecretStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
 from meshext.server.modules import RunningServer, module_app, start_module_server
@@ -45,6 +46,9 @@ from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.watch import FolderSource
 from meshext.xds.cache import SnapshotCache
 from meshext.xds.server import AdsServer
+
+if TYPE_CHECKING:
+    from meshext.kube.signature_trust import ClusterTrust
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +145,12 @@ async def running_control_plane(
     secrets: PullSecretStore | None = None,
     sinks: tuple[StatusSink, ...] = (),
     authenticator: TokenAuthenticator | None = None,
+    trust: ClusterTrust | None = None,
 ) -> AsyncIterator[RunningControlPlane]:
     """Start every component; on exit stop them all, even after an error. With an
-    ``authenticator`` (and TLS), proxies can also exchange tokens for certificates."""
+    ``authenticator`` (and TLS), proxies can also exchange tokens for certificates.
+    With ``trust`` (serving from a cluster), each extension's image is judged by the
+    policy and keys of its mesh and namespace, as the controller judges it."""
     if source is None:
         if options.config is None:
             raise ValueError("either a config folder or a config source is needed")
@@ -151,13 +158,20 @@ async def running_control_plane(
     if secrets is None:
         secrets = FolderPullSecretStore(options.config) if options.config else _NoSecrets()
     cache = ModuleCache(options.cache_dir, max_bytes=options.cache_max_bytes)
-    resolver = ImageResolver(
+    images = ImageResolver(
         cache,
         secrets,
         registry_config=options.registry,
-        signatures=SignatureVerifier(options.signatures),
+        signatures=trust.verifier if trust else SignatureVerifier(options.signatures),
         local_images=LocalImages(tuple(p.resolve() for p in options.local_images)),
     )
+    resolver: ModuleResolver = images
+    if trust is not None:
+        from meshext.kube.scoped_resolution import MeshScopedResolver  # noqa: PLC0415
+
+        # The meshes as the control loop last applied them (it exists by the time
+        # anything is resolved).
+        resolver = MeshScopedResolver(images, trust, lambda: control.model.topology)
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
@@ -218,32 +232,50 @@ async def running_control_plane(
         await modules.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_from_cluster(
+    options: ServeOptions, kubeconfig: Path, *, watch_timeout: int = 300
+) -> AsyncIterator[RunningControlPlane]:
+    """:func:`running_control_plane` with the cluster ``kubeconfig`` names as source:
+    ServiceMeshExtension status is written to the cluster, proxies exchange
+    service-account tokens for certificates, and images are judged per mesh and
+    namespace with the keys published in the cluster (as ``meshext kube controller``
+    does, see :mod:`meshext.kube.scoped_resolution`)."""
+    # Imported only when serving from a cluster: the Kubernetes client costs a
+    # folder-serving process about 36 MiB (measured by benchmarks/ads_scale).
+    from meshext.kube.client import KubeClient  # noqa: PLC0415
+    from meshext.kube.secrets import KubePullSecretStore  # noqa: PLC0415
+    from meshext.kube.signature_trust import ClusterTrust  # noqa: PLC0415
+    from meshext.kube.source import KubernetesSource  # noqa: PLC0415
+    from meshext.kube.status import KubernetesStatusSink  # noqa: PLC0415
+    from meshext.kube.token_review import KubeTokenAuthenticator  # noqa: PLC0415
+
+    async with await KubeClient.connect(kubeconfig) as client:
+        trust = ClusterTrust(client, options.signatures, watch_timeout=watch_timeout)
+        # The trusted keys are watched with the source: the first configuration waits
+        # for them, and each change of them is a new configuration to look at.
+        source = KubernetesSource(
+            client, watch_timeout=watch_timeout, watch_also=(trust.config_maps,)
+        )
+        async with running_control_plane(
+            options,
+            source=source,
+            secrets=KubePullSecretStore(client),
+            sinks=(KubernetesStatusSink(client),),
+            authenticator=KubeTokenAuthenticator(client, options.token_audience),
+            trust=trust,
+        ) as running:
+            yield running
+
+
 async def serve_forever(options: ServeOptions, kubeconfig: Path | None = None) -> None:
     """Serve until cancelled, from the config folder or, with ``kubeconfig``, from the
-    cluster it names (ServiceMeshExtension status is then written to the cluster)."""
+    cluster it names (see :func:`running_from_cluster`)."""
     async with contextlib.AsyncExitStack() as stack:
-        source: ConfigSource | None = None
-        secrets: PullSecretStore | None = None
-        sinks: tuple[StatusSink, ...] = ()
-        authenticator: TokenAuthenticator | None = None
-        if kubeconfig is not None:
-            # Imported only when serving from a cluster: the Kubernetes client costs a
-            # folder-serving process about 36 MiB (measured by benchmarks/ads_scale).
-            from meshext.kube.client import KubeClient  # noqa: PLC0415
-            from meshext.kube.secrets import KubePullSecretStore  # noqa: PLC0415
-            from meshext.kube.source import KubernetesSource  # noqa: PLC0415
-            from meshext.kube.status import KubernetesStatusSink  # noqa: PLC0415
-            from meshext.kube.token_review import KubeTokenAuthenticator  # noqa: PLC0415
-
-            client = await stack.enter_async_context(await KubeClient.connect(kubeconfig))
-            source = KubernetesSource(client)
-            secrets = KubePullSecretStore(client)
-            sinks = (KubernetesStatusSink(client),)
-            authenticator = KubeTokenAuthenticator(client, options.token_audience)
         running = await stack.enter_async_context(
-            running_control_plane(
-                options, source=source, secrets=secrets, sinks=sinks, authenticator=authenticator
-            )
+            running_control_plane(options)
+            if kubeconfig is None
+            else running_from_cluster(options, kubeconfig)
         )
         if running.ca is not None:
             # Proxies bootstrapped on this host keep valid certificates without a timer.

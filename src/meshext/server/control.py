@@ -45,7 +45,7 @@ from meshext.images.reference import parse_image_reference
 from meshext.mesh.extension import Extension
 from meshext.mesh.model import MeshModel, build_model
 from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
-from meshext.mesh.resolution import ModuleResolver, Resolution, ResolutionState
+from meshext.mesh.resolution import JudgingResolver, ModuleResolver, Resolution, ResolutionState
 from meshext.mesh.status import extension_status
 from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
@@ -114,6 +114,7 @@ class ControlPlane:
         preflight: PreflightRunner | None = None,
     ) -> None:
         self._resolver = resolver
+        self._judged_by = resolver.judged_by if isinstance(resolver, JudgingResolver) else _alone
         self._cache = cache
         self._delivery = delivery
         self._sinks = list(sinks)
@@ -231,7 +232,7 @@ class ControlPlane:
             self._forget_extension(key)
             self._resolver.forget(key)
         for key, ext in wanted.items():
-            inputs = (ext.image, ext.pull, ext.expected_sha256)
+            inputs = (ext.image, ext.pull, ext.expected_sha256, *self._judged_by(ext))
             if self._inputs.get(key) == inputs:
                 continue
             previous = self._resolutions.get(key)
@@ -607,6 +608,11 @@ def _still_running(previous: Resolution) -> str:
         f"still running the module resolved before ({image}module sha256:{module.sha256}); "
         "until the change resolves"
     )
+
+
+def _alone(ext: Extension) -> tuple[object, ...]:
+    """Nothing besides the extension decides its resolution."""
+    return ()
 
 
 def _refreshes(ext: Extension) -> bool:
