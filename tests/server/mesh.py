@@ -206,11 +206,17 @@ async def running_mesh(workdir: Path, options: ServeOptions | None = None) -> As
     options = options or serve_options(workdir)
     config = options.config
     assert config is not None
-    async with running_control_plane(options) as running:
-        mesh = Mesh(running, config, workdir)
-        try:
-            yield mesh
-        finally:
-            for sidecar in mesh.sidecars:
-                await sidecar.envoy.stop()
-                await sidecar.app.stop()
+    async with running_control_plane(options) as running, mesh_of(running, config, workdir) as mesh:
+        yield mesh
+
+
+@contextlib.asynccontextmanager
+async def mesh_of(running: RunningControlPlane, config: Path, workdir: Path) -> AsyncIterator[Mesh]:
+    """Sidecars for a control plane started elsewhere, stopped when the block ends."""
+    mesh = Mesh(running, config, workdir)
+    try:
+        yield mesh
+    finally:
+        for sidecar in mesh.sidecars:
+            await sidecar.envoy.stop()
+            await sidecar.app.stop()
