@@ -154,6 +154,50 @@ async def test_an_image_change_keeps_serving_the_old_module_until_the_new_one_re
         assert list(extension_configs(cache)) == list(first)
 
 
+class JudgingScriptedResolver(ScriptedResolver):
+    """Also says what it judges images by (as the resolver of a cluster: its keys)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = "key A"
+
+    def judged_by(self, extension: Extension) -> tuple[object, ...]:
+        return (self.policy,)
+
+
+async def test_an_image_is_resolved_again_when_what_judges_it_changes_serving_the_old_module_meanwhile(
+    tmp_path: Path,
+) -> None:
+    resolver, source, cache = JudgingScriptedResolver(), ListSource(), SnapshotCache()
+    answers = resolver.queue("header-append.wasm")
+    answers.put_nowait(Resolution.ready(example_module("header-append")))
+    loaded = config(tmp_path, sme("bookinfo", "tag", "header-append"))
+    source.queue.put_nowait(loaded)
+    async with running(resolver, source, cache) as control:
+        await control.on_connect(node())
+        first = extension_configs(cache)
+        assert len(first) == 1
+        source.queue.put_nowait(loaded)  # the same configuration, judged the same
+        await asyncio.sleep(0.2)
+        assert len(resolver.asked) == 1
+        resolver.policy = "key B"
+        source.queue.put_nowait(loaded)
+        for _ in range(100):
+            if len(resolver.asked) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(resolver.asked) == 2
+        assert extension_configs(cache) == first  # served while checked again
+        answers.put_nowait(Resolution.failed("refused by the signature policy"))
+        for _ in range(100):
+            if not extension_configs(cache):
+                break
+            await asyncio.sleep(0.05)
+        assert extension_configs(cache) == {}
+        report = next(r for r in control.reports() if r.key.name == "tag")
+        assert report.status.deployment.message == "refused by the signature policy"
+
+
 async def test_a_transient_failure_is_retried_until_the_image_resolves(tmp_path: Path) -> None:
     resolver, source, cache = ScriptedResolver(), ListSource(), SnapshotCache()
     answers = resolver.queue("header-append.wasm")
