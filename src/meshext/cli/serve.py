@@ -47,7 +47,9 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     "--kubeconfig",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Serve the resources of this cluster instead of a folder, writing status there.",
+    help="Serve the resources of this cluster instead of a folder, writing status there; "
+    "images are judged by each mesh's signaturePolicy and the keys in ConfigMaps "
+    "labelled meshext.io/trusted-keys=true, as by the controller.",
 )
 @listen_address_options
 @click.option(
