@@ -1,10 +1,11 @@
 """Verifying an extension's image with the policy of the scope it lives in.
 
-The Kubernetes controller decides, for each extension, which :class:`ScopedTrust`
-applies (its mesh's mode and keys, its namespace's own keys) and resolves the image
-inside :func:`signature_scope`. :class:`ScopedSignatureVerifier` then checks with
-exactly that policy; outside any scope (the CLI, ``serve``) it is the plain
-:class:`SignatureVerifier` of the operator's policy.
+On Kubernetes (the controller, and ``serve --kubeconfig``), each extension's
+:class:`ScopedTrust` (its mesh's mode and keys, its namespace's own keys) is decided
+per resolve and the image resolved inside :func:`signature_scope` (see
+:mod:`meshext.kube.scoped_resolution`). :class:`ScopedSignatureVerifier` then checks
+with exactly that policy; outside any scope (the CLI, ``serve`` from a folder) it is
+the plain :class:`SignatureVerifier` of the operator's policy.
 
 A verdict is remembered per set of trusted keys: when a scope's keys change (a key
 added, rotated or removed) the next resolve checks the registry again with the new

@@ -3,7 +3,7 @@
 On Kubernetes three parties say which keys sign trusted extension images:
 
 * the **operator** of meshext (``--trusted-keys DIR`` and ``--signature-policy``):
-  keys for every mesh the controller serves, ``DIR/<namespace>/`` for one namespace;
+  keys for every mesh meshext serves, ``DIR/<namespace>/`` for one namespace;
 * the **mesh** (its ServiceMeshControlPlane): a mode for the whole mesh and keys
   published in its control-plane namespace;
 * a **member namespace**: keys published in that namespace, for its own extensions.
@@ -169,7 +169,7 @@ def scoped_trust(
     elif _STRICTNESS[wanted] >= _STRICTNESS[operator.mode]:
         decided_by = mesh.origin
     else:
-        decided_by = "the controller's --signature-policy"
+        decided_by = "meshext's --signature-policy"
     problems = [problem] if problem else []
     keys = list(operator.keys_for(namespace)) + list(mesh.keys.keys)
     problems.extend(mesh.keys.problems)
