@@ -68,6 +68,8 @@ class MeshScopedResolver:
 
     def scope_for(self, namespace: str) -> ScopedTrust | None:
         """The policy of ``namespace`` under the current topology and keys."""
+        # Kept per namespace until the topology or a ConfigMap of keys changes: the
+        # control loop asks for every extension on every configuration it applies.
         now = (self._topology(), self._key_changes)
         if (
             self._scopes_of is None
