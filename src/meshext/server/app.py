@@ -38,6 +38,8 @@ from meshext.images.secrets import FolderPullSecretStore
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
 from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import PullSecretStore
+from meshext.preflight.runner import PreflightRunner
+from meshext.preflight.store import PreflightStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
 from meshext.server.modules import RunningServer, module_app, start_module_server
@@ -173,7 +175,8 @@ async def running_control_plane(
         server=HostPort(module_host.host, modules.port),
         tls=tls.module_tls if tls else None,
     )
-    control = ControlPlane(resolver, snapshots, delivery, sinks=sinks)
+    preflight = PreflightRunner(store=PreflightStore(options.cache_dir / "preflight"))
+    control = ControlPlane(resolver, snapshots, delivery, sinks=sinks, preflight=preflight)
     ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
     admin: RunningServer | None = None
     certificates: RunningServer | None = None
