@@ -53,6 +53,7 @@ from meshext.preflight.gate import Gated, PreflightGate
 from meshext.preflight.runner import PreflightRunner
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
 from meshext.server.faults import Faults
+from meshext.server.fetch_retries import FetchRetries, stand_in_for, with_attempts
 from meshext.server.modules import module_url
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
@@ -140,6 +141,8 @@ class ControlPlane:
         self._gate = PreflightGate(preflight or PreflightRunner(), self._preflight_done)
         self._gated = Gated((), {}, {})
         self._logged_errors: set[str] = set()
+        self._fetches = FetchRetries(lambda node_id: self._request(proxy=node_id))
+        """Remote modules a proxy has not fetched yet: re-offered with backoff."""
 
     # --- configuration -------------------------------------------------------------
 
@@ -200,6 +203,7 @@ class ControlPlane:
             for task in self._resolving.values():
                 task.cancel()
             self._gate.close()
+            self._fetches.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await pusher
 
@@ -329,6 +333,7 @@ class ControlPlane:
     def on_disconnect(self, node_id: str) -> None:
         self._proxies.pop(node_id, None)
         self._tracker.forget_proxy(node_id)
+        self._fetches.forget_proxy(node_id)
         self._cache.clear(node_id)
         self._request()
 
@@ -340,8 +345,12 @@ class ControlPlane:
             return
         if type_url == EXTENSION_CONFIG_TYPE_URL:
             rejected_before = self._tracker.rejects(node_id)
+            current = dict(record.extension_versions.values())
             for name in resource_names:
                 self._tracker.acked(node_id, name, version)
+                if current.get(name) == version:  # the real module, not a stand-in
+                    self._tracker.clear_rejection(node_id, name)
+                    self._fetches.accepted(node_id, name)
             # Only a cleared rejection can change what this proxy should get.
             changed = rejected_before and not self._tracker.rejects(node_id)
             self._request(proxy=node_id if changed else None)
@@ -362,8 +371,11 @@ class ControlPlane:
             return
         # The ADS server has logged the rejection; status records it.
         if type_url == EXTENSION_CONFIG_TYPE_URL:
+            stands_in = self._stands_in(record)
             for name in resource_names:
                 self._tracker.nacked(node_id, name, rejected_version, error_detail)
+                if stands_in:
+                    self._fetches.rejected(node_id, name)
         else:
             record.rejections[type_url] = error_detail
         self._request(proxy=node_id)
@@ -432,7 +444,9 @@ class ControlPlane:
             round_cache.plans[workload_key] = plan
         record.plan = plan
         try:
-            shareable = not self._tracker.rejects(proxy.node_id)
+            shareable = not self._tracker.rejects(proxy.node_id) and not self._fetches.active(
+                proxy.node_id
+            )
             key = (workload_key, proxy.inbound_port, proxy.app, proxy.inbound_address,
                    self._delivery.mode_for(proxy))  # fmt: skip
             generated = round_cache.generated.get(key) if shareable else None
@@ -453,6 +467,7 @@ class ControlPlane:
             if key_ not in generated.left_out:
                 self._tracker.offered(record.node_id, name, version, configs[name].message)
         self._tracker.retain(record.node_id, {n for n, _ in generated.versions.values()})
+        self._fetches.retain(record.node_id, {n for n, _ in generated.versions.values()})
         self._cache.set_snapshot(record.node_id, generated.snapshot)
 
     def _generate(
@@ -461,10 +476,14 @@ class ControlPlane:
         """The proxy's resources and snapshot, with every version it rejected replaced by
         the last one it accepted, or left out when it accepted none."""
 
+        stands_in = self._delivery.stands_in(self._delivery.mode_for(proxy))
+        attempts = self._fetches.attempts(proxy.node_id) if stands_in else {}
+
         def generate(applied_plan: WorkloadPlan) -> EnvoyResources:
-            return proxy_resources(
+            resources = proxy_resources(
                 proxy, applied_plan, self._delivery, extension_configs=round_cache.extension_config
             )
+            return with_attempts(resources, attempts)
 
         resources = generate(plan)
         snapshot = round_cache.snapshot_of(resources)
@@ -488,6 +507,9 @@ class ControlPlane:
             if accepted is not None:
                 keep.append(planned)
                 replacements[name] = accepted
+            elif stands_in:  # the module is being fetched: pass through meanwhile
+                keep.append(planned)
+                replacements[name] = stand_in_for(planned)
             else:
                 left_out[planned.key] = self._tracker.state(proxy.node_id, name, version).message
         if not left_out and not replacements:
@@ -498,6 +520,14 @@ class ControlPlane:
             configs = {**resources.extension_configs, **replacements}
             resources = EnvoyResources(resources.listeners, resources.clusters, configs)
         return _Generated(resources, round_cache.snapshot_of(resources), versions, left_out)
+
+    def _stands_in(self, record: ProxyRecord) -> bool:
+        if record.proxy is None:
+            return False
+        try:
+            return self._delivery.stands_in(self._delivery.mode_for(record.proxy))
+        except EnvoyConfigError:
+            return False
 
     # --- status ---------------------------------------------------------------------
 

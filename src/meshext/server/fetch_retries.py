@@ -1,0 +1,137 @@
+"""Re-offering remote modules a proxy could not fetch yet, with backoff.
+
+With remote delivery and ``nack_on_code_cache_miss`` (:class:`ModuleDelivery`), Envoy
+rejects an extension's configuration while its module is not in its cache, and
+fetches the module in the background. A rejected version is never offered again
+(:mod:`meshext.server.delivery`), so each new offer of the same module is a new
+attempt: the module URL carries ``?attempt=N``
+(:func:`~meshext.envoy.wasm.with_fetch_attempt`), which makes it a new version of the
+resource. Meanwhile the proxy runs what it accepted before: the earlier module of the
+extension, or the pass-through stand-in (:mod:`meshext.envoy.standin`).
+
+:class:`FetchRetries` keeps, per proxy and extension (ECDS resource name), the
+attempt number and when the next attempt is due: 1 s after the first rejection,
+doubling to 15 s. When an attempt is due it asks for the proxy to be recomputed. An
+accepted attempt stops the retries; its number is kept, so the accepted resource
+stays the same version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshext.envoy import names
+from meshext.envoy.resources import EnvoyResources
+from meshext.envoy.standin import stand_in_config
+from meshext.envoy.wasm import with_fetch_attempt
+from meshext.mesh.planner import PlannedExtension
+from meshext.mesh.traffic import FilterLayer
+
+
+@dataclass(frozen=True)
+class FetchBackoff:
+    first: float = 1.0
+    maximum: float = 15.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.first * 2 ** max(failures - 1, 0), self.maximum))
+
+
+@dataclass
+class _Attempts:
+    attempt: int = 0
+    failures: int = 0
+    due: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class FetchRetries:
+    on_due: Callable[[str], None]
+    """Called with a proxy's node id when one of its attempts is due."""
+    backoff: FetchBackoff = field(default_factory=FetchBackoff)
+    _proxies: dict[str, dict[str, _Attempts]] = field(default_factory=dict)
+
+    def attempts(self, node_id: str) -> dict[str, int]:
+        """Per resource name, the attempt to offer (only names past attempt 0)."""
+        return {n: a.attempt for n, a in self._proxies.get(node_id, {}).items() if a.attempt}
+
+    def active(self, node_id: str) -> bool:
+        """Whether the proxy's resources depend on its attempts (it cannot share a
+        configuration computed for other proxies)."""
+        return bool(self._proxies.get(node_id))
+
+    def waiting(self, node_id: str, name: str) -> bool:
+        entry = self._proxies.get(node_id, {}).get(name)
+        return entry is not None and entry.due is not None
+
+    def rejected(self, node_id: str, name: str) -> float:
+        """The proxy rejected the current attempt: schedule the next; returns the delay."""
+        entry = self._proxies.setdefault(node_id, {}).setdefault(name, _Attempts())
+        if entry.due is not None:
+            return 0.0
+        entry.failures += 1
+        delay = self.backoff.delay(entry.failures)
+        entry.due = asyncio.get_running_loop().call_later(delay, self._due, node_id, name)
+        return delay
+
+    def _due(self, node_id: str, name: str) -> None:
+        entry = self._proxies.get(node_id, {}).get(name)
+        if entry is None:
+            return
+        entry.due = None
+        entry.attempt += 1
+        self.on_due(node_id)
+
+    def accepted(self, node_id: str, name: str) -> None:
+        """The proxy accepted the current attempt: no more retries."""
+        entry = self._proxies.get(node_id, {}).get(name)
+        if entry is None:
+            return
+        if entry.due is not None:
+            entry.due.cancel()
+            entry.due = None
+        entry.failures = 0
+
+    def retain(self, node_id: str, names: set[str]) -> None:
+        """Forget extensions the proxy no longer has."""
+        entries = self._proxies.get(node_id, {})
+        for name in [n for n in entries if n not in names]:
+            self._cancel(entries.pop(name))
+        if not entries:
+            self._proxies.pop(node_id, None)
+
+    def forget_proxy(self, node_id: str) -> None:
+        for entry in self._proxies.pop(node_id, {}).values():
+            self._cancel(entry)
+
+    def close(self) -> None:
+        for node_id in list(self._proxies):
+            self.forget_proxy(node_id)
+
+    @staticmethod
+    def _cancel(entry: _Attempts) -> None:
+        if entry.due is not None:
+            entry.due.cancel()
+
+
+def with_attempts(resources: EnvoyResources, attempts: Mapping[str, int]) -> EnvoyResources:
+    """``resources`` with each extension named in ``attempts`` at that fetch attempt."""
+    if not attempts:
+        return resources
+    configs = {
+        name: with_fetch_attempt(config, attempts.get(name, 0))
+        for name, config in resources.extension_configs.items()
+    }
+    return EnvoyResources(resources.listeners, resources.clusters, configs)
+
+
+def stand_in_for(planned: PlannedExtension) -> Any:
+    """The stand-in ECDS resource of ``planned`` (HTTP or network, as the extension)."""
+    return stand_in_config(
+        names.extension_config_name(planned.key),
+        planned.extension.name,
+        network=planned.extension.layer is FilterLayer.NETWORK,
+    )
