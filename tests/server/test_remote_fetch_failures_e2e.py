@@ -120,8 +120,8 @@ async def test_a_module_the_proxy_cannot_fetch_is_stood_in_and_reported_until_fe
             lambda ps: len(ps) == 1 and ps[0].state is DeliveryState.REJECTED,
             "the unfetchable module reported rejected",
         )
-        print("REJECTION:", rejected.message)
         assert "count" in rejected.message
+        assert "has not fetched the module" in rejected.message
         for _ in range(20):
             assert await never_503_while_running(mesh, sidecar, "count") == ["kept"]
         assert states(mesh, "count") != [DeliveryState.RUNNING]
@@ -135,3 +135,153 @@ async def test_a_module_the_proxy_cannot_fetch_is_stood_in_and_reported_until_fe
 
         await mesh.until(hits, lambda n: n > 0, "the fetched module counting requests")
         assert await never_503_while_running(mesh, sidecar, "count") == ["kept"]
+
+
+ALLOWED = {"x-allowed": "yes"}
+
+
+async def test_several_unfetchable_plugins_of_every_kind_keep_the_listener_serving(
+    tmp_path: Path,
+) -> None:
+    # Three modules the proxy cannot fetch (FAIL_OPEN, FAIL_CLOSE, a NETWORK filter) next
+    # to one it can: none of them holds the listener back or turns a request into a 503.
+    async with running_mesh(tmp_path) as mesh:
+        mesh.control_plane()
+        mesh.write(
+            "a.yaml",
+            sme("bookinfo", "tag", "header-append", config={"value": "kept"}),
+            wasm_plugin("open", "request-counter", {"name": "hits"}, failStrategy="FAIL_OPEN"),
+            wasm_plugin(
+                "closed", "deny-unless-header", {"name": "x-allowed"}, failStrategy="FAIL_CLOSE"
+            ),
+            wasm_plugin("bytes", "byte-counter", {"name": "web_bytes"}, type="NETWORK"),
+        )
+        unfetchable = ("open", "closed", "bytes")
+        await ready(mesh, "tag", *unfetchable)
+        missing = Unfetchable(mesh)
+        for name in unfetchable:
+            missing.hide(name)
+        sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
+
+        async def request() -> list[str]:
+            response = await sidecar.get("/", {"x-forbidden-test": "1"})
+            if response.status_code == 503:
+                for name in unfetchable:
+                    assert DeliveryState.RUNNING not in states(mesh, name), response.text
+            assert response.status_code == 200, (response.status_code, response.text)
+            return [v for k, v in response.json()["headers"] if k.lower() == "x-header-append"]
+
+        await mesh.until(request, lambda h: h == ["kept"], "the listener serving")
+
+        async def reports() -> list[list[DeliveryState]]:
+            await request()
+            return [states(mesh, name) for name in unfetchable]
+
+        await mesh.until(
+            reports,
+            lambda s: (
+                all(x and DeliveryState.RUNNING not in x for x in s)
+                and any(DeliveryState.REJECTED in x for x in s)
+            ),
+            "the unfetchable plugins reported not running",
+        )
+        for name in unfetchable:
+            for proxy in mesh.report(name).proxies:
+                assert proxy.state is not DeliveryState.RUNNING
+                if proxy.state is DeliveryState.REJECTED:
+                    assert name in proxy.message
+                    assert "has not fetched the module" in proxy.message
+        for _ in range(10):
+            assert await request() == ["kept"]
+        stats = await sidecar.envoy.stats()
+        assert stats.get("wasmcustom.hits", 0) == 0
+        assert stats.get("wasmcustom.web_bytes.connections", 0) == 0
+        # Rejections named one extension each; the listener itself was never rejected.
+        assert stats["listener_manager.lds.update_rejected"] == 0
+        assert not mesh.running.control.proxy(sidecar.node_id).rejections  # type: ignore[union-attr]
+
+        missing.restore()
+        for name in unfetchable:
+            await mesh.until_running(name)
+        # Now the real modules run: the FAIL_CLOSE one denies a request without its header.
+        denied = await sidecar.get("/")
+        assert denied.status_code == 403
+        allowed = await sidecar.get("/", ALLOWED)
+        assert allowed.status_code == 200
+        stats = await sidecar.envoy.stats()
+        assert stats.get("wasmcustom.hits", 0) > 0
+        assert stats.get("wasmcustom.web_bytes.connections", 0) > 0
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_a_proxy_recovers_when_the_module_server_comes_back(
+    tmp_path: Path, delta: bool
+) -> None:
+    async with running_mesh(tmp_path) as mesh:
+        mesh.control_plane()
+        mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "kept"}))
+        await ready(mesh, "tag")
+        modules = mesh.running.modules
+        await modules.stop_listening()
+        sidecar = await mesh.sidecar(
+            "httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE, delta=delta
+        )
+
+        async def tag_states() -> list[DeliveryState]:
+            assert await never_503_while_running(mesh, sidecar, "tag") == []
+            return states(mesh, "tag")
+
+        await mesh.until(
+            tag_states, lambda s: s == [DeliveryState.REJECTED], "the module reported rejected"
+        )
+        (proxy,) = mesh.report("tag").proxies
+        assert "has not fetched the module" in proxy.message
+
+        await modules.listen_again()
+        await mesh.until_running("tag")
+        assert await never_503_while_running(mesh, sidecar, "tag") == ["kept"]
+
+
+async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_running(
+    tmp_path: Path,
+) -> None:
+    async with running_mesh(tmp_path) as mesh:
+        mesh.control_plane()
+        mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "old"}))
+        sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
+        await mesh.until_running("tag")
+        assert await never_503_while_running(mesh, sidecar, "tag") == ["old"]
+        old_sha = mesh.report("tag").status.deployment.sha256
+
+        # The same module with a custom section: other bytes, the same behaviour.
+        variant = tmp_path / "header-append-variant.wasm"
+        original = (build_examples() / "header-append.wasm").read_bytes()
+        payload = b"\x07variant" + b"meshext"
+        variant.write_bytes(original + b"\x00" + bytes([len(payload)]) + payload)
+        modules = mesh.running.modules
+        await modules.stop_listening()
+        changed = json.loads(sme("bookinfo", "tag", "header-append", config={"value": "new"}))
+        changed["spec"]["image"] = f"file:{variant}"
+        mesh.write("a.yaml", json.dumps(changed))
+
+        async def tag_report() -> Any:
+            assert await never_503_while_running(mesh, sidecar, "tag") == ["old"]
+            return mesh.report("tag")
+
+        report = await mesh.until(
+            tag_report,
+            lambda r: (
+                r.status.deployment.sha256 != old_sha
+                and [p.state for p in r.proxies] == [DeliveryState.REJECTED]
+            ),
+            "the new module reported rejected",
+        )
+        (proxy,) = report.proxies
+        assert "tag" in proxy.message
+        assert "still running version" in proxy.message
+        for _ in range(10):
+            assert await never_503_while_running(mesh, sidecar, "tag") == ["old"]
+
+        await modules.listen_again()
+        await mesh.until_running("tag")
+        assert await never_503_while_running(mesh, sidecar, "tag") == ["new"]

@@ -498,6 +498,7 @@ class ControlPlane:
         left_out: dict[ResourceKey, str] = {}
         keep: list[PlannedExtension] = []
         replacements: dict[str, Any] = {}
+        stand_in_names: set[str] = set()
         for planned in plan.applied:
             name, version = versions.get(planned.key, ("", ""))
             if not self._tracker.is_rejected(proxy.node_id, name, version):
@@ -510,6 +511,7 @@ class ControlPlane:
             elif stands_in:  # the module is being fetched: pass through meanwhile
                 keep.append(planned)
                 replacements[name] = stand_in_for(planned)
+                stand_in_names.add(name)
             else:
                 left_out[planned.key] = self._tracker.state(proxy.node_id, name, version).message
         if not left_out and not replacements:
@@ -519,7 +521,12 @@ class ControlPlane:
         if replacements:
             configs = {**resources.extension_configs, **replacements}
             resources = EnvoyResources(resources.listeners, resources.clusters, configs)
-        return _Generated(resources, round_cache.snapshot_of(resources), versions, left_out)
+        snapshot = round_cache.snapshot_of(resources)
+        for name in stand_in_names:
+            stand_in_version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name)
+            if stand_in_version is not None:
+                self._fetches.standing_in(proxy.node_id, name, stand_in_version)
+        return _Generated(resources, snapshot, versions, left_out)
 
     def _stands_in(self, record: ProxyRecord) -> bool:
         if record.proxy is None:
@@ -541,7 +548,7 @@ class ControlPlane:
         for record in self._proxies.values():
             for key, (name, version) in record.extension_versions.items():
                 per_extension.setdefault(key, []).append(
-                    self._tracker.state(record.node_id, name, version)
+                    self._fetches.explain(self._tracker.state(record.node_id, name, version), name)
                 )
         reports = []
         for ext in self._model.extensions:

@@ -19,6 +19,7 @@ stays the same version.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from meshext.envoy.standin import stand_in_config
 from meshext.envoy.wasm import with_fetch_attempt
 from meshext.mesh.planner import PlannedExtension
 from meshext.mesh.traffic import FilterLayer
+from meshext.server.delivery import DeliveryState, ProxyDelivery
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class _Attempts:
     attempt: int = 0
     failures: int = 0
     due: asyncio.TimerHandle | None = None
+    stand_in_version: str | None = None
 
 
 @dataclass
@@ -85,6 +88,40 @@ class FetchRetries:
         entry.attempt += 1
         self.on_due(node_id)
 
+    def standing_in(self, node_id: str, name: str, version: str) -> None:
+        """The proxy is offered the stand-in (resource version ``version``) for ``name``."""
+        self._proxies.setdefault(node_id, {}).setdefault(
+            name, _Attempts()
+        ).stand_in_version = version
+
+    def explain(self, delivery: ProxyDelivery, name: str) -> ProxyDelivery:
+        """``delivery`` (from the tracker) saying that the proxy has not fetched the
+        module and what runs meanwhile (the stand-in, or the module it ran before)."""
+        entry = self._proxies.get(delivery.proxy, {}).get(name)
+        if (
+            entry is None
+            or delivery.state is DeliveryState.RUNNING
+            or (entry.due is None and entry.failures == 0)
+        ):
+            return delivery
+        stand_in = entry.stand_in_version
+        on_stand_in = delivery.running_version is None or delivery.running_version == stand_in
+        message = delivery.message
+        if stand_in is not None:
+            message = message.removesuffix(f"; still running version {stand_in}")
+        if entry.due is not None:
+            next_offer = f"offered again in {_seconds_until(entry.due):.0f}s"
+        else:
+            next_offer = f"offered again (attempt {entry.attempt}), waiting for the proxy"
+        fetching = (
+            f"the proxy has not fetched the module (it rejects it until fetched); {next_offer}"
+        )
+        if on_stand_in:
+            fetching += "; meanwhile the extension's filter lets traffic through"
+        message = f"{message}; {fetching}" if message else fetching
+        running = None if on_stand_in else delivery.running_version
+        return dataclasses.replace(delivery, running_version=running, message=message)
+
     def accepted(self, node_id: str, name: str) -> None:
         """The proxy accepted the current attempt: no more retries."""
         entry = self._proxies.get(node_id, {}).get(name)
@@ -115,6 +152,14 @@ class FetchRetries:
     def _cancel(entry: _Attempts) -> None:
         if entry.due is not None:
             entry.due.cancel()
+
+
+def _seconds_until(handle: asyncio.TimerHandle) -> float:
+    try:
+        now = asyncio.get_running_loop().time()
+    except RuntimeError:  # called outside the loop the timer runs on
+        return 0.0
+    return max(handle.when() - now, 0.0)
 
 
 def with_attempts(resources: EnvoyResources, attempts: Mapping[str, int]) -> EnvoyResources:

@@ -107,6 +107,7 @@ class RunningServer:
     host: str
     port: int
     tls: bool = False
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def base_url(self) -> str:
@@ -115,6 +116,18 @@ class RunningServer:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+
+    async def stop_listening(self) -> None:
+        """Close the listening socket (connections are refused) but keep the application,
+        so :meth:`listen_again` serves it on the same address."""
+        for site in list(self.runner.sites):
+            await site.stop()
+        if self.runner.server is not None:  # and the connections already open
+            await self.runner.server.shutdown(1.0)
+
+    async def listen_again(self) -> None:
+        site = web.TCPSite(self.runner, self.host, self.port, ssl_context=self.ssl_context)
+        await site.start()
 
 
 async def start_module_server(
@@ -138,4 +151,4 @@ async def start_module_server(
         await runner.cleanup()
         raise ModuleServerError(f"module server cannot listen on {host}:{port}: {exc}") from exc
     bound = int(runner.addresses[0][1]) if runner.addresses else port
-    return RunningServer(runner, host, bound, tls=ssl_context is not None)
+    return RunningServer(runner, host, bound, tls=ssl_context is not None, ssl_context=ssl_context)
