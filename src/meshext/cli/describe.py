@@ -136,6 +136,10 @@ def describe(
     err = make_console(stderr=True)
     for error in [*result.errors, *model.errors]:
         err.print(f"[yellow]warning[/yellow]: {error}")
+    applied = {p.key for p in plan.applied}
+    for key, resolution in sorted(resolutions.items(), key=lambda item: str(item[0])):
+        if key in applied and resolution.module is not None and resolution.message:
+            err.print(f"[yellow]warning[/yellow]: {key}: {resolution.message}", highlight=False)
     if output == "json":
         click.echo(json.dumps(plan_to_json(plan, side), indent=2))
         return
