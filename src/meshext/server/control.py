@@ -444,11 +444,10 @@ class ControlPlane:
             round_cache.plans[workload_key] = plan
         record.plan = plan
         try:
-            shareable = not self._tracker.rejects(proxy.node_id) and not self._fetches.active(
-                proxy.node_id
-            )
+            shareable = not self._tracker.rejects(proxy.node_id)
+            # Replicas that fetched their modules at the same attempts share too.
             key = (workload_key, proxy.inbound_port, proxy.app, proxy.inbound_address,
-                   self._delivery.mode_for(proxy))  # fmt: skip
+                   self._delivery.mode_for(proxy), self._fetches.attempts_key(proxy.node_id))  # fmt: skip
             generated = round_cache.generated.get(key) if shareable else None
             if generated is None:
                 generated = self._generate(proxy, plan, round_cache)
@@ -474,7 +473,9 @@ class ControlPlane:
         self, proxy: ProxyInfo, plan: WorkloadPlan, round_cache: _RoundCache
     ) -> _Generated:
         """The proxy's resources and snapshot, with every version it rejected replaced by
-        the last one it accepted, or left out when it accepted none."""
+        the last one it accepted, or left out when it accepted none. A proxy that rejects
+        remote modules until fetched gets the pass-through stand-in instead of nothing,
+        and each module at its current fetch attempt (:mod:`meshext.server.fetch_retries`)."""
 
         stands_in = self._delivery.stands_in(self._delivery.mode_for(proxy))
         attempts = self._fetches.attempts(proxy.node_id) if stands_in else {}

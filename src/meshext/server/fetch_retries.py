@@ -61,9 +61,13 @@ class FetchRetries:
         """Per resource name, the attempt to offer (only names past attempt 0)."""
         return {n: a.attempt for n, a in self._proxies.get(node_id, {}).items() if a.attempt}
 
+    def attempts_key(self, node_id: str) -> tuple[tuple[str, int], ...]:
+        """The proxy's attempts as a hashable key: proxies of one workload whose
+        attempts are equal get the same resources and may share them."""
+        return tuple(sorted(self.attempts(node_id).items()))
+
     def active(self, node_id: str) -> bool:
-        """Whether the proxy's resources depend on its attempts (it cannot share a
-        configuration computed for other proxies)."""
+        """Whether meshext follows fetch attempts for this proxy."""
         return bool(self._proxies.get(node_id))
 
     def waiting(self, node_id: str, name: str) -> bool:
