@@ -4,9 +4,26 @@ attempt, and stop once the proxy runs the module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as wasm_filter_pb2
+
+from meshext.envoy.node import DeliveryMode, HostPort
+from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL
+from meshext.envoy.standin import stand_in_module
+from meshext.envoy.wasm import ModuleDelivery
+from meshext.mesh.resolution import Resolution
+from meshext.server.control import ControlPlane
 from meshext.server.delivery import DeliveryState, ProxyDelivery
 from meshext.server.fetch_retries import FetchBackoff, FetchRetries
+from meshext.xds.cache import SnapshotCache
+from meshext.xds.snapshot import Resource
+from tests.envoy.support import example_module
+from tests.server.mesh import sme
+from tests.server.test_control_loop import NODE, ListSource, ScriptedResolver, config, node
 
 NAME = "meshext.servicemeshextension.bookinfo.tag"
 
@@ -52,3 +69,62 @@ async def test_a_proxy_running_the_stand_in_is_never_said_to_run_the_module() ->
     running = ProxyDelivery("p1", DeliveryState.RUNNING, "v2", "v2")
     assert retries.explain(running, NAME) is running
     retries.close()
+
+
+def _wasm(resource: Resource) -> Any:
+    wasm = wasm_filter_pb2.Wasm()
+    assert resource.message.typed_config.Unpack(wasm)
+    return wasm
+
+
+async def test_the_control_loop_stands_in_then_offers_the_module_again_until_accepted(
+    tmp_path: Path,
+) -> None:
+    resolver, source, cache = ScriptedResolver(), ListSource(), SnapshotCache()
+    resolver.queue("header-append.wasm").put_nowait(
+        Resolution.ready(example_module("header-append"))
+    )
+    source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append")))
+    delivery = ModuleDelivery(mode=DeliveryMode.REMOTE, server=HostPort("127.0.0.1", 9))
+    control = ControlPlane(resolver, cache, delivery, debounce=0.01)
+    task = asyncio.create_task(control.run(source))
+    try:
+        await asyncio.wait_for(control.on_connect(node()), 30)
+
+        def offered() -> Resource:
+            snapshot = cache.get(NODE)
+            assert snapshot is not None
+            return snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources[NAME]
+
+        async def until(done: Callable[[Resource], bool]) -> Resource:
+            for _ in range(400):
+                if done(resource := offered()):
+                    return resource
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"gave up; offered {_wasm(offered())}")
+
+        first = offered()
+        vm = _wasm(first).config.vm_config
+        assert vm.nack_on_code_cache_miss
+        assert "?attempt" not in vm.code.remote.http_uri.uri
+
+        control.on_nack(NODE, EXTENSION_CONFIG_TYPE_URL, first.version, [NAME], "Unable to …")
+        stand_in = await until(lambda r: r.version != first.version)
+        assert _wasm(stand_in).config.vm_config.code.local.inline_bytes == stand_in_module()
+        control.on_ack(NODE, EXTENSION_CONFIG_TYPE_URL, stand_in.version, [NAME])
+        await asyncio.sleep(0.05)
+        (delivered,) = control.reports()[0].proxies
+        assert delivered.state is DeliveryState.REJECTED
+        assert "has not fetched the module" in delivered.message
+
+        again = await until(lambda r: r.version not in (first.version, stand_in.version))
+        assert _wasm(again).config.vm_config.code.remote.http_uri.uri.endswith("?attempt=1")
+        control.on_ack(NODE, EXTENSION_CONFIG_TYPE_URL, again.version, [NAME])
+        await asyncio.sleep(0.05)
+        (delivered,) = control.reports()[0].proxies
+        assert delivered.state is DeliveryState.RUNNING
+        assert offered().version == again.version  # accepted: nothing more is sent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
