@@ -117,9 +117,7 @@ class FetchRetries:
             next_offer = f"offered again in {_seconds_until(entry.due):.0f}s"
         else:
             next_offer = f"offered again (attempt {entry.attempt}), waiting for the proxy"
-        fetching = (
-            f"the proxy has not fetched the module (it rejects it until fetched); {next_offer}"
-        )
+        fetching = f"the proxy has not fetched the module (it rejects it until fetched), or could not start it; {next_offer}"
         if on_stand_in:
             fetching += "; meanwhile the extension's filter lets traffic through"
         message = f"{message}; {fetching}" if message else fetching
