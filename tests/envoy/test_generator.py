@@ -309,9 +309,21 @@ def test_remote_modules_are_rejected_by_envoy_until_fetched_and_stood_in_meanwhi
     ]
     default = wasm_filter_pb2.Wasm()
     assert extension_filter.config_discovery.default_config.Unpack(default)
-    assert default.config.vm_config.code.local.inline_bytes == stand_in_module()
-    assert default.config.failure_policy == wasm_pb2.FAIL_OPEN
+    # The extension fails closed (the default): so does its stand-in.
+    assert default.config.vm_config.code.local.inline_bytes == stand_in_module(closed=True)
+    assert default.config.failure_policy == wasm_pb2.FAIL_OPEN  # the stand-in always loads
     assert default.config.name == "ext"
+
+
+def test_a_fail_open_remote_extension_stands_in_with_the_pass_through_module() -> None:
+    open_ext = planned("ext", module=fake_module("ext"), failure_policy=FailurePolicy.FAIL_OPEN)
+    resources = generate([open_ext], REMOTE)
+    (extension_filter,) = [
+        f for f in connection_manager(resources).http_filters if f.name == ecds("ext")
+    ]
+    default = wasm_filter_pb2.Wasm()
+    assert extension_filter.config_discovery.default_config.Unpack(default)
+    assert default.config.vm_config.code.local.inline_bytes == stand_in_module()
 
 
 def test_local_modules_and_files_fed_remote_proxies_keep_envoys_default() -> None:

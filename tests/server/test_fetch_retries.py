@@ -61,13 +61,13 @@ async def test_a_proxy_running_the_stand_in_is_never_said_to_run_the_module() ->
         "p1", DeliveryState.REJECTED, "v1", "standin-v",
         "Unable to create Wasm plugin tag; still running version standin-v",
     )  # fmt: skip
-    explained = retries.explain(rejected, NAME)
+    explained = retries.explain(rejected, NAME, closed=False)
     assert explained.state is DeliveryState.REJECTED
     assert explained.running_version is None
     assert explained.message.startswith("Unable to create Wasm plugin tag; the proxy has not")
     assert "still running" not in explained.message
     running = ProxyDelivery("p1", DeliveryState.RUNNING, "v2", "v2")
-    assert retries.explain(running, NAME) is running
+    assert retries.explain(running, NAME, closed=False) is running
     retries.close()
 
 
@@ -110,12 +110,15 @@ async def test_the_control_loop_stands_in_then_offers_the_module_again_until_acc
 
         control.on_nack(NODE, EXTENSION_CONFIG_TYPE_URL, first.version, [NAME], "Unable to …")
         stand_in = await until(lambda r: r.version != first.version)
-        assert _wasm(stand_in).config.vm_config.code.local.inline_bytes == stand_in_module()
+        # A ServiceMeshExtension fails closed: so does its stand-in.
+        code = _wasm(stand_in).config.vm_config.code
+        assert code.local.inline_bytes == stand_in_module(closed=True)
         control.on_ack(NODE, EXTENSION_CONFIG_TYPE_URL, stand_in.version, [NAME])
         await asyncio.sleep(0.05)
         (delivered,) = control.reports()[0].proxies
         assert delivered.state is DeliveryState.REJECTED
         assert "has not fetched the module" in delivered.message
+        assert "answers 503 (fail-closed)" in delivered.message
 
         again = await until(lambda r: r.version not in (first.version, stand_in.version))
         assert _wasm(again).config.vm_config.code.remote.http_uri.uri.endswith("?attempt=1")

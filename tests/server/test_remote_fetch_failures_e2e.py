@@ -2,9 +2,10 @@
 
 Envoy rejects a remote module until it is in its cache (``nack_on_code_cache_miss``),
 so meshext knows when a proxy could not fetch one: meanwhile the extension's filter
-runs the pass-through stand-in, the listener and every other extension keep serving,
-the module is offered again with backoff, and status says Rejected or Pending in
-Envoy's words until the proxy runs it, never Running before.
+runs a stand-in (pass-through for a FAIL_OPEN extension, 503 for a fail-closed one),
+the listener and every other extension keep serving, the module is offered again
+with backoff, and status says Rejected or Pending in Envoy's words until the proxy
+runs it, never Running before.
 
 A module is made unfetchable by taking its file out of meshext's module cache after
 its pre-flight (the module server then answers 404), or by stopping the module server.
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from meshext.envoy.node import DeliveryMode
+from meshext.envoy.standin import CLOSED_BODY
 from meshext.server.delivery import DeliveryState
 from tests.envoy.support import build_examples
 from tests.server.mesh import Mesh, Sidecar, running_mesh, sme
@@ -78,11 +80,20 @@ def states(mesh: Mesh, name: str) -> list[DeliveryState]:
     return [p.state for p in mesh.report(name).proxies]
 
 
-async def never_503_while_running(mesh: Mesh, sidecar: Sidecar, name: str) -> list[str]:
-    """A request through the sidecar; fails if it got 503 while status said Running."""
-    response = await sidecar.get("/")
+ALLOWED = {"x-allowed": "yes"}
+
+
+async def through(
+    mesh: Mesh, sidecar: Sidecar, names: tuple[str, ...], headers: Mapping[str, str] | None = None
+) -> list[str]:
+    """A request through the sidecar: the ``x-header-append`` values the app received, or
+    ``["closed"]`` when a fail-closed stand-in answered. Fails on any 503 while status
+    says every extension in ``names`` runs, and on any other answer."""
+    response = await sidecar.get("/", headers)
     if response.status_code == 503:
-        assert DeliveryState.RUNNING not in states(mesh, name), response.text
+        assert response.text == CLOSED_BODY.decode(), response.text
+        assert any(DeliveryState.RUNNING not in states(mesh, n) for n in names), response.text
+        return ["closed"]
     assert response.status_code == 200, (response.status_code, response.text)
     return [v for k, v in response.json()["headers"] if k.lower() == "x-header-append"]
 
@@ -96,7 +107,7 @@ async def test_a_module_the_proxy_cannot_fetch_is_stood_in_and_reported_until_fe
         mesh.write(
             "a.yaml",
             sme("bookinfo", "tag", "header-append", config={"value": "kept"}),
-            sme("bookinfo", "count", "request-counter", config={"name": "hits"}),
+            wasm_plugin("count", "request-counter", {"name": "hits"}, failStrategy="FAIL_OPEN"),
         )
         await ready(mesh, "tag", "count")
         missing = Unfetchable(mesh)
@@ -104,15 +115,16 @@ async def test_a_module_the_proxy_cannot_fetch_is_stood_in_and_reported_until_fe
         sidecar = await mesh.sidecar(
             "httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE, delta=delta
         )
+        names = ("tag", "count")
         await mesh.until(
-            lambda: never_503_while_running(mesh, sidecar, "count"),
+            lambda: through(mesh, sidecar, names),
             lambda h: h == ["kept"],
             "the fetchable extension running beside the stand-in",
         )
         await mesh.until_running("tag")
 
         async def count_report() -> Any:
-            await never_503_while_running(mesh, sidecar, "count")
+            assert await through(mesh, sidecar, names) == ["kept"]
             return mesh.report("count").proxies
 
         (rejected,) = await mesh.until(
@@ -120,31 +132,26 @@ async def test_a_module_the_proxy_cannot_fetch_is_stood_in_and_reported_until_fe
             lambda ps: len(ps) == 1 and ps[0].state is DeliveryState.REJECTED,
             "the unfetchable module reported rejected",
         )
-        assert "count" in rejected.message
+        assert "Unable to create Wasm plugin count" in rejected.message
         assert "has not fetched the module" in rejected.message
+        assert "lets traffic through" in rejected.message
         for _ in range(20):
-            assert await never_503_while_running(mesh, sidecar, "count") == ["kept"]
+            assert await through(mesh, sidecar, names) == ["kept"]
         assert states(mesh, "count") != [DeliveryState.RUNNING]
 
         missing.restore()
         await mesh.until_running("count")
 
         async def hits() -> int:
-            await never_503_while_running(mesh, sidecar, "count")
+            assert await through(mesh, sidecar, names) == ["kept"]
             return (await sidecar.envoy.stats()).get("wasmcustom.hits", 0)
 
         await mesh.until(hits, lambda n: n > 0, "the fetched module counting requests")
-        assert await never_503_while_running(mesh, sidecar, "count") == ["kept"]
 
 
-ALLOWED = {"x-allowed": "yes"}
-
-
-async def test_several_unfetchable_plugins_of_every_kind_keep_the_listener_serving(
+async def test_several_unfetchable_modules_of_both_layers_keep_the_listener_serving(
     tmp_path: Path,
 ) -> None:
-    # Three modules the proxy cannot fetch (FAIL_OPEN, FAIL_CLOSE, a NETWORK filter) next
-    # to one it can: none of them holds the listener back or turns a request into a 503.
     async with running_mesh(tmp_path) as mesh:
         mesh.control_plane()
         mesh.write(
@@ -152,65 +159,91 @@ async def test_several_unfetchable_plugins_of_every_kind_keep_the_listener_servi
             sme("bookinfo", "tag", "header-append", config={"value": "kept"}),
             wasm_plugin("open", "request-counter", {"name": "hits"}, failStrategy="FAIL_OPEN"),
             wasm_plugin(
-                "closed", "deny-unless-header", {"name": "x-allowed"}, failStrategy="FAIL_CLOSE"
+                "bytes", "byte-counter", {"name": "web_bytes"}, type="NETWORK",
+                failStrategy="FAIL_OPEN",
             ),
-            wasm_plugin("bytes", "byte-counter", {"name": "web_bytes"}, type="NETWORK"),
-        )
-        unfetchable = ("open", "closed", "bytes")
-        await ready(mesh, "tag", *unfetchable)
+        )  # fmt: skip
+        unfetchable = ("open", "bytes")
+        names = ("tag", *unfetchable)
+        await ready(mesh, *names)
         missing = Unfetchable(mesh)
         for name in unfetchable:
             missing.hide(name)
         sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
-
-        async def request() -> list[str]:
-            response = await sidecar.get("/", {"x-forbidden-test": "1"})
-            if response.status_code == 503:
-                for name in unfetchable:
-                    assert DeliveryState.RUNNING not in states(mesh, name), response.text
-            assert response.status_code == 200, (response.status_code, response.text)
-            return [v for k, v in response.json()["headers"] if k.lower() == "x-header-append"]
-
-        await mesh.until(request, lambda h: h == ["kept"], "the listener serving")
+        await mesh.until(
+            lambda: through(mesh, sidecar, names), lambda h: h == ["kept"], "the listener serving"
+        )
 
         async def reports() -> list[list[DeliveryState]]:
-            await request()
+            assert await through(mesh, sidecar, names) == ["kept"]
             return [states(mesh, name) for name in unfetchable]
 
         await mesh.until(
             reports,
-            lambda s: (
-                all(x and DeliveryState.RUNNING not in x for x in s)
-                and any(DeliveryState.REJECTED in x for x in s)
-            ),
-            "the unfetchable plugins reported not running",
+            lambda s: s == [[DeliveryState.REJECTED]] * 2,
+            "both unfetchable modules reported rejected",
         )
         for name in unfetchable:
-            for proxy in mesh.report(name).proxies:
-                assert proxy.state is not DeliveryState.RUNNING
-                if proxy.state is DeliveryState.REJECTED:
-                    assert name in proxy.message
-                    assert "has not fetched the module" in proxy.message
+            (proxy,) = mesh.report(name).proxies
+            assert name in proxy.message
         for _ in range(10):
-            assert await request() == ["kept"]
+            assert await through(mesh, sidecar, names) == ["kept"]
         stats = await sidecar.envoy.stats()
         assert stats.get("wasmcustom.hits", 0) == 0
         assert stats.get("wasmcustom.web_bytes.connections", 0) == 0
         # Rejections named one extension each; the listener itself was never rejected.
         assert stats["listener_manager.lds.update_rejected"] == 0
-        assert not mesh.running.control.proxy(sidecar.node_id).rejections  # type: ignore[union-attr]
+        record = mesh.running.control.proxy(sidecar.node_id)
+        assert record is not None
+        assert not record.rejections
 
         missing.restore()
         for name in unfetchable:
             await mesh.until_running(name)
-        # Now the real modules run: the FAIL_CLOSE one denies a request without its header.
-        denied = await sidecar.get("/")
-        assert denied.status_code == 403
-        allowed = await sidecar.get("/", ALLOWED)
-        assert allowed.status_code == 200
+        assert await through(mesh, sidecar, names) == ["kept"]
         stats = await sidecar.envoy.stats()
         assert stats.get("wasmcustom.hits", 0) > 0
         assert stats.get("wasmcustom.web_bytes.connections", 0) > 0
+
+
+async def test_a_fail_closed_module_the_proxy_cannot_fetch_is_never_bypassed(
+    tmp_path: Path,
+) -> None:
+    # A fail-closed extension (a ServiceMeshExtension's default, WasmPlugin FAIL_CLOSE)
+    # that enforces something must not be skipped because its module has not arrived:
+    # its stand-in answers 503, and status says why, never Running.
+    async with running_mesh(tmp_path) as mesh:
+        mesh.control_plane()
+        mesh.write(
+            "a.yaml",
+            sme("bookinfo", "tag", "header-append", config={"value": "kept"}),
+            wasm_plugin(
+                "guard", "deny-unless-header", {"name": "x-allowed"}, failStrategy="FAIL_CLOSE"
+            ),
+        )
+        names = ("tag", "guard")
+        await ready(mesh, *names)
+        missing = Unfetchable(mesh)
+        missing.hide("guard")
+        sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
+
+        async def guard_states() -> list[DeliveryState]:
+            assert await through(mesh, sidecar, names, ALLOWED) in (["closed"], [])
+            return states(mesh, "guard")
+
+        await mesh.until(
+            guard_states, lambda s: s == [DeliveryState.REJECTED], "the guard reported rejected"
+        )
+        (proxy,) = mesh.report("guard").proxies
+        assert "answers 503 (fail-closed)" in proxy.message
+        for _ in range(10):
+            assert await through(mesh, sidecar, names, ALLOWED) == ["closed"]
+
+        missing.restore()
+        await mesh.until_running("guard")
+        assert await through(mesh, sidecar, names, ALLOWED) == ["kept"]
+        denied = await sidecar.get("/")
+        assert denied.status_code == 403
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
@@ -228,7 +261,8 @@ async def test_a_proxy_recovers_when_the_module_server_comes_back(
         )
 
         async def tag_states() -> list[DeliveryState]:
-            assert await never_503_while_running(mesh, sidecar, "tag") == []
+            # fails closed meanwhile, as a ServiceMeshExtension does by default
+            assert await through(mesh, sidecar, ("tag",)) == ["closed"]
             return states(mesh, "tag")
 
         await mesh.until(
@@ -239,7 +273,7 @@ async def test_a_proxy_recovers_when_the_module_server_comes_back(
 
         await modules.listen_again()
         await mesh.until_running("tag")
-        assert await never_503_while_running(mesh, sidecar, "tag") == ["kept"]
+        assert await through(mesh, sidecar, ("tag",)) == ["kept"]
 
 
 async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_running(
@@ -250,7 +284,7 @@ async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_runn
         mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "old"}))
         sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
         await mesh.until_running("tag")
-        assert await never_503_while_running(mesh, sidecar, "tag") == ["old"]
+        assert await through(mesh, sidecar, ("tag",)) == ["old"]
         old_sha = mesh.report("tag").status.deployment.sha256
 
         # The same module with a custom section: other bytes, the same behaviour.
@@ -265,7 +299,7 @@ async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_runn
         mesh.write("a.yaml", json.dumps(changed))
 
         async def tag_report() -> Any:
-            assert await never_503_while_running(mesh, sidecar, "tag") == ["old"]
+            assert await through(mesh, sidecar, ("tag",)) == ["old"]
             return mesh.report("tag")
 
         report = await mesh.until(
@@ -277,11 +311,11 @@ async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_runn
             "the new module reported rejected",
         )
         (proxy,) = report.proxies
-        assert "tag" in proxy.message
+        assert "Unable to create Wasm plugin tag" in proxy.message
         assert "still running version" in proxy.message
         for _ in range(10):
-            assert await never_503_while_running(mesh, sidecar, "tag") == ["old"]
+            assert await through(mesh, sidecar, ("tag",)) == ["old"]
 
         await modules.listen_again()
         await mesh.until_running("tag")
-        assert await never_503_while_running(mesh, sidecar, "tag") == ["new"]
+        assert await through(mesh, sidecar, ("tag",)) == ["new"]

@@ -40,8 +40,7 @@ anchor on: its HTTP stats come from the connection manager itself).
 
 Each extension is its own filter whose config comes from ECDS (``config_discovery``,
 type ``Wasm`` only; no default config, except with remote delivery where Envoy
-rejects a module until fetched: then the pass-through stand-in of
-:mod:`meshext.envoy.standin`): the filter's name is the ECDS resource name
+rejects a module until fetched: then the stand-in of :mod:`meshext.envoy.standin`): the filter's name is the ECDS resource name
 (:func:`~meshext.envoy.names.extension_config_name`). Changing an extension's config
 changes only its ECDS resource, which Envoy applies in place: the listener does not
 drain and other extensions are untouched. Adding or removing an extension changes
@@ -79,7 +78,7 @@ from meshext.envoy.resources import (
     EnvoyResources,
     pack,
 )
-from meshext.envoy.standin import stand_in_filter
+from meshext.envoy.standin import closes, stand_in_filter
 from meshext.envoy.tls import upstream_tls_socket_proto
 from meshext.envoy.wasm import (
     NETWORK_WASM_FILTER_TYPE_URL,
@@ -321,16 +320,19 @@ def _discovery(
     network: bool,
 ) -> Any:
     """Where an extension's filter gets its config. With ``stand_in`` (remote modules
-    Envoy rejects until fetched), the pass-through stand-in is the filter's default
-    config, so a listener never waits on, nor a filter fails for, a module not fetched."""
+    Envoy rejects until fetched), the stand-in matching the extension's failure policy
+    is the filter's default config, so a listener never waits on, nor a filter fails
+    for, a module not fetched."""
     name = names.extension_config_name(planned.key)
     discovery = config_source_pb2.ExtensionConfigSource(
         config_source=_extension_config_source(name, config_source),
         type_urls=[NETWORK_WASM_FILTER_TYPE_URL if network else WASM_FILTER_TYPE_URL],
     )
     if stand_in:
+        ext = planned.extension
+        closed = closes(ext.failure_policy)
         discovery.default_config.CopyFrom(
-            pack(stand_in_filter(planned.extension.name, network=network))
+            pack(stand_in_filter(ext.name, network=network, closed=closed))
         )
     return discovery
 

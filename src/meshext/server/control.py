@@ -40,6 +40,7 @@ from meshext.envoy.errors import EnvoyConfigError
 from meshext.envoy.node import DeliveryMode, ProxyInfo, proxy_from_metadata
 from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL, EnvoyResources
 from meshext.envoy.sidecar import proxy_resources
+from meshext.envoy.standin import closes
 from meshext.envoy.wasm import ModuleDelivery, extension_config
 from meshext.images.reference import parse_image_reference
 from meshext.mesh.extension import Extension
@@ -509,7 +510,7 @@ class ControlPlane:
             if accepted is not None:
                 keep.append(planned)
                 replacements[name] = accepted
-            elif stands_in:  # the module is being fetched: pass through meanwhile
+            elif stands_in:  # the module is being fetched: the stand-in meanwhile
                 keep.append(planned)
                 replacements[name] = stand_in_for(planned)
                 stand_in_names.add(name)
@@ -546,10 +547,13 @@ class ControlPlane:
     def reports(self) -> list[ExtensionReport]:
         """Status of every extension, with per-proxy delivery."""
         per_extension: dict[ResourceKey, list[ProxyDelivery]] = {}
+        policies = {e.key: e.failure_policy for e in self._model.extensions}
         for record in self._proxies.values():
             for key, (name, version) in record.extension_versions.items():
+                state = self._tracker.state(record.node_id, name, version)
+                closed = key not in policies or closes(policies[key])
                 per_extension.setdefault(key, []).append(
-                    self._fetches.explain(self._tracker.state(record.node_id, name, version), name)
+                    self._fetches.explain(state, name, closed=closed)
                 )
         reports = []
         for ext in self._model.extensions:

@@ -26,7 +26,7 @@ from typing import Any
 
 from meshext.envoy import names
 from meshext.envoy.resources import EnvoyResources
-from meshext.envoy.standin import stand_in_config
+from meshext.envoy.standin import closes, stand_in_config
 from meshext.envoy.wasm import with_fetch_attempt
 from meshext.mesh.planner import PlannedExtension
 from meshext.mesh.traffic import FilterLayer
@@ -98,9 +98,10 @@ class FetchRetries:
             name, _Attempts()
         ).stand_in_version = version
 
-    def explain(self, delivery: ProxyDelivery, name: str) -> ProxyDelivery:
+    def explain(self, delivery: ProxyDelivery, name: str, *, closed: bool) -> ProxyDelivery:
         """``delivery`` (from the tracker) saying that the proxy has not fetched the
-        module and what runs meanwhile (the stand-in, or the module it ran before)."""
+        module and what runs meanwhile (the module it ran before, or the stand-in, which
+        answers 503 when ``closed``)."""
         entry = self._proxies.get(delivery.proxy, {}).get(name)
         if (
             entry is None
@@ -119,7 +120,11 @@ class FetchRetries:
             next_offer = f"offered again (attempt {entry.attempt}), waiting for the proxy"
         fetching = f"the proxy has not fetched the module (it rejects it until fetched), or could not start it; {next_offer}"
         if on_stand_in:
-            fetching += "; meanwhile the extension's filter lets traffic through"
+            fetching += (
+                "; meanwhile the extension's filter lets traffic through"
+                if not closed
+                else "; meanwhile the extension's filter answers 503 (fail-closed)"
+            )
         message = f"{message}; {fetching}" if message else fetching
         running = None if on_stand_in else delivery.running_version
         return dataclasses.replace(delivery, running_version=running, message=message)
@@ -177,8 +182,10 @@ def with_attempts(resources: EnvoyResources, attempts: Mapping[str, int]) -> Env
 
 def stand_in_for(planned: PlannedExtension) -> Any:
     """The stand-in ECDS resource of ``planned`` (HTTP or network, as the extension)."""
+    ext = planned.extension
     return stand_in_config(
         names.extension_config_name(planned.key),
-        planned.extension.name,
-        network=planned.extension.layer is FilterLayer.NETWORK,
+        ext.name,
+        network=ext.layer is FilterLayer.NETWORK,
+        closed=closes(ext.failure_policy),
     )
