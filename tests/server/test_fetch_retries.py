@@ -131,3 +131,16 @@ async def test_the_control_loop_stands_in_then_offers_the_module_again_until_acc
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_module_sent_by_the_module_server_is_offered_again_without_the_backoff() -> None:
+    due: list[str] = []
+    retries = FetchRetries(due.append, FetchBackoff(first=10.0, after_fetch=0.01))
+    retries.rejected("p1", NAME, "aa" * 32)
+    retries.rejected("p2", NAME, "bb" * 32)
+    retries.fetched("aa" * 32)
+    await asyncio.sleep(0.05)
+    assert due == ["p1"]  # p2 waits for another module: its backoff stands
+    assert retries.attempts("p1") == {NAME: 1}
+    assert retries.waiting("p2", NAME)
+    retries.close()

@@ -164,8 +164,14 @@ async def running_control_plane(
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
     tls = None if options.insecure_xds else _ServerTls.create(options)
+    served: list[ControlPlane] = []  # the control loop, once made, hears of served modules
+
+    def on_served(sha256: str) -> None:
+        for control_loop in served:
+            control_loop.module_served(sha256)
+
     modules = await start_module_server(
-        module_app(cache),
+        module_app(cache, on_served=on_served),
         module_host.host,
         module_host.port,
         ssl_context=tls.ssl_context if tls else None,
@@ -177,6 +183,7 @@ async def running_control_plane(
     )
     preflight = PreflightRunner(store=PreflightStore(options.cache_dir / "preflight"))
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks, preflight=preflight)
+    served.append(control)
     ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
     admin: RunningServer | None = None
     certificates: RunningServer | None = None

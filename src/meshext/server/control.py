@@ -376,7 +376,7 @@ class ControlPlane:
             for name in resource_names:
                 self._tracker.nacked(node_id, name, rejected_version, error_detail)
                 if stands_in:
-                    self._fetches.rejected(node_id, name)
+                    self._fetches.rejected(node_id, name, _module_sha256(record, name))
         else:
             record.rejections[type_url] = error_detail
         self._request(proxy=node_id)
@@ -530,6 +530,10 @@ class ControlPlane:
                 self._fetches.standing_in(proxy.node_id, name, stand_in_version)
         return _Generated(resources, snapshot, versions, left_out)
 
+    def module_served(self, sha256: str) -> None:
+        """The module server sent module ``sha256`` to a proxy (see ``fetch_retries``)."""
+        self._fetches.fetched(sha256)
+
     def _stands_in(self, record: ProxyRecord) -> bool:
         if record.proxy is None:
             return False
@@ -630,6 +634,14 @@ class _RoundCache:
                 made.append(resource)
             sets.append(ResourceSet.of(type_url, made))
         return Snapshot(sets)
+
+
+def _module_sha256(record: ProxyRecord, config_name: str) -> str:
+    """The sha256 of the module of the extension whose ECDS resource is ``config_name``."""
+    for planned in record.plan.applied if record.plan else ():
+        if planned.module is not None and names.extension_config_name(planned.key) == config_name:
+            return planned.module.sha256
+    return ""
 
 
 def _workload_key(workload: Workload) -> object:

@@ -11,7 +11,9 @@ extension, or the pass-through stand-in (:mod:`meshext.envoy.standin`).
 
 :class:`FetchRetries` keeps, per proxy and extension (ECDS resource name), the
 attempt number and when the next attempt is due: 1 s after the first rejection,
-doubling to 15 s. When an attempt is due it asks for the proxy to be recomputed. An
+doubling to 15 s, or 0.1 s after the module server sent that module (a proxy
+fetching a module it rejected need not wait for the backoff). When an attempt is due
+it asks for the proxy to be recomputed. An
 accepted attempt stops the retries; its number is kept, so the accepted resource
 stays the same version.
 """
@@ -37,6 +39,8 @@ from meshext.server.delivery import DeliveryState, ProxyDelivery
 class FetchBackoff:
     first: float = 1.0
     maximum: float = 15.0
+    after_fetch: float = 0.1
+    """Seconds between the module server sending a module and the next offer of it."""
 
     def delay(self, failures: int) -> float:
         return float(min(self.first * 2 ** max(failures - 1, 0), self.maximum))
@@ -48,6 +52,7 @@ class _Attempts:
     failures: int = 0
     due: asyncio.TimerHandle | None = None
     stand_in_version: str | None = None
+    sha256: str = ""
 
 
 @dataclass
@@ -74,15 +79,28 @@ class FetchRetries:
         entry = self._proxies.get(node_id, {}).get(name)
         return entry is not None and entry.due is not None
 
-    def rejected(self, node_id: str, name: str) -> float:
-        """The proxy rejected the current attempt: schedule the next; returns the delay."""
+    def rejected(self, node_id: str, name: str, sha256: str = "") -> float:
+        """The proxy rejected the current attempt of the module ``sha256``: schedule the
+        next; returns the delay."""
         entry = self._proxies.setdefault(node_id, {}).setdefault(name, _Attempts())
+        entry.sha256 = sha256 or entry.sha256
         if entry.due is not None:
             return 0.0
         entry.failures += 1
         delay = self.backoff.delay(entry.failures)
         entry.due = asyncio.get_running_loop().call_later(delay, self._due, node_id, name)
         return delay
+
+    def fetched(self, sha256: str) -> None:
+        """The module server sent the module ``sha256`` to a proxy: every proxy waiting to
+        be offered it again gets it shortly (the fetch was likely its own), instead of
+        after the backoff. A proxy that did not fetch it only rejects once more."""
+        loop = asyncio.get_running_loop()
+        for node_id, entries in self._proxies.items():
+            for name, entry in entries.items():
+                if entry.due is not None and entry.sha256 == sha256:
+                    entry.due.cancel()
+                    entry.due = loop.call_later(self.backoff.after_fetch, self._due, node_id, name)
 
     def _due(self, node_id: str, name: str) -> None:
         entry = self._proxies.get(node_id, {}).get(name)
