@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from meshext.envoy.node import DeliveryMode
@@ -319,3 +320,47 @@ async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_runn
         await modules.listen_again()
         await mesh.until_running("tag")
         assert await through(mesh, sidecar, ("tag",)) == ["new"]
+
+
+async def test_a_fail_closed_network_module_the_proxy_cannot_fetch_closes_connections(
+    tmp_path: Path,
+) -> None:
+    async with running_mesh(tmp_path) as mesh:
+        mesh.control_plane()
+        mesh.write(
+            "a.yaml",
+            sme("bookinfo", "tag", "header-append", config={"value": "kept"}),
+            wasm_plugin("bytes", "byte-counter", {"name": "web_bytes"}, type="NETWORK"),
+        )
+        names = ("tag", "bytes")
+        await ready(mesh, *names)
+        missing = Unfetchable(mesh)
+        missing.hide("bytes")
+        sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN, delivery=DeliveryMode.REMOTE)
+
+        async def attempt() -> str:
+            try:
+                response = await sidecar.get("/")
+            except httpx.TransportError:  # the stand-in closed the connection
+                return "closed"
+            # A request served while the plugin does not run would bypass it.
+            assert states(mesh, "bytes") == [DeliveryState.RUNNING], response.status_code
+            return f"status {response.status_code}"
+
+        async def bytes_states() -> list[DeliveryState]:
+            assert await attempt() == "closed"
+            return states(mesh, "bytes")
+
+        await mesh.until(
+            bytes_states, lambda s: s == [DeliveryState.REJECTED], "the plugin reported rejected"
+        )
+        for _ in range(5):
+            assert await attempt() == "closed"
+        (proxy,) = mesh.report("bytes").proxies
+        assert "closes every connection (fail-closed)" in proxy.message
+
+        missing.restore()
+        await mesh.until_running("bytes")
+        assert await through(mesh, sidecar, names) == ["kept"]
+        stats = await sidecar.envoy.stats()
+        assert stats.get("wasmcustom.web_bytes.connections", 0) > 0

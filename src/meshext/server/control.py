@@ -49,6 +49,7 @@ from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
 from meshext.mesh.resolution import ModuleResolver, Resolution, ResolutionState
 from meshext.mesh.status import extension_status
 from meshext.mesh.topology import Topology
+from meshext.mesh.traffic import FilterLayer
 from meshext.mesh.workload import Workload
 from meshext.preflight.gate import Gated, PreflightGate
 from meshext.preflight.runner import PreflightRunner
@@ -551,13 +552,15 @@ class ControlPlane:
     def reports(self) -> list[ExtensionReport]:
         """Status of every extension, with per-proxy delivery."""
         per_extension: dict[ResourceKey, list[ProxyDelivery]] = {}
-        policies = {e.key: e.failure_policy for e in self._model.extensions}
+        known = {e.key: e for e in self._model.extensions}
         for record in self._proxies.values():
             for key, (name, version) in record.extension_versions.items():
                 state = self._tracker.state(record.node_id, name, version)
-                closed = key not in policies or closes(policies[key])
+                ext = known.get(key)
+                closed = ext is None or closes(ext.failure_policy)
+                network = ext is not None and ext.layer is FilterLayer.NETWORK
                 per_extension.setdefault(key, []).append(
-                    self._fetches.explain(state, name, closed=closed)
+                    self._fetches.explain(state, name, closed=closed, network=network)
                 )
         reports = []
         for ext in self._model.extensions:

@@ -116,10 +116,12 @@ class FetchRetries:
             name, _Attempts()
         ).stand_in_version = version
 
-    def explain(self, delivery: ProxyDelivery, name: str, *, closed: bool) -> ProxyDelivery:
+    def explain(
+        self, delivery: ProxyDelivery, name: str, *, closed: bool, network: bool = False
+    ) -> ProxyDelivery:
         """``delivery`` (from the tracker) saying that the proxy has not fetched the
         module and what runs meanwhile (the module it ran before, or the stand-in, which
-        answers 503 when ``closed``)."""
+        answers 503 when ``closed``, or closes connections of a ``network`` extension)."""
         entry = self._proxies.get(delivery.proxy, {}).get(name)
         if (
             entry is None
@@ -141,6 +143,8 @@ class FetchRetries:
             fetching += (
                 "; meanwhile the extension's filter lets traffic through"
                 if not closed
+                else "; meanwhile the extension's filter closes every connection (fail-closed)"
+                if network
                 else "; meanwhile the extension's filter answers 503 (fail-closed)"
             )
         message = f"{message}; {fetching}" if message else fetching
