@@ -30,7 +30,6 @@ as text than as SDK builds.
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any, Final
 
 import wasmtime
@@ -104,11 +103,6 @@ CLOSED_STAND_IN_WAT: Final = f"""
 def stand_in_module(*, closed: bool = False) -> bytes:
     """The stand-in's bytes (assembled once): pass-through, or ``closed``."""
     return bytes(wasmtime.wat2wasm(CLOSED_STAND_IN_WAT if closed else STAND_IN_WAT))
-
-
-@functools.cache
-def stand_in_sha256(*, closed: bool = False) -> str:
-    return hashlib.sha256(stand_in_module(closed=closed)).hexdigest()
 
 
 def stand_in_plugin(plugin_name: str, *, closed: bool = False) -> Any:
