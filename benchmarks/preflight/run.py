@@ -1,5 +1,7 @@
 """Pre-flight cost per example module: a first run (compile and start), a run of a
-new configuration of a module already compiled, and a remembered result.
+new configuration of a module already compiled, a remembered result, and a restart
+of ``meshext serve``: the first start of a combination with an empty on-disk store
+(compile, start, write the result) against a new runner reading the kept result.
 
     .venv/bin/python benchmarks/preflight/run.py --repetitions 5
 
@@ -14,11 +16,13 @@ import json
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from meshext.preflight.host import Limits, PreflightInput, SandboxEngine
 from meshext.preflight.runner import PreflightKey, PreflightRunner
+from meshext.preflight.store import PreflightStore
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = {
@@ -62,12 +66,33 @@ def measure(path: Path, root_id: str, configs: list[str]) -> dict[str, float]:
             await runner.run(key, path)
         return (time.perf_counter() - started) / 1000
 
+    first_start, restart = measure_restart(path, root_id, configs[0])
     return {
         "size_bytes": len(data),
         "cold_s": cold,
         "warm_s": warm,
         "remembered_s": asyncio.run(remembered()),
+        "first_start_s": first_start,
+        "restart_s": restart,
     }
+
+
+def measure_restart(path: Path, root_id: str, config: str) -> tuple[float, float]:
+    """Seconds for a combination's result: with an empty store (as on a first start of
+    ``meshext serve``), then by a new runner on the same store (after a restart)."""
+    key = PreflightKey.of("restart-" + path.name, root_id, config)
+    with tempfile.TemporaryDirectory() as folder:
+
+        async def once() -> float:
+            runner = PreflightRunner(store=PreflightStore(Path(folder)))
+            started = time.perf_counter()
+            result = await runner.run(key, path)
+            elapsed = time.perf_counter() - started
+            if not result.passed:
+                raise SystemExit(f"{path.name}: {result.describe()}")
+            return elapsed
+
+        return asyncio.run(once()), asyncio.run(once())
 
 
 def main() -> None:
@@ -87,6 +112,10 @@ def main() -> None:
             f"| {name} | {r['size_bytes'] / 1024:.0f} KiB | {r['cold_s'] * 1000:.0f} ms"
             f" | {r['warm_s'] * 1000:.1f} ms | {r['remembered_s'] * 1e6:.1f} µs |"
         )
+    print("\n| module | first start (empty store) | restart (result kept on disk) |")
+    print("|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['first_start_s'] * 1000:.0f} ms | {r['restart_s'] * 1000:.2f} ms |")
     machine = f"{platform.machine()}, {platform.system()} {platform.release()}"
     print(f"\nMachine: {machine}, Python {platform.python_version()}")
     out = Path(__file__).with_name("results.json")

@@ -241,8 +241,12 @@ async def test_remote_delivery_fetches_the_module_from_the_module_server_by_sha2
     server = await start_module_server(module_app(store))
     try:
         assert server.port
+        # Files feed this proxy: no control loop re-offers a module Envoy rejects until
+        # fetched, so it is accepted before the fetch (Envoy's default).
         delivery = ModuleDelivery(
-            mode=DeliveryMode.REMOTE, server=HostPort("127.0.0.1", server.port)
+            mode=DeliveryMode.REMOTE,
+            server=HostPort("127.0.0.1", server.port),
+            nack_on_code_cache_miss=False,
         )
         info = sidecar(app)
         resources = resources_for(info, [header_append("remote", "fetched")], delivery, tmp_path)
@@ -282,7 +286,10 @@ async def test_a_remote_module_whose_bytes_do_not_match_its_sha256_is_never_run(
     server = await start_module_server(module_app(store))
     try:
         delivery = ModuleDelivery(
-            mode=DeliveryMode.REMOTE, server=HostPort("127.0.0.1", server.port), fetch_retries=0
+            mode=DeliveryMode.REMOTE,
+            server=HostPort("127.0.0.1", server.port),
+            fetch_retries=0,
+            nack_on_code_cache_miss=False,
         )
         info = sidecar(app)
         bad = planned("impostor", config="never", module=impostor, failure_policy=policy)

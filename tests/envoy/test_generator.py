@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -24,7 +25,8 @@ from meshext.envoy.resources import (
     EnvoyResources,
 )
 from meshext.envoy.sidecar import filter_names, proxy_resources
-from meshext.envoy.wasm import WASM_FILTER_TYPE_URL, ModuleDelivery
+from meshext.envoy.standin import stand_in_module
+from meshext.envoy.wasm import WASM_FILTER_TYPE_URL, ModuleDelivery, with_fetch_attempt
 from meshext.mesh.extension import FailurePolicy
 from meshext.mesh.planner import PlannedExtension
 from meshext.mesh.workload import ProxyKind
@@ -297,6 +299,55 @@ def test_remote_delivery_fetches_from_the_module_server_with_the_sha256() -> Non
     (modules,) = [c for c in resources.clusters if c.name == names.MODULES_CLUSTER]
     address = modules.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (address.address, address.port_value) == ("10.0.0.5", 8080)
+
+
+def test_remote_modules_are_rejected_by_envoy_until_fetched_and_stood_in_meanwhile() -> None:
+    resources = generate([planned("ext", module=fake_module("ext"))], REMOTE)
+    assert plugin(resources, ecds("ext")).vm_config.nack_on_code_cache_miss
+    (extension_filter,) = [
+        f for f in connection_manager(resources).http_filters if f.name == ecds("ext")
+    ]
+    default = wasm_filter_pb2.Wasm()
+    assert extension_filter.config_discovery.default_config.Unpack(default)
+    # The extension fails closed (the default): so does its stand-in.
+    assert default.config.vm_config.code.local.inline_bytes == stand_in_module(closed=True)
+    assert default.config.failure_policy == wasm_pb2.FAIL_OPEN  # the stand-in always loads
+    assert default.config.name == "ext"
+
+
+def test_a_fail_open_remote_extension_stands_in_with_the_pass_through_module() -> None:
+    open_ext = planned("ext", module=fake_module("ext"), failure_policy=FailurePolicy.FAIL_OPEN)
+    resources = generate([open_ext], REMOTE)
+    (extension_filter,) = [
+        f for f in connection_manager(resources).http_filters if f.name == ecds("ext")
+    ]
+    default = wasm_filter_pb2.Wasm()
+    assert extension_filter.config_discovery.default_config.Unpack(default)
+    assert default.config.vm_config.code.local.inline_bytes == stand_in_module()
+
+
+def test_local_modules_and_files_fed_remote_proxies_keep_envoys_default() -> None:
+    files_fed = dataclasses.replace(REMOTE, nack_on_code_cache_miss=False)
+    for delivery in (LOCAL, files_fed):
+        resources = generate([planned("ext", module=fake_module("ext"))], delivery)
+        assert not plugin(resources, ecds("ext")).vm_config.nack_on_code_cache_miss
+        (extension_filter,) = [
+            f for f in connection_manager(resources).http_filters if f.name == ecds("ext")
+        ]
+        assert not extension_filter.config_discovery.HasField("default_config")
+
+
+def test_a_fetch_attempt_is_a_new_version_of_the_same_module() -> None:
+    module = fake_module("ext")
+    config = generate([planned("ext", module=module)], REMOTE).extension_configs[ecds("ext")]
+    again = with_fetch_attempt(config, 3)
+    wasm = wasm_filter_pb2.Wasm()
+    assert again.typed_config.Unpack(wasm)
+    remote = wasm.config.vm_config.code.remote
+    assert remote.http_uri.uri == f"http://10.0.0.5:8080/modules/sha256/{module.sha256}?attempt=3"
+    assert remote.sha256 == module.sha256
+    assert again.SerializeToString() != config.SerializeToString()
+    assert with_fetch_attempt(config, 0) is config
 
 
 def test_a_proxy_that_asks_for_remote_delivery_gets_it() -> None:

@@ -125,3 +125,37 @@ async def test_a_port_in_use_is_an_error_naming_the_address(
 ) -> None:
     with pytest.raises(ModuleServerError, match=f"127.0.0.1:{server.port}"):
         await start_module_server(module_app(DirectoryStore(tmp_path)), port=server.port)
+
+
+async def test_each_module_sent_whole_is_reported_and_headers_alone_are_not(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / f"{SHA}.wasm").write_bytes(MODULE)
+    served: list[str] = []
+    running = await start_module_server(module_app(DirectoryStore(tmp_path), served.append))
+    try:
+        url = module_url(running.base_url, SHA)
+        async with httpx.AsyncClient() as client:
+            got = await client.get(url + "?attempt=2")  # the query does not matter
+            head = await client.head(url)
+            cached = await client.get(url, headers={"If-None-Match": f'"{SHA}"'})
+            missing = await client.get(module_url(running.base_url, "0" * 64))
+    finally:
+        await running.stop()
+    assert got.status_code == 200
+    assert got.content == MODULE
+    assert (head.status_code, cached.status_code, missing.status_code) == (200, 304, 404)
+    assert served == [SHA]
+
+
+async def test_a_stopped_module_server_refuses_connections_until_it_listens_again(
+    server: RunningServer,
+) -> None:
+    url = module_url(server.base_url, SHA)
+    await server.stop_listening()
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(url)
+        await server.listen_again()
+        again = await client.get(url)
+    assert again.content == MODULE

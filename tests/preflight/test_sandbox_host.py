@@ -8,6 +8,7 @@ from pathlib import Path
 
 import wasmtime
 
+from meshext.envoy.standin import stand_in_module
 from meshext.preflight.host import Limits, PreflightInput, run_preflight
 from meshext.preflight.runner import PreflightKey, PreflightRunner
 from tests.envoy.support import BUILD, build_examples
@@ -163,3 +164,30 @@ def test_a_combination_runs_once_and_is_then_answered_from_memory(tmp_path: Path
 
     asyncio.run(twice())
     assert runner.runs == 1
+
+
+def test_a_module_reading_its_configuration_while_configuring_is_recorded_so() -> None:
+    result = run_preflight(example("header-append"), PreflightInput("", b"hello"))
+    assert result.passed
+    assert result.config_read
+    assert result.unread_config_warning("hello", "") is None
+
+
+def test_a_non_empty_configuration_never_read_warns_that_the_root_id_may_not_match() -> None:
+    # The stand-in answers true to proxy_on_configure without reading anything, as the
+    # C++ SDK's do-nothing root context does for a root id the module did not register.
+    result = run_preflight(stand_in_module(), PreflightInput("my_root", b"a config"))
+    assert result.passed
+    assert not result.config_read
+    warning = result.unread_config_warning("a config", "my_root") or ""
+    assert "never read its configuration" in warning
+    assert "'my_root'" in warning
+    assert "meshext.io/root-id" in warning
+    assert result.unread_config_warning("", "my_root") is None
+
+
+def test_the_sdk_examples_read_their_configuration() -> None:
+    go = sdk_module("go-header-append").read_bytes()
+    assert run_preflight(go, PreflightInput("", b'{"name": "x-go", "value": "y"}')).config_read
+    assembly = sdk_module("as-header-append").read_bytes()
+    assert run_preflight(assembly, PreflightInput(AS_ROOT_ID, b"yes")).config_read

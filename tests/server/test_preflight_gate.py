@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from meshext.envoy.standin import stand_in_module
 from meshext.mesh.resolution import Resolution
 from meshext.xds.cache import SnapshotCache
-from tests.envoy.support import example_module
+from tests.envoy.support import example_module, module_from_bytes
 from tests.server.mesh import sme
 from tests.server.test_control_loop import (
     ListSource,
@@ -77,3 +78,25 @@ async def test_a_configuration_error_is_logged_once_however_often_it_is_read(
             control.apply(config(tmp_path, broken))
     logged = [r for r in caplog.records if "Sometime" in r.getMessage()]
     assert len(logged) == 1
+
+
+async def test_a_configuration_the_module_never_reads_is_delivered_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    # The stand-in ignores its configuration, as a C++ SDK module does under a root id
+    # it did not register.
+    path = tmp_path / "ignores-config.wasm"
+    path.write_bytes(stand_in_module())
+    resolver, source, cache = ScriptedResolver(), ListSource(), SnapshotCache()
+    resolver.queue("header-append.wasm").put_nowait(Resolution.ready(module_from_bytes(path)))
+    source.queue.put_nowait(
+        config(tmp_path, sme("bookinfo", "tag", "header-append", config={"value": "x"}))
+    )
+    async with running(resolver, source, cache) as control:
+        await asyncio.wait_for(control.on_connect(node()), 30)
+        assert list(extension_configs(cache)) == [NAME]
+        (report,) = control.reports()
+        assert report.status.deployment.ready
+        message = report.status.deployment.message or ""
+        assert "never read its configuration" in message
+        assert "root id ''" in message

@@ -31,6 +31,7 @@ from meshext.mesh.traffic import Direction, Side
 from meshext.mesh.workload import ProxyKind, Workload
 from meshext.preflight.gate import preflight_all
 from meshext.preflight.runner import PreflightRunner
+from meshext.preflight.store import PreflightStore
 from meshext.server.app import default_cache_dir
 from meshext.sources.folder import load_folder
 
@@ -122,17 +123,23 @@ def describe(
     )
     resolutions: dict[ResourceKey, Resolution] = {}
     if not offline:
+        cache = cache_dir or default_cache_dir()
         resolver = ImageResolver(
-            ModuleCache(cache_dir or default_cache_dir()),
+            ModuleCache(cache),
             FolderPullSecretStore(folder),
             registry_config=registry_options(insecure_registry, ca_file, registry_config),
             signatures=SignatureVerifier(signature_policy_of(trusted_keys, signature_policy)),
         )
-        resolutions = asyncio.run(_resolve_all(resolver, model.extensions))
+        runner = PreflightRunner(store=PreflightStore(cache / "preflight"))
+        resolutions = asyncio.run(_resolve_all(resolver, runner, model.extensions))
     plan = plan_workload(model.topology, model.extensions, resolutions, workload, offline=offline)
     err = make_console(stderr=True)
     for error in [*result.errors, *model.errors]:
         err.print(f"[yellow]warning[/yellow]: {error}")
+    applied = {p.key for p in plan.applied}
+    for key, resolution in sorted(resolutions.items(), key=lambda item: str(item[0])):
+        if key in applied and resolution.module is not None and resolution.message:
+            err.print(f"[yellow]warning[/yellow]: {key}: {resolution.message}", highlight=False)
     if output == "json":
         click.echo(json.dumps(plan_to_json(plan, side), indent=2))
         return
@@ -140,12 +147,12 @@ def describe(
 
 
 async def _resolve_all(
-    resolver: ImageResolver, extensions: Sequence[Extension]
+    resolver: ImageResolver, runner: PreflightRunner, extensions: Sequence[Extension]
 ) -> dict[ResourceKey, Resolution]:
     """Resolve every image, then start every resolved combination in the pre-flight."""
     results = await asyncio.gather(*(resolver.resolve(e) for e in extensions))
     resolved = {e.key: r for e, r in zip(extensions, results, strict=True)}
-    return await preflight_all(PreflightRunner(), extensions, resolved)
+    return await preflight_all(runner, extensions, resolved)
 
 
 def plan_to_json(plan: WorkloadPlan, side: Side | None = None) -> dict[str, Any]:

@@ -72,10 +72,12 @@ def status(admin: str, output: str) -> None:
     for ext in body["extensions"]:
         st = ext["status"]
         deployment = st.get("deployment", {})
-        rejected = [p for p in ext["proxies"] if p["state"] == "Rejected"]
-        message = deployment.get("message") or "; ".join(
-            f"{p['proxy']}: {p['message']}" for p in rejected
-        )
+        # Proxies not running it with a reason: rejected, or pending after a rejection
+        # (a remote module the proxy has not fetched yet).
+        troubled = [p for p in ext["proxies"] if p["state"] != "Running" and p.get("message")]
+        parts = [deployment["message"]] if deployment.get("message") else []
+        parts += [f"{p['proxy']}: {p['message']}" for p in troubled]
+        message = "; ".join(parts)
         table.add_row(
             f"{ext['kind']} {ext['namespace']}/{ext['name']}",
             "yes" if deployment.get("ready") else "no",

@@ -39,7 +39,8 @@ rbac; PreStats and PostStats before the router (upstream Envoy has no stats filt
 anchor on: its HTTP stats come from the connection manager itself).
 
 Each extension is its own filter whose config comes from ECDS (``config_discovery``,
-type ``Wasm`` only, no default config): the filter's name is the ECDS resource name
+type ``Wasm`` only; no default config, except with remote delivery where Envoy
+rejects a module until fetched: then the stand-in of :mod:`meshext.envoy.standin`): the filter's name is the ECDS resource name
 (:func:`~meshext.envoy.names.extension_config_name`). Changing an extension's config
 changes only its ECDS resource, which Envoy applies in place: the listener does not
 drain and other extensions are untouched. Adding or removing an extension changes
@@ -77,6 +78,7 @@ from meshext.envoy.resources import (
     EnvoyResources,
     pack,
 )
+from meshext.envoy.standin import closes, stand_in_filter
 from meshext.envoy.tls import upstream_tls_socket_proto
 from meshext.envoy.wasm import (
     NETWORK_WASM_FILTER_TYPE_URL,
@@ -153,7 +155,8 @@ def proxy_resources(
         for p in plan.applied
         if p.key in used
     }
-    listeners = [_listener(spec, plan, config_source) for spec in specs]
+    stand_in = delivery.stands_in(mode) and bool(plan.applied)
+    listeners = [_listener(spec, plan, config_source, stand_in) for spec in specs]
     clusters = [_static_cluster(names.APP_CLUSTER, proxy.app)]
     clusters.extend(
         _static_cluster(names.outbound_cluster_name(o.port), o.upstream) for o in proxy.outbound
@@ -265,20 +268,17 @@ def _by_phase_flat(plan: WorkloadPlan, side: Side) -> list[PlannedExtension]:
     return [p for group in _by_phase(plan, side, FilterLayer.HTTP).values() for p in group]
 
 
-def _listener(spec: ListenerSpec, plan: WorkloadPlan, config_source: ConfigDirectory | None) -> Any:
+def _listener(
+    spec: ListenerSpec, plan: WorkloadPlan, config_source: ConfigDirectory | None, stand_in: bool
+) -> Any:
     network = [
         listener_components_pb2.Filter(
             name=names.extension_config_name(p.key),
-            config_discovery=config_source_pb2.ExtensionConfigSource(
-                config_source=_extension_config_source(
-                    names.extension_config_name(p.key), config_source
-                ),
-                type_urls=[NETWORK_WASM_FILTER_TYPE_URL],
-            ),
+            config_discovery=_discovery(p, config_source, stand_in, network=True),
         )
         for p in network_chain(plan, spec.side)
     ]
-    hcm = _connection_manager(spec.name, spec.stat_prefix, plan, config_source, spec)
+    hcm = _connection_manager(spec.name, spec.stat_prefix, plan, config_source, spec, stand_in)
     return listener_pb2.Listener(
         name=spec.name,
         address=_socket_address(spec.address, spec.port),
@@ -296,24 +296,45 @@ def _listener(spec: ListenerSpec, plan: WorkloadPlan, config_source: ConfigDirec
 
 
 def _http_filters(
-    plan: WorkloadPlan, config_source: ConfigDirectory | None, side: Side | None
+    plan: WorkloadPlan, config_source: ConfigDirectory | None, side: Side | None, stand_in: bool
 ) -> list[Any]:
     filters = []
     for item in filter_chain(plan, side):
         if isinstance(item, str):
             filters.append(hcm_pb2.HttpFilter(name=item, typed_config=pack(_ANCHOR_CONFIGS[item])))
             continue
-        name = names.extension_config_name(item.key)
         filters.append(
             hcm_pb2.HttpFilter(
-                name=name,
-                config_discovery=config_source_pb2.ExtensionConfigSource(
-                    config_source=_extension_config_source(name, config_source),
-                    type_urls=[WASM_FILTER_TYPE_URL],
-                ),
+                name=names.extension_config_name(item.key),
+                config_discovery=_discovery(item, config_source, stand_in, network=False),
             )
         )
     return filters
+
+
+def _discovery(
+    planned: PlannedExtension,
+    config_source: ConfigDirectory | None,
+    stand_in: bool,
+    *,
+    network: bool,
+) -> Any:
+    """Where an extension's filter gets its config. With ``stand_in`` (remote modules
+    Envoy rejects until fetched), the stand-in matching the extension's failure policy
+    is the filter's default config, so a listener never waits on, nor a filter fails
+    for, a module not fetched."""
+    name = names.extension_config_name(planned.key)
+    discovery = config_source_pb2.ExtensionConfigSource(
+        config_source=_extension_config_source(name, config_source),
+        type_urls=[NETWORK_WASM_FILTER_TYPE_URL if network else WASM_FILTER_TYPE_URL],
+    )
+    if stand_in:
+        ext = planned.extension
+        closed = closes(ext.failure_policy)
+        discovery.default_config.CopyFrom(
+            pack(stand_in_filter(ext.name, network=network, closed=closed))
+        )
+    return discovery
 
 
 def _extension_config_source(name: str, directory: ConfigDirectory | None) -> Any:
@@ -341,6 +362,7 @@ def _connection_manager(
     plan: WorkloadPlan,
     config_source: ConfigDirectory | None,
     spec: ListenerSpec,
+    stand_in: bool,
 ) -> Any:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=stat_prefix,
@@ -364,7 +386,7 @@ def _connection_manager(
                 )
             ],
         ),
-        http_filters=_http_filters(plan, config_source, spec.side),
+        http_filters=_http_filters(plan, config_source, spec.side, stand_in),
     )
 
 

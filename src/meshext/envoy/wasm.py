@@ -73,8 +73,15 @@ class ModuleDelivery:
     ``MODULE_DELIVERY``). ``LOCAL`` points Envoy at the module file meshext verified
     (``ResolvedModule.path``): right when Envoy runs on meshext's host. ``REMOTE``
     makes Envoy fetch ``server``'s ``/modules/sha256/<sha256>`` and check the sha256,
-    retrying ``fetch_retries`` times with backoff, each attempt bounded by
-    ``fetch_timeout_seconds``.
+    each fetch bounded by ``fetch_timeout_seconds``.
+
+    ``nack_on_code_cache_miss`` (remote only, on by default) makes Envoy reject a
+    configuration whose module is not in its cache yet, instead of accepting it and
+    leaving the filter failing when the fetch fails: the rejection, the stand-in
+    module meanwhile and the re-offers are the control loop's
+    (:mod:`meshext.server.fetch_retries`). Envoy then fetches once per offer (its
+    ``retry_policy``, ``fetch_retries`` with backoff, applies only without it).
+    Proxies reading local files (``LOCAL``) are never affected.
     """
 
     mode: DeliveryMode = DeliveryMode.LOCAL
@@ -85,6 +92,12 @@ class ModuleDelivery:
     retry_max_interval_ms: int = 10_000
     tls: ModuleServerTls | None = None
     """How proxies verify the module server (HTTPS); ``None`` for plain HTTP."""
+    nack_on_code_cache_miss: bool = True
+
+    def stands_in(self, mode: DeliveryMode) -> bool:
+        """Whether proxies in ``mode`` reject a module until fetched, and so run the
+        stand-in module meanwhile."""
+        return mode is DeliveryMode.REMOTE and self.nack_on_code_cache_miss
 
     @property
     def base_url(self) -> str | None:
@@ -131,7 +144,12 @@ def code_source(
     )
 
 
-def wasm_filter(planned: PlannedExtension, code: base_pb2.AsyncDataSource) -> Any:
+def wasm_filter(
+    planned: PlannedExtension,
+    code: base_pb2.AsyncDataSource,
+    *,
+    nack_on_code_cache_miss: bool = False,
+) -> Any:
     """The wasm filter of one extension: HTTP, or network for a NETWORK extension."""
     ext = planned.extension
     module = _module(planned)
@@ -139,6 +157,7 @@ def wasm_filter(planned: PlannedExtension, code: base_pb2.AsyncDataSource) -> An
         vm_id=names.vm_id(module.sha256, ext.env, ext.host_env),
         runtime=V8_RUNTIME,
         code=code,
+        nack_on_code_cache_miss=nack_on_code_cache_miss,
     )
     if ext.env:
         vm_config.environment_variables.key_values.update(dict(sorted(ext.env.items())))
@@ -161,10 +180,32 @@ def extension_config(
 ) -> Any:
     """The ECDS resource (``TypedExtensionConfig``) of one extension."""
     code = code_source(_module(planned), mode, delivery)
+    wasm = wasm_filter(planned, code, nack_on_code_cache_miss=delivery.stands_in(mode))
     return extension_pb2.TypedExtensionConfig(
-        name=names.extension_config_name(planned.key),
-        typed_config=pack(wasm_filter(planned, code)),
+        name=names.extension_config_name(planned.key), typed_config=pack(wasm)
     )
+
+
+def with_fetch_attempt(config: Any, attempt: int) -> Any:
+    """``config`` (an extension's ECDS resource) with ``?attempt=<attempt>`` on its remote
+    module URL: the same module, but a new resource version, so it can be offered again
+    after the proxy rejected the previous attempt. Other resources are returned as is."""
+    if attempt <= 0:
+        return config
+    type_url = str(config.typed_config.type_url)
+    wasm_type = {
+        WASM_FILTER_TYPE_URL: wasm_filter_pb2.Wasm,
+        NETWORK_WASM_FILTER_TYPE_URL: network_wasm_pb2.Wasm,
+    }.get(type_url)
+    if wasm_type is None:
+        return config
+    wasm = wasm_type()
+    config.typed_config.Unpack(wasm)
+    remote = wasm.config.vm_config.code.remote
+    if not remote.http_uri.uri:
+        return config
+    remote.http_uri.uri = remote.http_uri.uri.split("?", 1)[0] + f"?attempt={attempt}"
+    return extension_pb2.TypedExtensionConfig(name=config.name, typed_config=pack(wasm))
 
 
 def _module(planned: PlannedExtension) -> ResolvedModule:

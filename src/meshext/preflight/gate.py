@@ -65,6 +65,16 @@ def failure_message(ext: Extension, key: PreflightKey, result: PreflightResult) 
     return text
 
 
+def with_warnings(resolution: Resolution, key: PreflightKey, result: PreflightResult) -> Resolution:
+    """``resolution``, its message extended with what the pre-flight of a combination
+    that passed found suspicious (a configuration the module never read)."""
+    warning = result.unread_config_warning(key.plugin_config, key.root_id)
+    if warning is None:
+        return resolution
+    message = f"{resolution.message}; {warning}" if resolution.message else warning
+    return dataclasses.replace(resolution, message=message)
+
+
 class PreflightGate:
     def __init__(self, runner: PreflightRunner, on_result: Callable[[], None]) -> None:
         self._runner = runner
@@ -94,7 +104,8 @@ class PreflightGate:
             if result is not None and result.passed:
                 self._passed[ext.key] = (ext, resolution)
                 planned.append(ext)
-                plan_resolutions[ext.key] = statuses[ext.key] = resolution
+                plan_resolutions[ext.key] = resolution
+                statuses[ext.key] = with_warnings(resolution, key, result)
                 continue
             if result is None and key in self._errors:
                 status = Resolution.failed(self._errors[key], retryable=True)
@@ -166,4 +177,6 @@ async def preflight_all(
             continue
         if not result.passed:
             checked[ext.key] = Resolution.failed(failure_message(ext, key, result))
+        else:
+            checked[ext.key] = with_warnings(resolution, key, result)
     return checked

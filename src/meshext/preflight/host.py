@@ -39,6 +39,7 @@ proxy-wasm, and wasmtime provides the execution and the limits.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 import tempfile
@@ -53,9 +54,14 @@ from typing import Any, Final
 
 import wasmtime
 
+from meshext.mesh.rootid import HOW_TO_SET
 from meshext.preflight.errors import PreflightError
 
 ROOT_CONTEXT_ID: Final = 1
+
+HOST_VERSION: Final = "meshext-preflight-host/2"
+"""Changes whenever the sandbox could answer differently for the same inputs (stages,
+host functions, limits' meaning): results kept on disk by an older host are not used."""
 
 
 class Status(IntEnum):
@@ -111,6 +117,21 @@ class PreflightResult:
     stage: str = ""
     reason: str = ""
     logs: tuple[LogLine, ...] = ()
+    config_read: bool = False
+    """Whether the module read its plugin configuration (``proxy_get_buffer_bytes``)
+    during ``proxy_on_configure``."""
+
+    def unread_config_warning(self, plugin_config: str, root_id: str) -> str | None:
+        """A warning when the module started without reading a non-empty configuration:
+        the root id may not be the one it registered (the C++ SDK then runs a do-nothing
+        root context without a word)."""
+        if not self.passed or self.config_read or not plugin_config:
+            return None
+        return (
+            "warning: the module never read its configuration while starting "
+            f"(proxy_on_configure); the root id {root_id!r} may not be the one it "
+            f"registered, in which case it does nothing: {HOW_TO_SET}"
+        )
 
     def describe(self) -> str:
         """One paragraph for status: the failed stage, the reason, the module's words."""
@@ -194,6 +215,8 @@ class _Sandbox:
         self.logs: list[LogLine] = []
         self.metrics: dict[str, int] = {}
         self.exit_code: int | None = None
+        self.stage = ""
+        self.config_read = False
 
     def run(self) -> PreflightResult:
         with tempfile.TemporaryDirectory(prefix="meshext-preflight-") as tmp:
@@ -213,18 +236,14 @@ class _Sandbox:
             timer.start()
             try:
                 self._drive(store)
-                result = PreflightResult(True, logs=tuple(self.logs))
+                result = PreflightResult(True)
             except _Failed as failed:
-                result = PreflightResult(False, failed.stage, failed.reason, tuple(self.logs))
+                result = PreflightResult(False, failed.stage, failed.reason)
             finally:
                 timer.cancel()
                 self._collect_output(out, "stdout")
                 self._collect_output(err, "stderr")
-            if self.logs != list(result.logs):
-                result = PreflightResult(
-                    result.passed, result.stage, result.reason, tuple(self.logs)
-                )
-            return result
+            return dataclasses.replace(result, logs=tuple(self.logs), config_read=self.config_read)
 
     # -- the stages -------------------------------------------------------------------
 
@@ -287,6 +306,7 @@ class _Sandbox:
                 )
 
     def _stage(self, stage: str, store: wasmtime.Store, action: Callable[[], Any]) -> Any:
+        self.stage = stage
         try:
             return action()
         except wasmtime.ExitTrap as exc:
@@ -375,6 +395,8 @@ class _Sandbox:
         data = buffers.get(kind)  # type: ignore[call-overload]
         if data is None:
             return Status.NOT_FOUND
+        if kind == BufferType.PLUGIN_CONFIGURATION and self.stage == "proxy_on_configure":
+            self.config_read = True
         _give(caller, data[start : start + size], ptr_ptr, size_ptr)
         return Status.OK
 

@@ -7,6 +7,10 @@ and an unchanged configuration costs a dictionary lookup on every recomputation
 after that. Runs are CPU-bound (wasmtime compiles the module), so they happen in
 worker threads, a bounded number at a time, each on an engine of its own that keeps
 recently compiled modules.
+
+With a :class:`~meshext.preflight.store.PreflightStore`, results are also kept on
+disk: a result not in memory is looked up there (off the event loop) before the
+module is started, and every new result is written there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from meshext.preflight.errors import PreflightError
 from meshext.preflight.host import Limits, PreflightInput, PreflightResult, SandboxEngine
+from meshext.preflight.store import PreflightStore
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +54,23 @@ class PreflightRunner:
     """Pre-flights with a bounded, content-keyed memory of results."""
 
     def __init__(
-        self, limits: Limits | None = None, *, concurrency: int = 1, remembered: int = 4096
+        self,
+        limits: Limits | None = None,
+        *,
+        concurrency: int = 1,
+        remembered: int = 4096,
+        store: PreflightStore | None = None,
     ) -> None:
         self._limits = limits or Limits()
         self._engines = [SandboxEngine() for _ in range(concurrency)]
         self._slots = asyncio.Semaphore(concurrency)
         self._results: OrderedDict[PreflightKey, PreflightResult] = OrderedDict()
         self._remembered = remembered
+        self._store = store
         self.runs = 0
-        """How many pre-flights actually ran (the rest were answered from memory)."""
+        """How many pre-flights actually ran (the rest were answered from memory or disk)."""
+        self.restored = 0
+        """How many results were read back from the store."""
 
     def cached(self, key: PreflightKey) -> PreflightResult | None:
         result = self._results.get(key)
@@ -76,6 +89,12 @@ class PreflightRunner:
             known = self.cached(key)
             if known is not None:
                 return known
+            if self._store is not None:
+                kept = await asyncio.to_thread(self._store.get, key)
+                if kept is not None:
+                    self.restored += 1
+                    self._remember(key, kept)
+                    return kept
             given = PreflightInput(
                 root_id=key.root_id,
                 plugin_config=key.plugin_config.encode(),
@@ -93,7 +112,12 @@ class PreflightRunner:
             finally:
                 self._engines.append(engine)
             self.runs += 1
+            if self._store is not None:
+                await asyncio.to_thread(self._store.put, key, result)
+        self._remember(key, result)
+        return result
+
+    def _remember(self, key: PreflightKey, result: PreflightResult) -> None:
         self._results[key] = result
         while len(self._results) > self._remembered:
             self._results.popitem(last=False)
-        return result

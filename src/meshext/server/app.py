@@ -16,7 +16,7 @@ import gc
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,8 @@ from meshext.images.secrets import FolderPullSecretStore
 from meshext.images.trust import SIGNATURES_OFF, SignaturePolicy
 from meshext.images.verification import SignatureVerifier
 from meshext.mesh.resolution import ModuleResolver, PullSecretStore
+from meshext.preflight.runner import PreflightRunner
+from meshext.preflight.store import PreflightStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
 from meshext.server.modules import RunningServer, module_app, start_module_server
@@ -49,6 +51,7 @@ from meshext.xds.server import AdsServer
 
 if TYPE_CHECKING:
     from meshext.kube.signature_trust import ClusterTrust
+    from meshext.mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -158,26 +161,21 @@ async def running_control_plane(
     if secrets is None:
         secrets = FolderPullSecretStore(options.config) if options.config else _NoSecrets()
     cache = ModuleCache(options.cache_dir, max_bytes=options.cache_max_bytes)
-    images = ImageResolver(
-        cache,
-        secrets,
-        registry_config=options.registry,
-        signatures=trust.verifier if trust else SignatureVerifier(options.signatures),
-        local_images=LocalImages(tuple(p.resolve() for p in options.local_images)),
-    )
-    resolver: ModuleResolver = images
-    if trust is not None:
-        from meshext.kube.scoped_resolution import MeshScopedResolver  # noqa: PLC0415
-
-        # The meshes as the control loop last applied them (it exists by the time
-        # anything is resolved).
-        resolver = MeshScopedResolver(images, trust, lambda: control.model.topology)
+    # The meshes as the control loop last applied them (it exists by the time
+    # anything is resolved).
+    resolver = _module_resolver(options, cache, secrets, trust, lambda: control.model.topology)
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
     snapshots = SnapshotCache()
     tls = None if options.insecure_xds else _ServerTls.create(options)
+    served: list[ControlPlane] = []  # the control loop, once made, hears of served modules
+
+    def on_served(sha256: str) -> None:
+        for control_loop in served:
+            control_loop.module_served(sha256)
+
     modules = await start_module_server(
-        module_app(cache),
+        module_app(cache, on_served=on_served),
         module_host.host,
         module_host.port,
         ssl_context=tls.ssl_context if tls else None,
@@ -187,7 +185,9 @@ async def running_control_plane(
         server=HostPort(module_host.host, modules.port),
         tls=tls.module_tls if tls else None,
     )
-    control = ControlPlane(resolver, snapshots, delivery, sinks=sinks)
+    preflight = PreflightRunner(store=PreflightStore(options.cache_dir / "preflight"))
+    control = ControlPlane(resolver, snapshots, delivery, sinks=sinks, preflight=preflight)
+    served.append(control)
     ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
     admin: RunningServer | None = None
     certificates: RunningServer | None = None
@@ -230,6 +230,28 @@ async def running_control_plane(
         if certificates is not None:
             await certificates.stop()
         await modules.stop()
+
+
+def _module_resolver(
+    options: ServeOptions,
+    cache: ModuleCache,
+    secrets: PullSecretStore,
+    trust: ClusterTrust | None,
+    topology: Callable[[], Topology],
+) -> ModuleResolver:
+    """The image resolver; with ``trust``, judging each image by its mesh and namespace."""
+    images = ImageResolver(
+        cache,
+        secrets,
+        registry_config=options.registry,
+        signatures=trust.verifier if trust else SignatureVerifier(options.signatures),
+        local_images=LocalImages(tuple(p.resolve() for p in options.local_images)),
+    )
+    if trust is None:
+        return images
+    from meshext.kube.scoped_resolution import MeshScopedResolver  # noqa: PLC0415
+
+    return MeshScopedResolver(images, trust, topology)
 
 
 @contextlib.asynccontextmanager

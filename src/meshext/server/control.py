@@ -40,6 +40,7 @@ from meshext.envoy.errors import EnvoyConfigError
 from meshext.envoy.node import DeliveryMode, ProxyInfo, proxy_from_metadata
 from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL, EnvoyResources
 from meshext.envoy.sidecar import proxy_resources
+from meshext.envoy.standin import closes
 from meshext.envoy.wasm import ModuleDelivery, extension_config
 from meshext.images.reference import parse_image_reference
 from meshext.mesh.extension import Extension
@@ -48,11 +49,13 @@ from meshext.mesh.planner import PlannedExtension, WorkloadPlan, plan_workload
 from meshext.mesh.resolution import JudgingResolver, ModuleResolver, Resolution, ResolutionState
 from meshext.mesh.status import extension_status
 from meshext.mesh.topology import Topology
+from meshext.mesh.traffic import FilterLayer
 from meshext.mesh.workload import Workload
 from meshext.preflight.gate import Gated, PreflightGate
 from meshext.preflight.runner import PreflightRunner
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
 from meshext.server.faults import Faults
+from meshext.server.fetch_retries import FetchRetries, stand_in_for, with_attempts
 from meshext.server.modules import module_url
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
@@ -141,6 +144,8 @@ class ControlPlane:
         self._gate = PreflightGate(preflight or PreflightRunner(), self._preflight_done)
         self._gated = Gated((), {}, {})
         self._logged_errors: set[str] = set()
+        self._fetches = FetchRetries(lambda node_id: self._request(proxy=node_id))
+        """Remote modules a proxy has not fetched yet: re-offered with backoff."""
 
     # --- configuration -------------------------------------------------------------
 
@@ -201,6 +206,7 @@ class ControlPlane:
             for task in self._resolving.values():
                 task.cancel()
             self._gate.close()
+            self._fetches.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await pusher
 
@@ -330,6 +336,7 @@ class ControlPlane:
     def on_disconnect(self, node_id: str) -> None:
         self._proxies.pop(node_id, None)
         self._tracker.forget_proxy(node_id)
+        self._fetches.forget_proxy(node_id)
         self._cache.clear(node_id)
         self._request()
 
@@ -341,8 +348,12 @@ class ControlPlane:
             return
         if type_url == EXTENSION_CONFIG_TYPE_URL:
             rejected_before = self._tracker.rejects(node_id)
+            current = dict(record.extension_versions.values())
             for name in resource_names:
                 self._tracker.acked(node_id, name, version)
+                if current.get(name) == version:  # the real module, not a stand-in
+                    self._tracker.clear_rejection(node_id, name)
+                    self._fetches.accepted(node_id, name)
             # Only a cleared rejection can change what this proxy should get.
             changed = rejected_before and not self._tracker.rejects(node_id)
             self._request(proxy=node_id if changed else None)
@@ -363,8 +374,11 @@ class ControlPlane:
             return
         # The ADS server has logged the rejection; status records it.
         if type_url == EXTENSION_CONFIG_TYPE_URL:
+            stands_in = self._stands_in(record)
             for name in resource_names:
                 self._tracker.nacked(node_id, name, rejected_version, error_detail)
+                if stands_in:
+                    self._fetches.rejected(node_id, name, _module_sha256(record, name))
         else:
             record.rejections[type_url] = error_detail
         self._request(proxy=node_id)
@@ -434,8 +448,9 @@ class ControlPlane:
         record.plan = plan
         try:
             shareable = not self._tracker.rejects(proxy.node_id)
+            # Replicas that fetched their modules at the same attempts share too.
             key = (workload_key, proxy.inbound_port, proxy.app, proxy.inbound_address,
-                   self._delivery.mode_for(proxy))  # fmt: skip
+                   self._delivery.mode_for(proxy), self._fetches.attempts_key(proxy.node_id))  # fmt: skip
             generated = round_cache.generated.get(key) if shareable else None
             if generated is None:
                 generated = self._generate(proxy, plan, round_cache)
@@ -454,18 +469,25 @@ class ControlPlane:
             if key_ not in generated.left_out:
                 self._tracker.offered(record.node_id, name, version, configs[name].message)
         self._tracker.retain(record.node_id, {n for n, _ in generated.versions.values()})
+        self._fetches.retain(record.node_id, {n for n, _ in generated.versions.values()})
         self._cache.set_snapshot(record.node_id, generated.snapshot)
 
     def _generate(
         self, proxy: ProxyInfo, plan: WorkloadPlan, round_cache: _RoundCache
     ) -> _Generated:
         """The proxy's resources and snapshot, with every version it rejected replaced by
-        the last one it accepted, or left out when it accepted none."""
+        the last one it accepted, or left out when it accepted none. A proxy that rejects
+        remote modules until fetched gets the pass-through stand-in instead of nothing,
+        and each module at its current fetch attempt (:mod:`meshext.server.fetch_retries`)."""
+
+        stands_in = self._delivery.stands_in(self._delivery.mode_for(proxy))
+        attempts = self._fetches.attempts(proxy.node_id) if stands_in else {}
 
         def generate(applied_plan: WorkloadPlan) -> EnvoyResources:
-            return proxy_resources(
+            resources = proxy_resources(
                 proxy, applied_plan, self._delivery, extension_configs=round_cache.extension_config
             )
+            return with_attempts(resources, attempts)
 
         resources = generate(plan)
         snapshot = round_cache.snapshot_of(resources)
@@ -480,6 +502,7 @@ class ControlPlane:
         left_out: dict[ResourceKey, str] = {}
         keep: list[PlannedExtension] = []
         replacements: dict[str, Any] = {}
+        stand_in_names: set[str] = set()
         for planned in plan.applied:
             name, version = versions.get(planned.key, ("", ""))
             if not self._tracker.is_rejected(proxy.node_id, name, version):
@@ -489,6 +512,10 @@ class ControlPlane:
             if accepted is not None:
                 keep.append(planned)
                 replacements[name] = accepted
+            elif stands_in:  # the module is being fetched: the stand-in meanwhile
+                keep.append(planned)
+                replacements[name] = stand_in_for(planned)
+                stand_in_names.add(name)
             else:
                 left_out[planned.key] = self._tracker.state(proxy.node_id, name, version).message
         if not left_out and not replacements:
@@ -498,7 +525,24 @@ class ControlPlane:
         if replacements:
             configs = {**resources.extension_configs, **replacements}
             resources = EnvoyResources(resources.listeners, resources.clusters, configs)
-        return _Generated(resources, round_cache.snapshot_of(resources), versions, left_out)
+        snapshot = round_cache.snapshot_of(resources)
+        for name in stand_in_names:
+            stand_in_version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name)
+            if stand_in_version is not None:
+                self._fetches.standing_in(proxy.node_id, name, stand_in_version)
+        return _Generated(resources, snapshot, versions, left_out)
+
+    def module_served(self, sha256: str) -> None:
+        """The module server sent module ``sha256`` to a proxy (see ``fetch_retries``)."""
+        self._fetches.fetched(sha256)
+
+    def _stands_in(self, record: ProxyRecord) -> bool:
+        if record.proxy is None:
+            return False
+        try:
+            return self._delivery.stands_in(self._delivery.mode_for(record.proxy))
+        except EnvoyConfigError:
+            return False
 
     # --- status ---------------------------------------------------------------------
 
@@ -509,10 +553,15 @@ class ControlPlane:
     def reports(self) -> list[ExtensionReport]:
         """Status of every extension, with per-proxy delivery."""
         per_extension: dict[ResourceKey, list[ProxyDelivery]] = {}
+        known = {e.key: e for e in self._model.extensions}
         for record in self._proxies.values():
             for key, (name, version) in record.extension_versions.items():
+                state = self._tracker.state(record.node_id, name, version)
+                ext = known.get(key)
+                closed = ext is None or closes(ext.failure_policy)
+                network = ext is not None and ext.layer is FilterLayer.NETWORK
                 per_extension.setdefault(key, []).append(
-                    self._tracker.state(record.node_id, name, version)
+                    self._fetches.explain(state, name, closed=closed, network=network)
                 )
         reports = []
         for ext in self._model.extensions:
@@ -589,6 +638,14 @@ class _RoundCache:
                 made.append(resource)
             sets.append(ResourceSet.of(type_url, made))
         return Snapshot(sets)
+
+
+def _module_sha256(record: ProxyRecord, config_name: str) -> str:
+    """The sha256 of the module of the extension whose ECDS resource is ``config_name``."""
+    for planned in record.plan.applied if record.plan else ():
+        if planned.module is not None and names.extension_config_name(planned.key) == config_name:
+            return planned.module.sha256
+    return ""
 
 
 def _workload_key(workload: Workload) -> object:

@@ -92,6 +92,19 @@ class DeliveryTracker:
         entry.rejection = detail
         self._rejecting.setdefault(node_id, set()).add(name)
 
+    def clear_rejection(self, node_id: str, name: str) -> None:
+        """The proxy runs the current version of ``name``: an earlier rejection (of
+        another fetch attempt of the same module) no longer stands."""
+        entry = self._find(node_id, name)
+        if entry is None or entry.rejected_version is None:
+            return
+        entry.rejected_version = None
+        entry.rejection = ""
+        names = self._rejecting.get(node_id, set())
+        names.discard(name)
+        if not names:
+            self._rejecting.pop(node_id, None)
+
     def is_rejected(self, node_id: str, name: str, version: str) -> bool:
         entry = self._find(node_id, name)
         return entry is not None and entry.rejected_version == version
@@ -128,4 +141,5 @@ class DeliveryTracker:
             )
         if entry.acked_version == version:
             return ProxyDelivery(node_id, DeliveryState.RUNNING, version, version)
-        return ProxyDelivery(node_id, DeliveryState.PENDING, version, entry.acked_version)
+        message = f"an earlier offer was rejected: {entry.rejection}" if entry.rejection else ""
+        return ProxyDelivery(node_id, DeliveryState.PENDING, version, entry.acked_version, message)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -62,8 +63,15 @@ def module_url(base_url: str, sha256: str) -> str:
     return base_url.rstrip("/") + module_path(sha256)
 
 
-def module_routes(store: ModuleStore) -> list[web.RouteDef]:
-    """The module server's routes, to add to any ``aiohttp`` application."""
+def module_routes(
+    store: ModuleStore, on_served: Callable[[str], None] | None = None
+) -> list[web.RouteDef]:
+    """The module server's routes, to add to any ``aiohttp`` application.
+
+    ``on_served`` is called with a module's sha256 each time its whole body has been
+    sent (a ``GET``, not a ``HEAD`` or a 304): the control loop then offers it again,
+    soon, to proxies that rejected it while fetching it.
+    """
 
     async def serve(request: web.Request) -> web.StreamResponse:
         sha256 = request.match_info["sha256"]
@@ -80,7 +88,13 @@ def module_routes(store: ModuleStore) -> list[web.RouteDef]:
             body = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise web.HTTPNotFound(text=f"no module with sha256 {sha256}\n") from None
-        return web.Response(body=body, content_type=CONTENT_TYPE, headers=headers)
+        response = web.Response(body=body, content_type=CONTENT_TYPE, headers=headers)
+        if on_served is None or request.method != "GET":
+            return response
+        await response.prepare(request)
+        await response.write_eof()
+        on_served(sha256)
+        return response
 
     return [web.get(MODULE_PATH_PREFIX + "{sha256}", serve, allow_head=True)]
 
@@ -92,10 +106,12 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates or f"W/{etag}" in candidates
 
 
-def module_app(store: ModuleStore) -> web.Application:
+def module_app(
+    store: ModuleStore, on_served: Callable[[str], None] | None = None
+) -> web.Application:
     """An ``aiohttp`` application serving only the module routes."""
     app = web.Application()
-    app.add_routes(module_routes(store))
+    app.add_routes(module_routes(store, on_served))
     return app
 
 
@@ -107,6 +123,7 @@ class RunningServer:
     host: str
     port: int
     tls: bool = False
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def base_url(self) -> str:
@@ -115,6 +132,18 @@ class RunningServer:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+
+    async def stop_listening(self) -> None:
+        """Close the listening socket (connections are refused) but keep the application,
+        so :meth:`listen_again` serves it on the same address."""
+        for site in list(self.runner.sites):
+            await site.stop()
+        if self.runner.server is not None:  # and the connections already open
+            await self.runner.server.shutdown(1.0)
+
+    async def listen_again(self) -> None:
+        site = web.TCPSite(self.runner, self.host, self.port, ssl_context=self.ssl_context)
+        await site.start()
 
 
 async def start_module_server(
@@ -138,4 +167,4 @@ async def start_module_server(
         await runner.cleanup()
         raise ModuleServerError(f"module server cannot listen on {host}:{port}: {exc}") from exc
     bound = int(runner.addresses[0][1]) if runner.addresses else port
-    return RunningServer(runner, host, bound, tls=ssl_context is not None)
+    return RunningServer(runner, host, bound, tls=ssl_context is not None, ssl_context=ssl_context)
