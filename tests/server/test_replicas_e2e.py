@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -148,6 +149,11 @@ async def extension_states(replica: Replica) -> list[tuple[str, bool, list[str]]
         )
         for e in extensions
     ]
+
+
+async def observed_generations(replica: Replica) -> list[int]:
+    extensions = (await replica.get("/api/v1/extensions"))["extensions"]
+    return [e["status"].get("observedGeneration") for e in extensions]
 
 
 async def until_ready(replica: Replica, proxies: list[str]) -> None:
@@ -334,6 +340,13 @@ async def test_replicas_serve_identical_bytes_and_a_moved_proxy_gets_nothing_new
             last = await eventually(on_last, acked_change, "the change ACKed", deadline=DEADLINE)
             assert last is not None
             now_held = versions(last)
+            for replica in running:  # every replica has seen the edit
+                await eventually(
+                    functools.partial(observed_generations, replica),
+                    lambda generations: generations == [2],
+                    f"replica {replica.index} seeing the edit",
+                    deadline=DEADLINE,
+                )
             await balancer.switch(running[0].xds)
             back = await until_holds(running[0], proxy.node_id, now_held)
             assert back["streams"][0]["responsesSent"] == 0
