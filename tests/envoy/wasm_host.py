@@ -93,13 +93,15 @@ class FakeEnvoyHost:
         return bool(self.call("proxy_on_configure", self.root_context, len(config)))
 
     def request(self, headers: list[tuple[str, str]]) -> Stream:
-        """One request through the stream callbacks, as Envoy calls them."""
+        """One request through the stream callbacks, as Envoy calls them (those the
+        module exports; a response is not simulated)."""
         context = self._new_context()
         self.stream = Stream(list(headers))
-        self.call("proxy_on_context_create", context, self.root_context)
-        self.call("proxy_on_request_headers", context, len(headers), 1)
+        self.call_if_exported("proxy_on_context_create", context, self.root_context)
+        self.call_if_exported("proxy_on_request_headers", context, len(headers), 1)
         self.call_if_exported("proxy_on_done", context)
-        self.call("proxy_on_delete", context)
+        self.call_if_exported("proxy_on_log", context)
+        self.call_if_exported("proxy_on_delete", context)
         stream, self.stream = self.stream, None
         return stream
 
