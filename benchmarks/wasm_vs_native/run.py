@@ -9,7 +9,9 @@ sidecar Envoy per variant in front of it, all at ``--concurrency 1``:
 - ``wasm-N``: N instances of ``examples/extensions/header-append``, configured the way
   meshext deploys them (the filter config is meshext's ``extension_config`` output:
   one shared VM per module, the module read from a local file), each appending one
-  header.
+  header;
+- ``baseline-N`` (with ``--baseline-module``): the same with another build of the
+  module, e.g. an older one, so one run reports before and after.
 
 The backend answers 200 only when the request carries the first appended header with
 the expected value (the ``none`` variant's client sends it itself), otherwise 421, so a
@@ -140,10 +142,10 @@ def native_filter(index: int) -> dict[str, Any]:
     }
 
 
-def wasm_filter(index: int) -> dict[str, Any]:
-    data = MODULE.read_bytes()
+def wasm_filter(index: int, path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
     module = ResolvedModule(
-        hashlib.sha256(data).hexdigest(), str(MODULE), len(data), None, ImageFormat.LOCAL_FILE
+        hashlib.sha256(data).hexdigest(), str(path), len(data), None, ImageFormat.LOCAL_FILE
     )
     config = json.dumps({"name": header_name(index), "value": HEADER_VALUE})
     ext = Extension(
@@ -321,13 +323,36 @@ def median_cpu(runs: list[Run]) -> float:
     return statistics.median(r.cpu_us_per_request for r in runs)
 
 
-def extra_ratio(runs: dict[str, list[Run]], n: int) -> float | None:
+def extra_ratio(runs: dict[str, list[Run]], variant: str, n: int) -> float | None:
     """What the wasm filters add to a request's CPU over what the native ones add."""
     base = median_cpu(runs["none"])
     native = median_cpu(runs[f"native-{n}"]) - base
     if native <= 0:
         return None  # the native filters' cost is lost in the noise of this run
-    return round((median_cpu(runs[f"wasm-{n}"]) - base) / native, 3)
+    return round((median_cpu(runs[variant]) - base) / native, 3)
+
+
+def ratios(runs: dict[str, list[Run]], variant: str, n: int) -> dict[str, Any]:
+    """A wasm variant against the native filters with as many instances, same run."""
+    native = runs[f"native-{n}"]
+    return {
+        "cpu_per_request": round(median_cpu(runs[variant]) / median_cpu(native), 3),
+        "extra_cpu_per_request_over_none": extra_ratio(runs, variant, n),
+        "p99": round(
+            statistics.median(r.p99_ms for r in runs[variant])
+            / statistics.median(r.p99_ms for r in native),
+            3,
+        ),
+    }
+
+
+def module_facts(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def stop_on_sigterm() -> None:
@@ -348,14 +373,27 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--filters", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--module", type=Path, default=MODULE, help="the header-append module measured"
+    )
+    parser.add_argument(
+        "--baseline-module",
+        type=Path,
+        default=None,
+        help="another build of header-append, measured as the baseline-N variants",
+    )
     args = parser.parse_args()
-    if not MODULE.exists():
-        raise SystemExit(f"{MODULE} is missing: run `make -C examples/extensions` first")
+    for path in (args.module, args.baseline_module):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"{path} is missing: run `make -C examples/extensions` first")
     variants: dict[str, list[Any]] = {"none": []}
     for n in args.filters:
         variants[f"native-{n}"] = [native_filter(i) for i in range(n)]
-        variants[f"wasm-{n}"] = [wasm_filter(i) for i in range(n)]
+        variants[f"wasm-{n}"] = [wasm_filter(i, args.module) for i in range(n)]
+        if args.baseline_module is not None:
+            variants[f"baseline-{n}"] = [wasm_filter(i, args.baseline_module) for i in range(n)]
     runs: dict[str, list[Run]] = {name: [] for name in variants}
+    uptime_before = uptime()
     with (
         tempfile.TemporaryDirectory(prefix="meshext-wasm-vs-native-") as tmp,
         contextlib.ExitStack() as stack,
@@ -389,23 +427,35 @@ def main() -> None:
         "envoy": envoy_version.rsplit(" ", 1)[-1],
         "wrk": f"-t1 -c{args.connections} -d{args.seconds}s",
         "cpus": os.cpu_count(),
+        "uptime_before": uptime_before,
+        "uptime_after": uptime(),
         "variants": {name: summary(r) for name, r in runs.items()},
-        "ratios": {
-            f"wasm-{n}/native-{n}": {
-                "cpu_per_request": round(
-                    statistics.median(r.cpu_us_per_request for r in runs[f"wasm-{n}"])
-                    / statistics.median(r.cpu_us_per_request for r in runs[f"native-{n}"]),
-                    3,
-                ),
-                "extra_cpu_per_request_over_none": extra_ratio(runs, n),
-                "p99": round(
-                    statistics.median(r.p99_ms for r in runs[f"wasm-{n}"])
-                    / statistics.median(r.p99_ms for r in runs[f"native-{n}"]),
-                    3,
-                ),
-            }
-            for n in args.filters
+        "modules": {
+            "wasm": module_facts(args.module),
+            **(
+                {"baseline": module_facts(args.baseline_module)}
+                if args.baseline_module is not None
+                else {}
+            ),
         },
+        "ratios": {
+            f"{kind}-{n}/native-{n}": ratios(runs, f"{kind}-{n}", n)
+            for n in args.filters
+            for kind in ("wasm", "baseline")
+            if f"{kind}-{n}" in runs
+        },
+        **(
+            {
+                "wasm_over_baseline": {
+                    str(n): round(
+                        median_cpu(runs[f"wasm-{n}"]) / median_cpu(runs[f"baseline-{n}"]), 3
+                    )
+                    for n in args.filters
+                }
+            }
+            if args.baseline_module is not None
+            else {}
+        ),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -21,7 +21,7 @@ def connection(vm: FakeEnvoyHost, sent: list[int], returned: list[int]) -> None:
         assert vm.call("proxy_on_downstream_data", context, size, 0) == CONTINUE
     for size in returned:
         assert vm.call("proxy_on_upstream_data", context, size, 0) == CONTINUE
-    vm.call("proxy_on_done", context)
+    vm.call_if_exported("proxy_on_done", context)
     vm.call("proxy_on_delete", context)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from meshext.api.manifest import parse_manifest
 from meshext.api.phase import Phase
@@ -128,3 +129,37 @@ def test_each_example_has_a_maistra_manifest_naming_its_module(
     assert manifest.phase is phase
     assert manifest.priority == priority
     assert manifest.module_path == "extension.wasm"
+
+
+@pytest.mark.parametrize("name", ["header-append", "deny-unless-header", "request-counter"])
+def test_http_examples_export_no_per_request_callback_they_do_not_need(
+    examples: Path, name: str
+) -> None:
+    # Envoy skips a callback the module does not export; each exported one costs a
+    # call into the VM per request and filter.
+    vm = host(examples, name, b"x-a")
+    per_request = {
+        export.name
+        for export in wasmtime.Module.from_file(vm.engine, examples / f"{name}.wasm").exports
+        if export.name.startswith("proxy_on_") and export.name != "proxy_on_memory_allocate"
+    } - {"proxy_on_vm_start", "proxy_on_configure"}
+    assert per_request == {
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_delete",
+    }
+
+
+def test_stream_records_are_reused_across_many_concurrent_streams(examples: Path) -> None:
+    vm = host(examples, "header-append", b'{"name": "x-a", "value": "1"}')
+    contexts = list(range(1_000, 1_600))
+    for round_ in range(3):
+        for context in contexts:
+            vm.call("proxy_on_context_create", context + round_ * 10_000, vm.root_context)
+        if round_ == 0:
+            grown = vm.memory_bytes()
+        vm.stream = None
+        for context in contexts:
+            vm.call("proxy_on_delete", context + round_ * 10_000)
+    assert vm.memory_bytes() == grown
+    assert vm.request(HEADERS).headers[-1] == ("x-a", "1")

@@ -2,7 +2,8 @@
 
 It implements the few host functions the examples import, with the same contracts as
 Envoy (buffers handed to the module are allocated through its
-``proxy_on_memory_allocate``), and drives the callbacks a stream goes through. It is a
+``proxy_on_memory_allocate``), and drives the callbacks a stream goes through; like
+Envoy, it skips the optional callbacks a module does not export. It is a
 test double for Envoy's host, named as such: behaviour inside Envoy is tested with
 Envoy itself; this one exists to run hundreds of thousands of requests quickly and
 watch the module's memory.
@@ -77,6 +78,13 @@ class FakeEnvoyHost:
         assert isinstance(function, wasmtime.Func), name
         return function(self.store, *args)
 
+    def exports_callback(self, name: str) -> bool:
+        return isinstance(self.exports.get(name), wasmtime.Func)
+
+    def call_if_exported(self, name: str, *args: int) -> Any:
+        """Calls an optional callback the way Envoy does: only when the module exports it."""
+        return self.call(name, *args) if self.exports_callback(name) else None
+
     def start(self) -> bool:
         return bool(self.call("proxy_on_vm_start", self.root_context, 0))
 
@@ -85,13 +93,15 @@ class FakeEnvoyHost:
         return bool(self.call("proxy_on_configure", self.root_context, len(config)))
 
     def request(self, headers: list[tuple[str, str]]) -> Stream:
-        """One request through the stream callbacks, as Envoy calls them."""
+        """One request through the stream callbacks, as Envoy calls them (those the
+        module exports; a response is not simulated)."""
         context = self._new_context()
         self.stream = Stream(list(headers))
-        self.call("proxy_on_context_create", context, self.root_context)
-        self.call("proxy_on_request_headers", context, len(headers), 1)
-        self.call("proxy_on_done", context)
-        self.call("proxy_on_delete", context)
+        self.call_if_exported("proxy_on_context_create", context, self.root_context)
+        self.call_if_exported("proxy_on_request_headers", context, len(headers), 1)
+        self.call_if_exported("proxy_on_done", context)
+        self.call_if_exported("proxy_on_log", context)
+        self.call_if_exported("proxy_on_delete", context)
         stream, self.stream = self.stream, None
         return stream
 

@@ -38,10 +38,12 @@ static uintptr_t heap_end;
 
 size_t wasm_memory_bytes(void) { return (size_t)__builtin_wasm_memory_size(0) * PAGE_SIZE; }
 
+/* The smallest class whose blocks hold `size` bytes and the header (size is checked
+ * against the largest class by the caller). */
 static uint32_t class_for(size_t size) {
-  uint32_t c = MIN_CLASS;
-  while (c < MAX_CLASS && ((size_t)1 << c) < size + HEADER_SIZE) c++;
-  return c;
+  uint32_t needed = (uint32_t)(size + HEADER_SIZE - 1);
+  uint32_t c = 32u - (uint32_t)__builtin_clz(needed | 1u);
+  return c < MIN_CLASS ? MIN_CLASS : c;
 }
 
 static void *carve(uint32_t size_class) {

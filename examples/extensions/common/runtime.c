@@ -4,9 +4,16 @@
  * One VM can host several plugins (Envoy shares a VM between filters with the same
  * module and vm_id), each with its own root context and configuration. Every
  * stream context records its plugin's root context, so a request is handled with
- * the configuration of the filter it passes through. Contexts live in small tables
- * allocated with malloc() and freed in proxy_on_delete, so nothing accumulates
- * across requests.
+ * the configuration of the filter it passes through. Root contexts live in a list
+ * allocated with malloc(); stream records are taken from a free list of spare
+ * records and returned to it in proxy_on_delete, so a steady stream of requests
+ * allocates nothing after the first ones and nothing accumulates across requests.
+ *
+ * Envoy calls a callback only when the module exports it, so this file exports just
+ * what the examples need per request: proxy_on_context_create,
+ * proxy_on_request_headers and proxy_on_delete (no proxy_on_done, proxy_on_log,
+ * response or body callbacks, each of which would cost a call into the VM per
+ * request and filter).
  *
  * Each VM also adds its linear memory size to the gauge
  * meshext_examples.<example>.wasm_memory_bytes (the sum over the VMs of the module),
@@ -30,6 +37,8 @@ typedef struct stream_context {
 
 static root_context_t *roots;
 static stream_context_t *streams[STREAM_BUCKETS];
+/* Records of deleted streams, reused by the next streams (linked through next). */
+static stream_context_t *spare_streams;
 
 static uint32_t memory_gauge;
 static int memory_gauge_defined;
@@ -110,8 +119,13 @@ void proxy_on_context_create(uint32_t context_id, uint32_t parent_context_id) {
     roots = root;
     return;
   }
-  stream_context_t *stream = malloc(sizeof *stream);
-  if (stream == NULL) return;
+  stream_context_t *stream = spare_streams;
+  if (stream != NULL) {
+    spare_streams = stream->next;
+  } else {
+    stream = malloc(sizeof *stream);
+    if (stream == NULL) return;
+  }
   stream->id = context_id;
   stream->root = find_root(parent_context_id);
   stream_context_t **slot = &streams[context_id % STREAM_BUCKETS];
@@ -159,19 +173,14 @@ void *example_state_of(uint32_t context_id) {
   return stream != NULL && stream->root != NULL ? stream->root->state : NULL;
 }
 
-EXPORT(proxy_on_done)
-int32_t proxy_on_done(uint32_t context_id) {
-  (void)context_id;
-  return 1;
-}
-
 EXPORT(proxy_on_delete)
 void proxy_on_delete(uint32_t context_id) {
   stream_context_t **slot = stream_slot(context_id);
   if (*slot != NULL) {
     stream_context_t *stream = *slot;
     *slot = stream->next;
-    free(stream);
+    stream->next = spare_streams;
+    spare_streams = stream;
     return;
   }
   for (root_context_t **r = &roots; *r != NULL; r = &(*r)->next) {
