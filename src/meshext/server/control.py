@@ -8,8 +8,17 @@ plan of its workload turned into Envoy resources, published to the snapshot cach
 verdicts back here (this class implements its ``StreamEvents``), which feed the
 delivery tracker and so the status users read.
 
-Recomputation is debounced: bursts of changes (an edited folder, many images
-resolving at once) produce one recomputation a short quiet period later.
+Recomputation starts as soon as a change is applied, without a fixed delay; changes
+that arrive while a round runs (or in the same turn of the event loop) are coalesced
+into the next round. A round's plans and generated configurations are kept until the
+next change of what they depend on (configuration, resolutions, pre-flight): a proxy
+that connects meanwhile and belongs to a known workload gets the very snapshot its
+replicas have, without planning or generating anything.
+
+Status is accounted per event (:mod:`meshext.server.status_book`): an ACK or NACK
+costs the same whatever the number of proxies, per-proxy reports are built only
+when read, and the status written to sinks (which does not depend on proxies) is
+computed only when what it depends on changed (:mod:`meshext.server.status_publisher`).
 
 No proxy is answered before the images of the first configuration are resolved (or
 ``settle_timeout`` has passed): a restarted control plane must not push a chain that
@@ -27,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,9 +61,11 @@ from meshext.mesh.topology import Topology
 from meshext.mesh.workload import Workload
 from meshext.preflight.gate import Gated, PreflightGate
 from meshext.preflight.runner import PreflightRunner
-from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
+from meshext.server.delivery import DeliveryState, ProxyDelivery
 from meshext.server.faults import Faults
 from meshext.server.modules import module_url
+from meshext.server.status_book import DeliveryCounts, StatusBook
+from meshext.server.status_publisher import StatusPublisher
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
 from meshext.xds.cache import SnapshotCache
@@ -98,6 +110,7 @@ class ExtensionReport:
     served_version: str | None
     status: ExtensionStatus
     proxies: tuple[ProxyDelivery, ...]
+    counts: DeliveryCounts = field(default_factory=DeliveryCounts)
 
 
 class ControlPlane:
@@ -109,14 +122,17 @@ class ControlPlane:
         *,
         sinks: Sequence[StatusSink] = (),
         retry: ResolveSchedule = ResolveSchedule(),
-        debounce: float = 0.05,
+        debounce: float = 0.0,
         settle_timeout: float = 30.0,
         preflight: PreflightRunner | None = None,
+        status_interval: float = 1.0,
     ) -> None:
+        """``debounce``: an extra wait before each round, to coalesce more changes
+        (none by default: a round starts at once and coalesces what is queued).
+        ``status_interval``: the least time between two writes of status to ``sinks``."""
         self._resolver = resolver
         self._cache = cache
         self._delivery = delivery
-        self._sinks = list(sinks)
         self._retry = retry
         self._debounce = debounce
         self._settle_timeout = settle_timeout
@@ -128,8 +144,10 @@ class ControlPlane:
         self._inputs: dict[ResourceKey, tuple[object, ...]] = {}
         self._failures: dict[ResourceKey, int] = {}
         self._proxies: dict[str, ProxyRecord] = {}
-        self._tracker = DeliveryTracker()
-        self._published: dict[ResourceKey, ExtensionStatus] = {}
+        self._book = StatusBook()
+        self._tracker = self._book.tracker
+        self._round: _RoundCache | None = None
+        """Plans and configurations valid until the next ``_request(everything=True)``."""
         self._wake = asyncio.Event()
         self._recompute_all = False
         self._recompute_proxies: set[str] = set()
@@ -140,6 +158,9 @@ class ControlPlane:
         self._gate = PreflightGate(preflight or PreflightRunner(), self._preflight_done)
         self._gated = Gated((), {}, {})
         self._logged_errors: set[str] = set()
+        self._publisher = StatusPublisher(
+            sinks, self._statuses, self.faults, interval=status_interval
+        )
 
     # --- configuration -------------------------------------------------------------
 
@@ -192,16 +213,19 @@ class ControlPlane:
         """Follow ``source`` and keep proxies and status up to date, until cancelled."""
         settler = asyncio.create_task(self._settle())
         pusher = asyncio.create_task(self._push_loop())
+        publisher = asyncio.create_task(self._publish_loop())
         try:
             await self._follow(source)
         finally:
             settler.cancel()
             pusher.cancel()
+            publisher.cancel()
             for task in self._resolving.values():
                 task.cancel()
             self._gate.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pusher
+            for task in (pusher, publisher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _follow(self, source: ConfigSource, restart_delay: float = 1.0) -> None:
         """Apply every configuration ``source`` yields. A configuration that cannot be
@@ -313,6 +337,13 @@ class ControlPlane:
     def _new_round(self) -> _RoundCache:
         return _RoundCache(self._delivery, self._gate_now())
 
+    def _current_round(self) -> _RoundCache:
+        """The round of the current configuration, resolutions and pre-flight results:
+        what is planned and generated in it stays valid until one of them changes."""
+        if self._round is None:
+            self._round = self._new_round()
+        return self._round
+
     # --- proxies (StreamEvents) ----------------------------------------------------
 
     async def on_connect(self, node: Node) -> None:
@@ -324,13 +355,12 @@ class ControlPlane:
         except EnvoyConfigError as exc:
             record.proxy, record.error = None, str(exc)
             log.warning("proxy %s: %s", node.id, exc)
-        self._push_proxy(record)
+        self._push_proxy(record, self._current_round())
 
     def on_disconnect(self, node_id: str) -> None:
         self._proxies.pop(node_id, None)
-        self._tracker.forget_proxy(node_id)
+        self._book.forget_proxy(node_id)
         self._cache.clear(node_id)
-        self._request()
 
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
@@ -340,14 +370,13 @@ class ControlPlane:
             return
         if type_url == EXTENSION_CONFIG_TYPE_URL:
             rejected_before = self._tracker.rejects(node_id)
-            for name in resource_names:
-                self._tracker.acked(node_id, name, version)
-            # Only a cleared rejection can change what this proxy should get.
-            changed = rejected_before and not self._tracker.rejects(node_id)
-            self._request(proxy=node_id if changed else None)
+            self._book.acked(node_id, resource_names, version)
+            # Only a cleared rejection can change what this proxy should get; anything
+            # else an ACK changes is status, which the book has just counted.
+            if rejected_before and not self._tracker.rejects(node_id):
+                self._request(proxy=node_id)
         else:
             record.rejections.pop(type_url, None)
-            self._request()
 
     def on_nack(
         self,
@@ -362,8 +391,7 @@ class ControlPlane:
             return
         # The ADS server has logged the rejection; status records it.
         if type_url == EXTENSION_CONFIG_TYPE_URL:
-            for name in resource_names:
-                self._tracker.nacked(node_id, name, rejected_version, error_detail)
+            self._book.nacked(node_id, resource_names, rejected_version, error_detail)
         else:
             record.rejections[type_url] = error_detail
         self._request(proxy=node_id)
@@ -371,15 +399,22 @@ class ControlPlane:
     # --- computing and publishing --------------------------------------------------
 
     def _request(self, *, everything: bool = False, proxy: str | None = None) -> None:
-        """Ask the push loop for work: recompute every proxy (configuration or images
-        changed), one proxy (it rejected or re-accepted something), or, with neither,
-        only refresh the status (an ACK changes what users see, not what proxies get)."""
-        self._recompute_all |= everything
+        """Ask the push loop for work: recompute every proxy (configuration, images or
+        pre-flight results changed: what was planned and generated is stale, and so
+        is the status written to sinks), or one proxy (it rejected or re-accepted
+        something)."""
+        if everything:
+            self._recompute_all = True
+            self._round = None
         if proxy is not None:
             self._recompute_proxies.add(proxy)
         self._wake.set()
 
     async def _push_loop(self) -> None:
+        """One round per wake-up, started as soon as work is asked for. A round runs
+        without yielding, so what is asked for meanwhile, or in the same turn of the
+        event loop (the ``sleep(0)`` lets those callbacks run first), is done together
+        in the next round."""
         await self._settled.wait()
         while True:
             await self._wake.wait()
@@ -390,37 +425,39 @@ class ControlPlane:
             try:
                 if everything:
                     self.recompute()
+                    self._publisher.stale()
                 else:
-                    round_cache = self._new_round()
+                    round_cache = self._current_round()
                     for node_id in sorted(proxies):
                         record = self._proxies.get(node_id)
                         if record is not None:
                             self._push_proxy(record, round_cache)
-                await self._publish_statuses()
             except Exception as exc:
                 self.faults.failed("computing proxy configurations", exc)
-                # the next change tries again, and again everything
+                # the next change tries again, and again everything, from scratch
                 self._recompute_all = True
+                self._round = None
             else:
                 self.faults.succeeded("computing proxy configurations")
 
     def recompute(self) -> None:
         """Recompute and publish every proxy's snapshot (unchanged ones send nothing).
 
-        Replicas of a workload (same namespace, labels, ports and application address)
-        get the same configuration: within one recomputation it is planned, generated and
-        built into an immutable snapshot once, and shared by every such proxy that has
-        rejected nothing (a proxy with rejections gets its own, see ``_generate``).
+        Replicas of a workload (same namespace, labels, listeners, application address
+        and module delivery; see ``_generation_key``) get the same configuration:
+        within one round it is planned, generated and built into an immutable snapshot
+        once, and shared by every such proxy that has rejected nothing (a proxy with
+        rejections gets its own, see ``_generate``), including proxies that connect
+        before the next change.
         """
-        round_cache = self._new_round()
+        round_cache = self._current_round()
         for record in list(self._proxies.values()):
             self._push_proxy(record, round_cache)
 
-    def _push_proxy(self, record: ProxyRecord, round_cache: _RoundCache | None = None) -> None:
+    def _push_proxy(self, record: ProxyRecord, round_cache: _RoundCache) -> None:
         if record.proxy is None:
             self._cache.set_snapshot(record.node_id, Snapshot())
             return
-        round_cache = round_cache or self._new_round()
         proxy = record.proxy
         workload_key = _workload_key(proxy.workload)
         plan = round_cache.plans.get(workload_key)
@@ -433,8 +470,7 @@ class ControlPlane:
         record.plan = plan
         try:
             shareable = not self._tracker.rejects(proxy.node_id)
-            key = (workload_key, proxy.inbound_port, proxy.app, proxy.inbound_address,
-                   self._delivery.mode_for(proxy))  # fmt: skip
+            key = _generation_key(proxy, self._delivery.mode_for(proxy))
             generated = round_cache.generated.get(key) if shareable else None
             if generated is None:
                 generated = self._generate(proxy, plan, round_cache)
@@ -448,11 +484,9 @@ class ControlPlane:
         record.left_out = generated.left_out
         record.extension_versions = generated.versions
         record.resources = generated.resources
-        configs = generated.snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources
-        for key_, (name, version) in generated.versions.items():
-            if key_ not in generated.left_out:
-                self._tracker.offered(record.node_id, name, version, configs[name].message)
-        self._tracker.retain(record.node_id, {n for n, _ in generated.versions.values()})
+        self._book.offered(
+            record.node_id, generated.versions, generated.left_out, generated.messages
+        )
         self._cache.set_snapshot(record.node_id, generated.snapshot)
 
     def _generate(
@@ -506,22 +540,21 @@ class ControlPlane:
         return module_url(base, sha256) if base else None
 
     def reports(self) -> list[ExtensionReport]:
-        """Status of every extension, with per-proxy delivery."""
-        per_extension: dict[ResourceKey, list[ProxyDelivery]] = {}
-        for record in self._proxies.values():
-            for key, (name, version) in record.extension_versions.items():
-                per_extension.setdefault(key, []).append(
-                    self._tracker.state(record.node_id, name, version)
-                )
-        reports = []
-        for ext in self._model.extensions:
-            resolution = self._gated.statuses.get(ext.key, self._resolutions.get(ext.key))
-            status = extension_status(ext, resolution, self.module_url, self._model.topology)
-            proxies = tuple(sorted(per_extension.get(ext.key, []), key=lambda p: p.proxy))
-            reports.append(
-                ExtensionReport(ext.key, self._served_versions.get(ext.key), status, proxies)
+        """Status of every extension, with per-proxy delivery (built now, for a reader)."""
+        return [
+            ExtensionReport(
+                ext.key,
+                self._served_versions.get(ext.key),
+                self._status_of(ext),
+                self._book.deliveries(ext.key),
+                self._book.counts(ext.key),
             )
-        return reports
+            for ext in self._model.extensions
+        ]
+
+    def delivery_counts(self, key: ResourceKey) -> DeliveryCounts:
+        """How many proxies run, rejected or wait for the extension ``key`` (no cost)."""
+        return self._book.counts(key)
 
     def proxies(self) -> list[ProxyRecord]:
         return [self._proxies[k] for k in sorted(self._proxies)]
@@ -529,19 +562,17 @@ class ControlPlane:
     def proxy(self, node_id: str) -> ProxyRecord | None:
         return self._proxies.get(node_id)
 
-    async def _publish_statuses(self) -> None:
-        current = {r.key: r.status for r in self.reports()}
-        for key, status in current.items():
-            if self._published.get(key) == status:
-                continue
-            self._published[key] = status
-            for sink in self._sinks:
-                try:
-                    await sink.publish(key, status)
-                except Exception:
-                    log.exception("writing status of %s failed", key)
-        for key in [k for k in self._published if k not in current]:
-            del self._published[key]
+    def _status_of(self, ext: Extension) -> ExtensionStatus:
+        resolution = self._gated.statuses.get(ext.key, self._resolutions.get(ext.key))
+        return extension_status(ext, resolution, self.module_url, self._model.topology)
+
+    def _statuses(self) -> dict[ResourceKey, ExtensionStatus]:
+        """What sinks get: every extension's status, which no proxy changes."""
+        return {ext.key: self._status_of(ext) for ext in self._model.extensions}
+
+    async def _publish_loop(self) -> None:
+        await self._settled.wait()
+        await self._publisher.run()
 
 
 @dataclass(frozen=True)
@@ -551,6 +582,12 @@ class _Generated:
     versions: dict[ResourceKey, tuple[str, str]]
     """Per applied extension: (ECDS resource name, version generated for it)."""
     left_out: dict[ResourceKey, str]
+
+    @functools.cached_property
+    def messages(self) -> dict[str, Any]:
+        """The extension configs of the snapshot, by resource name."""
+        configs = self.snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources
+        return {name: resource.message for name, resource in configs.items()}
 
 
 @dataclass
@@ -591,11 +628,26 @@ class _RoundCache:
 
 
 def _workload_key(workload: Workload) -> object:
+    """What planning depends on: two proxies with the same key have the same plan."""
     return (
         workload.namespace,
         tuple(sorted(workload.labels.items())),
         workload.kind,
         workload.name,
+    )
+
+
+def _generation_key(proxy: ProxyInfo, mode: DeliveryMode) -> object:
+    """What generation depends on besides the plan (every field of the proxy that
+    :func:`meshext.envoy.sidecar.proxy_resources` reads, except its node id, which
+    only error messages name): two proxies with the same key get the same resources."""
+    return (
+        _workload_key(proxy.workload),
+        proxy.inbound_ports,
+        proxy.inbound_address,
+        proxy.app,
+        proxy.outbound,
+        mode,
     )
 
 
