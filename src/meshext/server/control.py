@@ -148,6 +148,8 @@ class ControlPlane:
         self._tracker = self._book.tracker
         self._round: _RoundCache | None = None
         """Plans and configurations valid until the next ``_request(everything=True)``."""
+        self._full_round: _RoundCache | None = None
+        """The round every proxy was last recomputed in (by ``recompute``)."""
         self._wake = asyncio.Event()
         self._recompute_all = False
         self._recompute_proxies: set[str] = set()
@@ -335,13 +337,19 @@ class ControlPlane:
         self._request(everything=True)
 
     def _new_round(self) -> _RoundCache:
-        return _RoundCache(self._delivery, self._gate_now())
+        return _RoundCache(self._delivery, self._model.topology, self._gate_now())
 
     def _current_round(self) -> _RoundCache:
         """The round of the current configuration, resolutions and pre-flight results:
-        what is planned and generated in it stays valid until one of them changes."""
+        what is planned and generated in it stays valid until one of them changes.
+
+        When what planning reads is equal to what the last full recomputation read (a
+        changed extension waits for its image or its pre-flight, and meanwhile keeps
+        what it had), that round is current again, with everything computed in it."""
         if self._round is None:
-            self._round = self._new_round()
+            fresh = self._new_round()
+            last = self._full_round
+            self._round = last if last is not None and last.inputs == fresh.inputs else fresh
         return self._round
 
     # --- proxies (StreamEvents) ----------------------------------------------------
@@ -424,7 +432,9 @@ class ControlPlane:
             self._recompute_all, self._recompute_proxies = False, set()
             try:
                 if everything:
-                    self.recompute()
+                    if self._current_round() is not self._full_round:
+                        self.recompute()
+                    # else every proxy already has what this round would give it
                     self._publisher.stale()
                 else:
                     round_cache = self._current_round()
@@ -436,7 +446,7 @@ class ControlPlane:
                 self.faults.failed("computing proxy configurations", exc)
                 # the next change tries again, and again everything, from scratch
                 self._recompute_all = True
-                self._round = None
+                self._round = self._full_round = None
             else:
                 self.faults.succeeded("computing proxy configurations")
 
@@ -453,6 +463,7 @@ class ControlPlane:
         round_cache = self._current_round()
         for record in list(self._proxies.values()):
             self._push_proxy(record, round_cache)
+        self._full_round = round_cache
 
     def _push_proxy(self, record: ProxyRecord, round_cache: _RoundCache) -> None:
         if record.proxy is None:
@@ -464,7 +475,7 @@ class ControlPlane:
         if plan is None:
             gated = round_cache.gated
             plan = plan_workload(
-                self._model.topology, gated.extensions, gated.resolutions, proxy.workload
+                round_cache.topology, gated.extensions, gated.resolutions, proxy.workload
             )
             round_cache.plans[workload_key] = plan
         record.plan = plan
@@ -597,11 +608,19 @@ class _RoundCache:
     each extension's ECDS resource and its serialized form."""
 
     delivery: ModuleDelivery
+    topology: Topology
     gated: Gated
     plans: dict[object, WorkloadPlan] = field(default_factory=dict)
     generated: dict[object, _Generated] = field(default_factory=dict)
     configs: dict[object, Any] = field(default_factory=dict)
     packed: dict[int, Resource] = field(default_factory=dict)
+
+    @functools.cached_property
+    def inputs(self) -> tuple[object, ...]:
+        """Everything planning and generation read besides the proxy (delivery is fixed).
+        An extension's generation is left out: only status reads it."""
+        extensions = tuple(dataclasses.replace(e, generation=0) for e in self.gated.extensions)
+        return (self.topology, extensions, self.gated.resolutions)
 
     def extension_config(self, planned: PlannedExtension, mode: DeliveryMode) -> Any:
         # Objects of this round's model and resolutions: their ids are stable until the

@@ -16,7 +16,7 @@ from the members of one extension only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshext.api.meta import ResourceKey
@@ -57,20 +57,6 @@ class DeliveryCounts:
         return ", ".join(parts)
 
 
-@dataclass
-class _Counter:
-    by_state: dict[DeliveryState, int] = field(
-        default_factory=lambda: dict.fromkeys(DeliveryState, 0)
-    )
-
-    def frozen(self) -> DeliveryCounts:
-        return DeliveryCounts(
-            running=self.by_state[DeliveryState.RUNNING],
-            rejected=self.by_state[DeliveryState.REJECTED],
-            pending=self.by_state[DeliveryState.PENDING],
-        )
-
-
 class StatusBook:
     """Delivery of every extension to every proxy, counted as events arrive."""
 
@@ -83,7 +69,12 @@ class StatusBook:
         """Per proxy, per ECDS resource name (what ACKs and NACKs name)."""
         self._members: dict[ResourceKey, dict[str, _Offer]] = {}
         """Per extension, per proxy."""
-        self._counts: dict[ResourceKey, _Counter] = {}
+        self._counts: dict[ResourceKey, dict[DeliveryState, int]] = {}
+        self._last: dict[
+            str, tuple[dict[ResourceKey, tuple[str, str]], frozenset[ResourceKey]]
+        ] = {}
+        """Per proxy, the last offer as given (replicas are offered the same again and
+        again: an offer equal to the last one costs one comparison)."""
 
     # --- events ------------------------------------------------------------------------
 
@@ -98,7 +89,11 @@ class StatusBook:
         (``messages`` by resource name); the extensions in ``left_out`` are kept out of
         it because the proxy rejected their version, which they keep in status.
         Extensions the proxy had before and are not in ``versions`` are forgotten."""
-        excluded = set(left_out)
+        excluded = frozenset(left_out)
+        last = self._last.get(node_id)
+        if last is not None and last[1] == excluded and last[0] == versions:
+            return
+        self._last[node_id] = (dict(versions), excluded)
         messages = messages or {}
         for key, (name, version) in versions.items():
             if key not in excluded:
@@ -110,12 +105,13 @@ class StatusBook:
             self._drop(node_id, by_key.pop(key), by_name)
         for key, (name, version) in versions.items():
             offer = by_key.get(key)
-            if offer is not None and (offer.name, offer.version) == (name, version):
+            if offer is not None and offer.name == name:
+                offer.version = version
                 self._refresh(node_id, offer)
                 continue
             if offer is not None:
                 self._drop(node_id, offer, by_name)
-            offer = _Offer(key, name, version, self.tracker.state(node_id, name, version).state)
+            offer = _Offer(key, name, version, self.tracker.phase(node_id, name, version))
             by_key[key] = by_name[name] = offer
             self._members.setdefault(key, {})[node_id] = offer
             self._count(key, offer.state, +1)
@@ -133,6 +129,7 @@ class StatusBook:
     def forget_proxy(self, node_id: str) -> None:
         """The proxy is gone: it counts nowhere any more, and its rejections are forgotten."""
         self.tracker.forget_proxy(node_id)
+        self._last.pop(node_id, None)
         by_name = self._by_name.pop(node_id, {})
         for offer in self._by_key.pop(node_id, {}).values():
             self._drop(node_id, offer, by_name)
@@ -141,7 +138,13 @@ class StatusBook:
 
     def counts(self, key: ResourceKey) -> DeliveryCounts:
         counter = self._counts.get(key)
-        return counter.frozen() if counter is not None else DeliveryCounts()
+        if counter is None:
+            return DeliveryCounts()
+        return DeliveryCounts(
+            running=counter[DeliveryState.RUNNING],
+            rejected=counter[DeliveryState.REJECTED],
+            pending=counter[DeliveryState.PENDING],
+        )
 
     def deliveries(self, key: ResourceKey) -> tuple[ProxyDelivery, ...]:
         """How every proxy offered the extension is doing, by node id (built on demand)."""
@@ -163,7 +166,7 @@ class StatusBook:
             self._refresh(node_id, offer)
 
     def _refresh(self, node_id: str, offer: _Offer) -> None:
-        state = self.tracker.state(node_id, offer.name, offer.version).state
+        state = self.tracker.phase(node_id, offer.name, offer.version)
         if state is not offer.state:
             self._count(offer.key, offer.state, -1)
             self._count(offer.key, state, +1)
@@ -180,7 +183,9 @@ class StatusBook:
         self._count(offer.key, offer.state, -1)
 
     def _count(self, key: ResourceKey, state: DeliveryState, delta: int) -> None:
-        counter = self._counts.setdefault(key, _Counter())
-        counter.by_state[state] += delta
-        if not any(counter.by_state.values()):
+        counter = self._counts.get(key)
+        if counter is None:
+            counter = self._counts[key] = dict.fromkeys(DeliveryState, 0)
+        counter[state] += delta
+        if delta < 0 and not any(counter.values()):
             del self._counts[key]
