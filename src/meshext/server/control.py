@@ -567,6 +567,10 @@ class ControlPlane:
         """How many proxies run, rejected or wait for the extension ``key`` (no cost)."""
         return self._book.counts(key)
 
+    def extension_counts(self) -> list[tuple[ResourceKey, DeliveryCounts]]:
+        """:meth:`delivery_counts` of every extension of the configuration."""
+        return [(ext.key, self._book.counts(ext.key)) for ext in self._model.extensions]
+
     def proxies(self) -> list[ProxyRecord]:
         return [self._proxies[k] for k in sorted(self._proxies)]
 
