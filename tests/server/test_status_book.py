@@ -131,7 +131,7 @@ def test_an_ack_costs_the_same_with_ten_proxies_as_with_a_thousand() -> None:
 
 EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["offer", "ack", "nack", "forget"]),
+        st.sampled_from(["offer", "offer-left-out", "ack", "nack", "forget"]),
         st.sampled_from(["a", "b", "c"]),
         st.sampled_from(["v1", "v2", "v3"]),
         st.booleans(),
@@ -149,6 +149,8 @@ def test_counts_always_equal_a_recount_of_the_deliveries(
     for kind, node, version, with_counter in events:
         if kind == "offer":
             offer(book, node, tag=version, counter=version if with_counter else None)
+        elif kind == "offer-left-out":
+            book.offered(node, {TAG: (TAG_NAME, version)}, left_out=[TAG])
         elif kind == "ack":
             book.acked(node, [TAG_NAME, COUNTER_NAME], version)
         elif kind == "nack":

@@ -90,11 +90,13 @@ class StatusBook:
         it because the proxy rejected their version, which they keep in status.
         Extensions the proxy had before and are not in ``versions`` are forgotten."""
         excluded = frozenset(left_out)
-        last = self._last.get(node_id)
-        if last is not None and last[1] == excluded and last[0] == versions:
-            return
-        self._last[node_id] = (dict(versions), excluded)
         messages = messages or {}
+        last = self._last.get(node_id)
+        self._last[node_id] = (dict(versions), excluded)
+        if last is not None and last[1] == excluded and _same_names(last[0], versions):
+            # The usual change: the same extensions, some in a new version.
+            self._new_versions(node_id, last[0], versions, excluded, messages)
+            return
         for key, (name, version) in versions.items():
             if key not in excluded:
                 self.tracker.offered(node_id, name, version, messages.get(name))
@@ -115,6 +117,26 @@ class StatusBook:
             by_key[key] = by_name[name] = offer
             self._members.setdefault(key, {})[node_id] = offer
             self._count(key, offer.state, +1)
+
+    def _new_versions(
+        self,
+        node_id: str,
+        last: Mapping[ResourceKey, tuple[str, str]],
+        versions: Mapping[ResourceKey, tuple[str, str]],
+        excluded: frozenset[ResourceKey],
+        messages: Mapping[str, Any],
+    ) -> None:
+        """:meth:`offered` for the same extensions under the same resource names as the
+        last offer: only those whose version changed are visited, nothing is forgotten."""
+        by_key = self._by_key[node_id]
+        for key, (name, version) in versions.items():
+            if last[key][1] == version:
+                continue
+            if key not in excluded:
+                self.tracker.offered(node_id, name, version, messages.get(name))
+            offer = by_key[key]
+            offer.version = version
+            self._refresh(node_id, offer)
 
     def acked(self, node_id: str, names: Iterable[str], version: str) -> None:
         for name in names:
@@ -189,3 +211,12 @@ class StatusBook:
         counter[state] += delta
         if delta < 0 and not any(counter.values()):
             del self._counts[key]
+
+
+def _same_names(
+    last: Mapping[ResourceKey, tuple[str, str]], versions: Mapping[ResourceKey, tuple[str, str]]
+) -> bool:
+    """Whether two offers name the same extensions with the same resource names."""
+    return last.keys() == versions.keys() and all(
+        last[key][0] == name for key, (name, _) in versions.items()
+    )
