@@ -353,3 +353,16 @@ async def test_a_rejected_version_is_not_offered_again_when_an_unrelated_change_
         assert sorted(configs(cache, "b")) == [COUNTER, TAG]
         states = {p.proxy: p.state for p in control.reports()[1].proxies}
         assert states["a"] is DeliveryState.REJECTED
+
+
+async def test_a_proxy_of_another_workload_is_planned_for_its_own_labels(tmp_path: Path) -> None:
+    first = load(tmp_path, sme("bookinfo", "tag", "header-append", selector={"app": "httpbin"}))
+    async with running(first, "header-append") as (control, cache, _):
+        await control.on_connect(httpbin("a"))
+        await control.on_connect(httpbin("reviews", labels={"app": "reviews"}))
+        await control.on_connect(httpbin("httpbin-v2", labels={"app": "httpbin", "v": "2"}))
+        assert list(configs(cache, "a")) == [TAG]
+        assert configs(cache, "reviews") == {}
+        assert list(configs(cache, "httpbin-v2")) == [TAG]
+        assert snapshot(cache, "httpbin-v2") is not snapshot(cache, "a")
+        assert {p.proxy for p in control.reports()[0].proxies} == {"a", "httpbin-v2"}
