@@ -44,6 +44,7 @@ from meshext.preflight.store import PreflightStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
 from meshext.server.modules import RunningServer, module_app, start_module_server
+from meshext.server.status_metrics import DeliveryMetrics
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.watch import FolderSource
 from meshext.xds.cache import SnapshotCache
@@ -188,6 +189,7 @@ async def running_control_plane(
     preflight = PreflightRunner(store=PreflightStore(options.cache_dir / "preflight"))
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks, preflight=preflight)
     served.append(control)
+    registry.register(DeliveryMetrics(control.extension_counts))
     ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
     admin: RunningServer | None = None
     certificates: RunningServer | None = None

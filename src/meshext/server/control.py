@@ -8,8 +8,17 @@ plan of its workload turned into Envoy resources, published to the snapshot cach
 verdicts back here (this class implements its ``StreamEvents``), which feed the
 delivery tracker and so the status users read.
 
-Recomputation is debounced: bursts of changes (an edited folder, many images
-resolving at once) produce one recomputation a short quiet period later.
+Recomputation starts as soon as a change is applied, without a fixed delay; changes
+that arrive while a round runs (or in the same turn of the event loop) are coalesced
+into the next round. A round's plans and generated configurations are kept until the
+next change of what they depend on (configuration, resolutions, pre-flight): a proxy
+that connects meanwhile and belongs to a known workload gets the very snapshot its
+replicas have, without planning or generating anything.
+
+Status is accounted per event (:mod:`meshext.server.status_book`): an ACK or NACK
+costs the same whatever the number of proxies, per-proxy reports are built only
+when read, and the status written to sinks (which does not depend on proxies) is
+computed only when what it depends on changed (:mod:`meshext.server.status_publisher`).
 
 No proxy is answered before the images of the first configuration are resolved (or
 ``settle_timeout`` has passed): a restarted control plane must not push a chain that
@@ -27,8 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +63,12 @@ from meshext.mesh.traffic import FilterLayer
 from meshext.mesh.workload import Workload
 from meshext.preflight.gate import Gated, PreflightGate
 from meshext.preflight.runner import PreflightRunner
-from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
+from meshext.server.delivery import DeliveryState, ProxyDelivery
 from meshext.server.faults import Faults
 from meshext.server.fetch_retries import FetchRetries, stand_in_for, with_attempts
 from meshext.server.modules import module_url
+from meshext.server.status_book import DeliveryCounts, StatusBook
+from meshext.server.status_publisher import StatusPublisher
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.folder import LoadResult
 from meshext.xds.cache import SnapshotCache
@@ -101,6 +113,7 @@ class ExtensionReport:
     served_version: str | None
     status: ExtensionStatus
     proxies: tuple[ProxyDelivery, ...]
+    counts: DeliveryCounts = field(default_factory=DeliveryCounts)
 
 
 class ControlPlane:
@@ -112,15 +125,18 @@ class ControlPlane:
         *,
         sinks: Sequence[StatusSink] = (),
         retry: ResolveSchedule = ResolveSchedule(),
-        debounce: float = 0.05,
+        debounce: float = 0.0,
         settle_timeout: float = 30.0,
         preflight: PreflightRunner | None = None,
+        status_interval: float = 1.0,
     ) -> None:
+        """``debounce``: an extra wait before each round, to coalesce more changes
+        (none by default: a round starts at once and coalesces what is queued).
+        ``status_interval``: the least time between two writes of status to ``sinks``."""
         self._resolver = resolver
         self._judged_by = resolver.judged_by if isinstance(resolver, JudgingResolver) else _alone
         self._cache = cache
         self._delivery = delivery
-        self._sinks = list(sinks)
         self._retry = retry
         self._debounce = debounce
         self._settle_timeout = settle_timeout
@@ -132,8 +148,12 @@ class ControlPlane:
         self._inputs: dict[ResourceKey, tuple[object, ...]] = {}
         self._failures: dict[ResourceKey, int] = {}
         self._proxies: dict[str, ProxyRecord] = {}
-        self._tracker = DeliveryTracker()
-        self._published: dict[ResourceKey, ExtensionStatus] = {}
+        self._book = StatusBook()
+        self._tracker = self._book.tracker
+        self._round: _RoundCache | None = None
+        """Plans and configurations valid until the next ``_request(everything=True)``."""
+        self._full_round: _RoundCache | None = None
+        """The round every proxy was last recomputed in (by ``recompute``)."""
         self._wake = asyncio.Event()
         self._recompute_all = False
         self._recompute_proxies: set[str] = set()
@@ -146,6 +166,9 @@ class ControlPlane:
         self._logged_errors: set[str] = set()
         self._fetches = FetchRetries(lambda node_id: self._request(proxy=node_id))
         """Remote modules a proxy has not fetched yet: re-offered with backoff."""
+        self._publisher = StatusPublisher(
+            sinks, self._statuses, self.faults, interval=status_interval
+        )
 
     # --- configuration -------------------------------------------------------------
 
@@ -198,17 +221,20 @@ class ControlPlane:
         """Follow ``source`` and keep proxies and status up to date, until cancelled."""
         settler = asyncio.create_task(self._settle())
         pusher = asyncio.create_task(self._push_loop())
+        publisher = asyncio.create_task(self._publish_loop())
         try:
             await self._follow(source)
         finally:
             settler.cancel()
             pusher.cancel()
+            publisher.cancel()
             for task in self._resolving.values():
                 task.cancel()
             self._gate.close()
             self._fetches.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pusher
+            for task in (pusher, publisher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _follow(self, source: ConfigSource, restart_delay: float = 1.0) -> None:
         """Apply every configuration ``source`` yields. A configuration that cannot be
@@ -318,7 +344,20 @@ class ControlPlane:
         self._request(everything=True)
 
     def _new_round(self) -> _RoundCache:
-        return _RoundCache(self._delivery, self._gate_now())
+        return _RoundCache(self._delivery, self._model.topology, self._gate_now())
+
+    def _current_round(self) -> _RoundCache:
+        """The round of the current configuration, resolutions and pre-flight results:
+        what is planned and generated in it stays valid until one of them changes.
+
+        When what planning reads is equal to what the last full recomputation read (a
+        changed extension waits for its image or its pre-flight, and meanwhile keeps
+        what it had), that round is current again, with everything computed in it."""
+        if self._round is None:
+            fresh = self._new_round()
+            last = self._full_round
+            self._round = last if last is not None and last.inputs == fresh.inputs else fresh
+        return self._round
 
     # --- proxies (StreamEvents) ----------------------------------------------------
 
@@ -331,14 +370,13 @@ class ControlPlane:
         except EnvoyConfigError as exc:
             record.proxy, record.error = None, str(exc)
             log.warning("proxy %s: %s", node.id, exc)
-        self._push_proxy(record)
+        self._push_proxy(record, self._current_round())
 
     def on_disconnect(self, node_id: str) -> None:
         self._proxies.pop(node_id, None)
-        self._tracker.forget_proxy(node_id)
+        self._book.forget_proxy(node_id)
         self._fetches.forget_proxy(node_id)
         self._cache.clear(node_id)
-        self._request()
 
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
@@ -348,18 +386,19 @@ class ControlPlane:
             return
         if type_url == EXTENSION_CONFIG_TYPE_URL:
             rejected_before = self._tracker.rejects(node_id)
-            current = dict(record.extension_versions.values())
-            for name in resource_names:
-                self._tracker.acked(node_id, name, version)
-                if current.get(name) == version:  # the real module, not a stand-in
-                    self._tracker.clear_rejection(node_id, name)
-                    self._fetches.accepted(node_id, name)
-            # Only a cleared rejection can change what this proxy should get.
-            changed = rejected_before and not self._tracker.rejects(node_id)
-            self._request(proxy=node_id if changed else None)
+            self._book.acked(node_id, resource_names, version)
+            if self._fetches.active(node_id):
+                current = dict(record.extension_versions.values())
+                for name in resource_names:
+                    if current.get(name) == version:  # the real module, not a stand-in
+                        self._book.cleared(node_id, name)
+                        self._fetches.accepted(node_id, name)
+            # Only a cleared rejection can change what this proxy should get; anything
+            # else an ACK changes is status, which the book has just counted.
+            if rejected_before and not self._tracker.rejects(node_id):
+                self._request(proxy=node_id)
         else:
             record.rejections.pop(type_url, None)
-            self._request()
 
     def on_nack(
         self,
@@ -374,10 +413,9 @@ class ControlPlane:
             return
         # The ADS server has logged the rejection; status records it.
         if type_url == EXTENSION_CONFIG_TYPE_URL:
-            stands_in = self._stands_in(record)
-            for name in resource_names:
-                self._tracker.nacked(node_id, name, rejected_version, error_detail)
-                if stands_in:
+            self._book.nacked(node_id, resource_names, rejected_version, error_detail)
+            if self._stands_in(record):
+                for name in resource_names:
                     self._fetches.rejected(node_id, name, _module_sha256(record, name))
         else:
             record.rejections[type_url] = error_detail
@@ -386,15 +424,22 @@ class ControlPlane:
     # --- computing and publishing --------------------------------------------------
 
     def _request(self, *, everything: bool = False, proxy: str | None = None) -> None:
-        """Ask the push loop for work: recompute every proxy (configuration or images
-        changed), one proxy (it rejected or re-accepted something), or, with neither,
-        only refresh the status (an ACK changes what users see, not what proxies get)."""
-        self._recompute_all |= everything
+        """Ask the push loop for work: recompute every proxy (configuration, images or
+        pre-flight results changed: what was planned and generated is stale, and so
+        is the status written to sinks), or one proxy (it rejected or re-accepted
+        something)."""
+        if everything:
+            self._recompute_all = True
+            self._round = None
         if proxy is not None:
             self._recompute_proxies.add(proxy)
         self._wake.set()
 
     async def _push_loop(self) -> None:
+        """One round per wake-up, started as soon as work is asked for. A round runs
+        without yielding, so what is asked for meanwhile, or in the same turn of the
+        event loop (the ``sleep(0)`` lets those callbacks run first), is done together
+        in the next round."""
         await self._settled.wait()
         while True:
             await self._wake.wait()
@@ -404,53 +449,60 @@ class ControlPlane:
             self._recompute_all, self._recompute_proxies = False, set()
             try:
                 if everything:
-                    self.recompute()
+                    if self._current_round() is not self._full_round:
+                        self.recompute()
+                    # else every proxy already has what this round would give it
+                    self._publisher.stale()
                 else:
-                    round_cache = self._new_round()
+                    round_cache = self._current_round()
                     for node_id in sorted(proxies):
                         record = self._proxies.get(node_id)
                         if record is not None:
                             self._push_proxy(record, round_cache)
-                await self._publish_statuses()
             except Exception as exc:
                 self.faults.failed("computing proxy configurations", exc)
-                # the next change tries again, and again everything
+                # the next change tries again, and again everything, from scratch
                 self._recompute_all = True
+                self._round = self._full_round = None
             else:
                 self.faults.succeeded("computing proxy configurations")
 
     def recompute(self) -> None:
         """Recompute and publish every proxy's snapshot (unchanged ones send nothing).
 
-        Replicas of a workload (same namespace, labels, ports and application address)
-        get the same configuration: within one recomputation it is planned, generated and
-        built into an immutable snapshot once, and shared by every such proxy that has
-        rejected nothing (a proxy with rejections gets its own, see ``_generate``).
+        Replicas of a workload (same namespace, labels, listeners, application address
+        and module delivery; see ``_generation_key``) get the same configuration:
+        within one round it is planned, generated and built into an immutable snapshot
+        once, and shared by every such proxy that has rejected nothing (a proxy with
+        rejections gets its own, see ``_generate``), including proxies that connect
+        before the next change.
         """
-        round_cache = self._new_round()
+        round_cache = self._current_round()
         for record in list(self._proxies.values()):
             self._push_proxy(record, round_cache)
+        self._full_round = round_cache
 
-    def _push_proxy(self, record: ProxyRecord, round_cache: _RoundCache | None = None) -> None:
+    def _push_proxy(self, record: ProxyRecord, round_cache: _RoundCache) -> None:
         if record.proxy is None:
             self._cache.set_snapshot(record.node_id, Snapshot())
             return
-        round_cache = round_cache or self._new_round()
         proxy = record.proxy
         workload_key = _workload_key(proxy.workload)
         plan = round_cache.plans.get(workload_key)
         if plan is None:
             gated = round_cache.gated
             plan = plan_workload(
-                self._model.topology, gated.extensions, gated.resolutions, proxy.workload
+                round_cache.topology, gated.extensions, gated.resolutions, proxy.workload
             )
             round_cache.plans[workload_key] = plan
         record.plan = plan
         try:
             shareable = not self._tracker.rejects(proxy.node_id)
             # Replicas that fetched their modules at the same attempts share too.
-            key = (workload_key, proxy.inbound_port, proxy.app, proxy.inbound_address,
-                   self._delivery.mode_for(proxy), self._fetches.attempts_key(proxy.node_id))  # fmt: skip
+            key = (
+                _generation_key(proxy, self._delivery.mode_for(proxy)),
+                self._fetches.attempts_key(proxy.node_id),
+            )
             generated = round_cache.generated.get(key) if shareable else None
             if generated is None:
                 generated = self._generate(proxy, plan, round_cache)
@@ -464,12 +516,11 @@ class ControlPlane:
         record.left_out = generated.left_out
         record.extension_versions = generated.versions
         record.resources = generated.resources
-        configs = generated.snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources
-        for key_, (name, version) in generated.versions.items():
-            if key_ not in generated.left_out:
-                self._tracker.offered(record.node_id, name, version, configs[name].message)
-        self._tracker.retain(record.node_id, {n for n, _ in generated.versions.values()})
-        self._fetches.retain(record.node_id, {n for n, _ in generated.versions.values()})
+        self._book.offered(
+            record.node_id, generated.versions, generated.left_out, generated.messages
+        )
+        if self._fetches.active(record.node_id):
+            self._fetches.retain(record.node_id, {n for n, _ in generated.versions.values()})
         self._cache.set_snapshot(record.node_id, generated.snapshot)
 
     def _generate(
@@ -551,27 +602,35 @@ class ControlPlane:
         return module_url(base, sha256) if base else None
 
     def reports(self) -> list[ExtensionReport]:
-        """Status of every extension, with per-proxy delivery."""
-        per_extension: dict[ResourceKey, list[ProxyDelivery]] = {}
-        known = {e.key: e for e in self._model.extensions}
-        for record in self._proxies.values():
-            for key, (name, version) in record.extension_versions.items():
-                state = self._tracker.state(record.node_id, name, version)
-                ext = known.get(key)
-                closed = ext is None or closes(ext.failure_policy)
-                network = ext is not None and ext.layer is FilterLayer.NETWORK
-                per_extension.setdefault(key, []).append(
-                    self._fetches.explain(state, name, closed=closed, network=network)
-                )
-        reports = []
-        for ext in self._model.extensions:
-            resolution = self._gated.statuses.get(ext.key, self._resolutions.get(ext.key))
-            status = extension_status(ext, resolution, self.module_url, self._model.topology)
-            proxies = tuple(sorted(per_extension.get(ext.key, []), key=lambda p: p.proxy))
-            reports.append(
-                ExtensionReport(ext.key, self._served_versions.get(ext.key), status, proxies)
+        """Status of every extension, with per-proxy delivery (built now, for a reader)."""
+        return [
+            ExtensionReport(
+                ext.key,
+                self._served_versions.get(ext.key),
+                self._status_of(ext),
+                self._book.deliveries(ext.key, self._fetch_explainer(ext)),
+                self._book.counts(ext.key),
             )
-        return reports
+            for ext in self._model.extensions
+        ]
+
+    def _fetch_explainer(self, ext: Extension) -> Callable[[ProxyDelivery, str], ProxyDelivery]:
+        """Adds to a proxy's delivery of ``ext`` whether it waits for a module fetch."""
+        closed = closes(ext.failure_policy)
+        network = ext.layer is FilterLayer.NETWORK
+
+        def explain(delivery: ProxyDelivery, name: str) -> ProxyDelivery:
+            return self._fetches.explain(delivery, name, closed=closed, network=network)
+
+        return explain
+
+    def delivery_counts(self, key: ResourceKey) -> DeliveryCounts:
+        """How many proxies run, rejected or wait for the extension ``key`` (no cost)."""
+        return self._book.counts(key)
+
+    def extension_counts(self) -> list[tuple[ResourceKey, DeliveryCounts]]:
+        """:meth:`delivery_counts` of every extension of the configuration."""
+        return [(ext.key, self._book.counts(ext.key)) for ext in self._model.extensions]
 
     def proxies(self) -> list[ProxyRecord]:
         return [self._proxies[k] for k in sorted(self._proxies)]
@@ -579,19 +638,17 @@ class ControlPlane:
     def proxy(self, node_id: str) -> ProxyRecord | None:
         return self._proxies.get(node_id)
 
-    async def _publish_statuses(self) -> None:
-        current = {r.key: r.status for r in self.reports()}
-        for key, status in current.items():
-            if self._published.get(key) == status:
-                continue
-            self._published[key] = status
-            for sink in self._sinks:
-                try:
-                    await sink.publish(key, status)
-                except Exception:
-                    log.exception("writing status of %s failed", key)
-        for key in [k for k in self._published if k not in current]:
-            del self._published[key]
+    def _status_of(self, ext: Extension) -> ExtensionStatus:
+        resolution = self._gated.statuses.get(ext.key, self._resolutions.get(ext.key))
+        return extension_status(ext, resolution, self.module_url, self._model.topology)
+
+    def _statuses(self) -> dict[ResourceKey, ExtensionStatus]:
+        """What sinks get: every extension's status, which no proxy changes."""
+        return {ext.key: self._status_of(ext) for ext in self._model.extensions}
+
+    async def _publish_loop(self) -> None:
+        await self._settled.wait()
+        await self._publisher.run()
 
 
 @dataclass(frozen=True)
@@ -602,6 +659,12 @@ class _Generated:
     """Per applied extension: (ECDS resource name, version generated for it)."""
     left_out: dict[ResourceKey, str]
 
+    @functools.cached_property
+    def messages(self) -> dict[str, Any]:
+        """The extension configs of the snapshot, by resource name."""
+        configs = self.snapshot.resources(EXTENSION_CONFIG_TYPE_URL).resources
+        return {name: resource.message for name, resource in configs.items()}
+
 
 @dataclass
 class _RoundCache:
@@ -610,11 +673,19 @@ class _RoundCache:
     each extension's ECDS resource and its serialized form."""
 
     delivery: ModuleDelivery
+    topology: Topology
     gated: Gated
     plans: dict[object, WorkloadPlan] = field(default_factory=dict)
     generated: dict[object, _Generated] = field(default_factory=dict)
     configs: dict[object, Any] = field(default_factory=dict)
     packed: dict[int, Resource] = field(default_factory=dict)
+
+    @functools.cached_property
+    def inputs(self) -> tuple[object, ...]:
+        """Everything planning and generation read besides the proxy (delivery is fixed).
+        An extension's generation is left out: only status reads it."""
+        extensions = tuple(dataclasses.replace(e, generation=0) for e in self.gated.extensions)
+        return (self.topology, extensions, self.gated.resolutions)
 
     def extension_config(self, planned: PlannedExtension, mode: DeliveryMode) -> Any:
         # Objects of this round's model and resolutions: their ids are stable until the
@@ -649,11 +720,26 @@ def _module_sha256(record: ProxyRecord, config_name: str) -> str:
 
 
 def _workload_key(workload: Workload) -> object:
+    """What planning depends on: two proxies with the same key have the same plan."""
     return (
         workload.namespace,
         tuple(sorted(workload.labels.items())),
         workload.kind,
         workload.name,
+    )
+
+
+def _generation_key(proxy: ProxyInfo, mode: DeliveryMode) -> object:
+    """What generation depends on besides the plan (every field of the proxy that
+    :func:`meshext.envoy.sidecar.proxy_resources` reads, except its node id, which
+    only error messages name): two proxies with the same key get the same resources."""
+    return (
+        _workload_key(proxy.workload),
+        proxy.inbound_ports,
+        proxy.inbound_address,
+        proxy.app,
+        proxy.outbound,
+        mode,
     )
 
 

@@ -130,6 +130,17 @@ class DeliveryTracker:
         ]:
             del entries[name]
 
+    def phase(self, node_id: str, name: str, version: str) -> DeliveryState:
+        """The state alone of :meth:`state` (cheaper: nothing is built)."""
+        entry = self._find(node_id, name)
+        if entry is None:
+            return DeliveryState.PENDING
+        if entry.rejected_version == version:
+            return DeliveryState.REJECTED
+        if entry.acked_version == version:
+            return DeliveryState.RUNNING
+        return DeliveryState.PENDING
+
     def state(self, node_id: str, name: str, version: str) -> ProxyDelivery:
         """How ``version`` of ``name`` is doing on the proxy."""
         entry = self._find(node_id, name) or _Entry()

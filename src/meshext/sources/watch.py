@@ -1,17 +1,30 @@
 """A config source over a folder that reloads it whenever a file below it changes.
 
-File-system events (watchfiles) make reloads immediate; a periodic check of a cheap
-fingerprint (names, sizes and modification times of the YAML files) catches what
-events miss, such as changes made before the watcher was registered. Changes are
-debounced: editors write a file in several steps and a ``git checkout`` touches
-many at once, so the folder is read again once it has been quiet for ``debounce``
-seconds. Every reload yields the complete state; a consumer never needs history.
-"""
+File-system events (watchfiles, inotify on Linux) start a reload as soon as they
+arrive: there is no fixed quiet period on the way from an edit to the proxies. The
+watcher hands over the events of one burst together (a burst ends after ``step``
+milliseconds without a new event), so a ``git checkout`` touching many files is read
+once. A periodic check of a cheap fingerprint (names, sizes and modification times
+of the YAML files) catches what events miss, such as changes made before the watcher
+was registered.
 
-from __future__ import annotations
+What keeps a write in progress from being read half-way:
+
+- a read counts only if the fingerprint is the same before and after it and no event
+  arrived meanwhile; otherwise the folder is read again (the file changed under the
+  reader);
+- editors and tools that write a temporary file and rename it over the old one
+  (atomic replacement) are seen only at the rename: hidden files are not watched;
+- a file that does not load and was modified less than ``debounce`` seconds ago may
+  be a write that paused half-way: its error is reported only if no further change
+  comes within the rest of that time. A file that loads is taken at once.
+
+Every reload yields the complete state; a consumer never needs history.
+"""
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -40,10 +53,15 @@ def fingerprint(root: Path) -> Fingerprint:
 class FolderSource:
     """:class:`meshext.sources.base.ConfigSource` over a folder of YAML manifests."""
 
-    def __init__(self, root: Path, *, debounce: float = 0.1, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, root: Path, *, debounce: float = 0.1, poll_interval: float = 1.0, step: int = 10
+    ) -> None:
+        """``debounce``: how long a file that was just modified and does not load is
+        given to be completed; ``step``: milliseconds without events that end a burst."""
         self.root = root
         self.debounce = debounce
         self.poll_interval = poll_interval
+        self.step = step
         self._generations = GenerationTracker()
 
     def __repr__(self) -> str:
@@ -53,34 +71,76 @@ class FolderSource:
         events = asyncio.Event()
         watcher = asyncio.create_task(self._watch(events))
         try:
-            last = await asyncio.to_thread(fingerprint, self.root)
-            yield self._generations.stamp(await asyncio.to_thread(load_folder, self.root))
+            last, result = await self._consistent_load(events)
+            yield self._generations.stamp(result)
             while True:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(events.wait(), self.poll_interval)
-                current = await self._quiet_fingerprint(events)
+                except TimeoutError:  # the periodic check: read only if something changed
+                    if await asyncio.to_thread(fingerprint, self.root) == last:
+                        continue
+                current, result = await self._consistent_load(events)
                 if current != last:
                     last = current
-                    yield self._generations.stamp(await asyncio.to_thread(load_folder, self.root))
+                    yield self._generations.stamp(result)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def _quiet_fingerprint(self, events: asyncio.Event) -> Fingerprint:
-        """The fingerprint once no event has arrived for ``debounce`` seconds."""
-        while events.is_set():
+    async def _consistent_load(self, events: asyncio.Event) -> tuple[Fingerprint, LoadResult]:
+        """The folder as it is once a read finds it unchanged from start to end, with
+        the fingerprint of that state. See the module docstring for the rules."""
+        while True:
             events.clear()
-            await asyncio.sleep(self.debounce)
-        return await asyncio.to_thread(fingerprint, self.root)
+            before, result, after = await asyncio.to_thread(_read, self.root)
+            if before != after or events.is_set():
+                await self._next_event(events, self.step / 1000)  # let the writer go on
+                continue
+            wait = _time_left_to_complete(result, after, self.debounce)
+            if wait and await self._next_event(events, wait):
+                continue
+            return after, result
+
+    @staticmethod
+    async def _next_event(events: asyncio.Event, timeout: float) -> bool:
+        """Whether an event arrives within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(events.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _watch(self, events: asyncio.Event) -> None:
-        """Set ``events`` on every change; if the folder cannot be watched (it does not
-        exist yet, or the system is out of watches), polling alone keeps the source live."""
+        """Set ``events`` on every burst of changes; if the folder cannot be watched (it
+        does not exist yet, or the system is out of watches), polling alone keeps the
+        source live."""
         watch_root = self.root if self.root.is_dir() else self.root.parent
         with contextlib.suppress(OSError):
-            async for _ in watchfiles.awatch(watch_root, watch_filter=_yaml_changes, step=10):
+            async for _ in watchfiles.awatch(
+                watch_root, watch_filter=_yaml_changes, step=self.step
+            ):
                 events.set()
+
+
+def _read(root: Path) -> tuple[Fingerprint, LoadResult, Fingerprint]:
+    """The folder's fingerprint before and after loading it, and what was loaded."""
+    before = fingerprint(root)
+    result = load_folder(root)
+    return before, result, fingerprint(root)
+
+
+def _time_left_to_complete(result: LoadResult, current: Fingerprint, window: float) -> float:
+    """How much of ``window`` (seconds) is left for the most recently modified file with
+    an error to be completed; 0 when no such file was modified within ``window``."""
+    broken = {error.location.path for error in result.errors if error.location is not None}
+    if not broken:
+        return 0.0
+    newest = max((mtime for path, mtime, _ in current if path in broken), default=None)
+    if newest is None:
+        return 0.0
+    age = (time.time_ns() - newest) / 1e9
+    return min(window, max(0.0, window - age))
 
 
 def _yaml_changes(_change: watchfiles.Change, path: str) -> bool:
