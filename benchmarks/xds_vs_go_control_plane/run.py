@@ -365,6 +365,8 @@ def run_meshext(
     ).stdout
     if "--insecure-xds" in help_text:
         argv.append("--insecure-xds")
+    if "--local-images" in help_text:
+        argv.extend(["--local-images", str(MODULES)])
     with started(argv, work / "meshext.log") as server:
         count = len(scenario.extensions) + 1
         wait_for(

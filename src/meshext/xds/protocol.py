@@ -50,7 +50,7 @@ from urllib.parse import parse_qsl, quote_plus
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshext.errors import MeshextError
-from meshext.xds import types
+from meshext.xds import types, wire
 from meshext.xds.snapshot import ResourceSet, Snapshot, versions_digest
 
 # Stands for "removed" where a rejected version is recorded.
@@ -63,14 +63,28 @@ class ProtocolError(MeshextError):
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """Send ``message`` (a ``DiscoveryResponse`` or ``DeltaDiscoveryResponse``)."""
+    """Send ``payload``, a serialized ``DiscoveryResponse`` (``DeltaDiscoveryResponse``
+    when ``delta``).
+
+    The payload is assembled from parts encoded once for every stream that gets the
+    same response (see :mod:`meshext.xds.wire`); :attr:`message` parses it back.
+    """
 
     type_url: str
     nonce: str
     version: str
     resource_names: tuple[str, ...]
     removed_names: tuple[str, ...]
-    message: Any = field(repr=False, compare=False)
+    payload: bytes = field(repr=False, compare=False)
+    delta: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def message(self) -> Any:
+        """The payload as a protobuf message (parsed on each call: for tests and tools)."""
+        kind = (
+            discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
+        )
+        return kind.FromString(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,16 +411,19 @@ class SotwStream(_Stream):
                 continue
             holds = dict(state.view)
             holds[name] = version
-            resource = resources.resources[name]
+            version_info = _format_holdings(version, holds)
+            key = ("sotw", name, version_info)
+            head = _encoded(resources, key)
+            if head is None:
+                head = wire.sotw_head(
+                    version_info, state.type_url, (resources.resources[name].encoded,)
+                )
+                _remember(resources, key, head)
+            assert isinstance(head, bytes)
             nonce = self._next_nonce()
-            message = discovery_pb2.DiscoveryResponse(
-                version_info=_format_holdings(version, holds),
-                type_url=state.type_url,
-                nonce=nonce,
-            )
-            message.resources.append(resource.packed)
             state.pending = _Pending(nonce, version, {name: version}, ())
-            return Response(state.type_url, nonce, version, (name,), (), message)
+            payload = head + wire.nonce_field(nonce)
+            return Response(state.type_url, nonce, version, (name,), (), payload)
         return None
 
     def _compose_complete(
@@ -419,13 +436,19 @@ class SotwStream(_Stream):
             return None
         if version == state.rejected_set:
             return None
+        key = ("sotw", version) if state.wildcard else ("sotw", version, tuple(wanted))
+        head = _encoded(resources, key)
+        if head is None:
+            by_name = resources.resources
+            head = wire.sotw_head(
+                version, state.type_url, (by_name[name].encoded for name in wanted)
+            )
+            _remember(resources, key, head)
+        assert isinstance(head, bytes)
         nonce = self._next_nonce()
-        message = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=state.type_url, nonce=nonce
-        )
-        message.resources.extend(resources.resources[name].packed for name in wanted)
         state.pending = _Pending(nonce, version, dict(wanted), (), replaces=True)
-        return Response(state.type_url, nonce, version, tuple(wanted), (), message)
+        payload = head + wire.nonce_field(nonce)
+        return Response(state.type_url, nonce, version, tuple(wanted), (), payload)
 
 
 class DeltaStream(_Stream):
@@ -513,20 +536,42 @@ class DeltaStream(_Stream):
         changed: list[str],
         removed: list[str],
     ) -> Response:
+        by_name = resources.resources
+        changed_names, removed_names = tuple(changed), tuple(removed)
+        key = ("delta", version, changed_names, removed_names)
+        parts = _encoded(resources, key)
+        if parts is None:
+            entries = (by_name[name].delta_entry for name in changed_names)
+            parts = wire.delta_parts(version, state.type_url, entries, removed_names)
+            _remember(resources, key, parts)
+        assert isinstance(parts, tuple)
+        head, tail = parts
         nonce = self._next_nonce()
-        message = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
-            type_url=state.type_url,
-            nonce=nonce,
-            removed_resources=removed,
+        sent = {name: by_name[name].version for name in changed_names}
+        state.pending = _Pending(nonce, version, sent, removed_names)
+        payload = head + wire.nonce_field(nonce) + tail
+        return Response(
+            state.type_url, nonce, version, changed_names, removed_names, payload, delta=True
         )
-        sent: dict[str, str] = {}
-        for name in changed:
-            resource = resources.resources[name]
-            sent[name] = resource.version
-            message.resources.add(name=name, version=resource.version, resource=resource.packed)
-        state.pending = _Pending(nonce, version, sent, tuple(removed))
-        return Response(state.type_url, nonce, version, tuple(changed), tuple(removed), message)
+
+
+# Distinct responses remembered per resource set. Streams of one workload share their
+# responses; a set that meets more variants than this (streams holding many different
+# subsets of a per-name type) starts over rather than growing without bound.
+_ENCODED_LIMIT = 1024
+
+
+def _encoded(resources: ResourceSet, key: tuple[object, ...]) -> bytes | tuple[bytes, bytes] | None:
+    return resources.encoded_responses.get(key)
+
+
+def _remember(
+    resources: ResourceSet, key: tuple[object, ...], encoded: bytes | tuple[bytes, bytes]
+) -> None:
+    memo = resources.encoded_responses
+    if len(memo) >= _ENCODED_LIMIT:
+        memo.clear()
+    memo[key] = encoded
 
 
 def _format_holdings(version: str, holdings: Mapping[str, str]) -> str:
