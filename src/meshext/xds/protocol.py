@@ -412,13 +412,13 @@ class SotwStream(_Stream):
             holds = dict(state.view)
             holds[name] = version
             version_info = _format_holdings(version, holds)
-            key = ("sotw", name, version_info)
-            head = _encoded(resources, key)
+            key = ("sotw", state.type_url, name, version_info)
+            head = _MEMO.get(key)
             if head is None:
                 head = wire.sotw_head(
                     version_info, state.type_url, (resources.resources[name].encoded,)
                 )
-                _remember(resources, key, head)
+                _MEMO.put(key, head)
             assert isinstance(head, bytes)
             nonce = self._next_nonce()
             state.pending = _Pending(nonce, version, {name: version}, ())
@@ -436,14 +436,15 @@ class SotwStream(_Stream):
             return None
         if version == state.rejected_set:
             return None
-        key = ("sotw", version) if state.wildcard else ("sotw", version, tuple(wanted))
-        head = _encoded(resources, key)
+        # The set's version hashes every (name, version) pair it holds.
+        key = ("sotw", state.type_url, version)
+        head = _MEMO.get(key)
         if head is None:
             by_name = resources.resources
             head = wire.sotw_head(
                 version, state.type_url, (by_name[name].encoded for name in wanted)
             )
-            _remember(resources, key, head)
+            _MEMO.put(key, head)
         assert isinstance(head, bytes)
         nonce = self._next_nonce()
         state.pending = _Pending(nonce, version, dict(wanted), (), replaces=True)
@@ -538,12 +539,12 @@ class DeltaStream(_Stream):
     ) -> Response:
         by_name = resources.resources
         changed_names, removed_names = tuple(changed), tuple(removed)
-        key = ("delta", version, changed_names, removed_names)
-        parts = _encoded(resources, key)
+        key = ("delta", state.type_url, version, changed_names, removed_names)
+        parts = _MEMO.get(key)
         if parts is None:
             entries = (by_name[name].delta_entry for name in changed_names)
             parts = wire.delta_parts(version, state.type_url, entries, removed_names)
-            _remember(resources, key, parts)
+            _MEMO.put(key, parts)
         assert isinstance(parts, tuple)
         head, tail = parts
         nonce = self._next_nonce()
@@ -555,23 +556,38 @@ class DeltaStream(_Stream):
         )
 
 
-# Distinct responses remembered per resource set. Streams of one workload share their
-# responses; a set that meets more variants than this (streams holding many different
-# subsets of a per-name type) starts over rather than growing without bound.
-_ENCODED_LIMIT = 1024
+class _ResponseMemo:
+    """Encoded responses (without their nonce) by what determines their bytes.
+
+    Versions are content hashes, so a key made of the type URL, the versions and the
+    names fully determines a response: every stream sent the same resources shares
+    one encoding, whichever snapshot or resource set it got them from (the control
+    plane may build one snapshot per proxy). The oldest entries go first once the
+    encodings kept pass ``budget`` bytes.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._size = 0
+        self._entries: dict[tuple[object, ...], bytes | tuple[bytes, bytes]] = {}
+
+    def get(self, key: tuple[object, ...]) -> bytes | tuple[bytes, bytes] | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[object, ...], encoded: bytes | tuple[bytes, bytes]) -> None:
+        size = len(encoded[0]) + len(encoded[1]) if isinstance(encoded, tuple) else len(encoded)
+        entries = self._entries
+        while entries and self._size + size > self._budget:
+            oldest = next(iter(entries))
+            dropped = entries.pop(oldest)
+            self._size -= (
+                len(dropped[0]) + len(dropped[1]) if isinstance(dropped, tuple) else len(dropped)
+            )
+        entries[key] = encoded
+        self._size += size
 
 
-def _encoded(resources: ResourceSet, key: tuple[object, ...]) -> bytes | tuple[bytes, bytes] | None:
-    return resources.encoded_responses.get(key)
-
-
-def _remember(
-    resources: ResourceSet, key: tuple[object, ...], encoded: bytes | tuple[bytes, bytes]
-) -> None:
-    memo = resources.encoded_responses
-    if len(memo) >= _ENCODED_LIMIT:
-        memo.clear()
-    memo[key] = encoded
+_MEMO = _ResponseMemo(budget=64 * 1024 * 1024)
 
 
 def _format_holdings(version: str, holdings: Mapping[str, str]) -> str:

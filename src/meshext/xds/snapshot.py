@@ -8,8 +8,8 @@ server send nothing when nothing changed and recognise a reconnecting proxy that
 already up to date.
 
 Resources are serialized once, when the snapshot is built; the packed ``Any`` kept
-with each resource, serialized, is what goes on the wire, and each set keeps the
-responses made of it encoded for every stream that gets them. Messages handed to :meth:`Snapshot.build`
+with each resource, serialized, is what goes on the wire (see
+:mod:`meshext.xds.wire`). Messages handed to :meth:`Snapshot.build`
 must not be changed afterwards. Nested ``Any`` fields (an HCM inside a listener, a
 filter config inside an extension config) are hashed as the bytes they hold, so pack
 them with :func:`pack`, which serializes deterministically.
@@ -121,11 +121,6 @@ class ResourceSet:
     version: str
     resources: Mapping[str, Resource]
     versions: Mapping[str, str]
-    encoded_responses: dict[object, bytes | tuple[bytes, bytes]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-    """Responses made of these resources, encoded once for every stream that gets them
-    (see :mod:`meshext.xds.protocol`), by what distinguishes them."""
 
     @classmethod
     def of(cls, type_url: str, resources: Iterable[Resource]) -> ResourceSet:
