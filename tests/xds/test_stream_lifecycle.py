@@ -175,3 +175,38 @@ async def test_stop_ends_streams_that_have_responses_still_to_write() -> None:
     assert recorder.disconnected == ["node-1"]
     assert repr(server) == "AdsServer(stopped, streams=0, nodes=0)"
     assert repr(cache) == "SnapshotCache(nodes=1, waiting=0)"
+
+
+class SlowConnect(Recorder):
+    """on_connect waits until ``release`` is set, and notes whether it got to finish."""
+
+    def __init__(self, cache: SnapshotCache) -> None:
+        super().__init__(cache)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.finished = False
+
+    async def on_connect(self, node: Any) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().on_connect(node)
+        self.finished = True
+
+
+async def test_stop_lets_a_running_on_connect_finish_before_ending_its_stream() -> None:
+    cache = SnapshotCache()
+    events = SlowConnect(cache)
+    server = AdsServer(cache, events)
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        await call.write(sotw_request(LDS))
+        await asyncio.wait_for(events.entered.wait(), WAIT_SECONDS)
+        stopping = asyncio.create_task(server.stop(5))
+        await asyncio.sleep(0.1)
+        events.release.set()
+        await asyncio.wait_for(stopping, WAIT_SECONDS)
+        assert await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.OK
+    assert events.finished
+    assert events.disconnected == ["node-1"]
+    assert repr(cache) == "SnapshotCache(nodes=0, waiting=0)"

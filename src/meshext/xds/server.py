@@ -238,6 +238,8 @@ class _Stream:
     unwatch: Callable[[], None] | None = None
     # Set by AdsServer.stop: the RPC's task is cancelled to end the stream cleanly.
     stopping: bool = False
+    # Whether the RPC's task is awaiting StreamEvents.on_connect.
+    connecting: bool = False
     closed: bool = False
 
     def info(self) -> ConnectionInfo | None:
@@ -320,7 +322,9 @@ class AdsServer:
             return
         for stream in list(self._streams.values()):
             stream.stopping = True
-            if stream.task is not None:
+            # A stream in on_connect ends when that returns; the others are waiting
+            # for a request or writing, and end now.
+            if stream.task is not None and not stream.connecting:
                 stream.task.cancel()
         await server.stop(grace)
 
@@ -358,7 +362,13 @@ class AdsServer:
                     if denied is not None:
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
                         return
-                    await self._identified(stream, machine.node)
+                    stream.connecting = True
+                    try:
+                        await self._identified(stream, machine.node)
+                    finally:
+                        stream.connecting = False
+                    if stream.stopping:
+                        return
                     stream.unwatch = self.cache.watch(
                         stream.node_id or "", _stream_waker(self, stream)
                     )
