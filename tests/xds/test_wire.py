@@ -9,7 +9,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from meshext.xds import types, wire
-from meshext.xds.protocol import DeltaStream, Response, SotwStream
+from meshext.xds.protocol import DeltaStream, Response, SotwStream, _ResponseMemo
 from meshext.xds.snapshot import Resource, make_resource
 from tests.xds.builders import delta_request, resource, snapshot, sotw_request
 
@@ -125,3 +125,13 @@ def test_streams_sent_the_same_response_share_its_encoding() -> None:
     again = third.receive_request(sotw_request(LDS))
     assert isinstance(again[0], Response)
     assert again[0].payload == one[0].payload
+
+
+def test_the_response_memo_forgets_its_oldest_encodings_past_its_budget() -> None:
+    memo = _ResponseMemo(budget=10)
+    memo.put(("a",), b"1234")
+    memo.put(("b",), (b"12", b"34"))
+    memo.put(("c",), b"1234")
+    assert memo.get(("a",)) is None
+    assert memo.get(("b",)) == (b"12", b"34")
+    assert memo.get(("c",)) == b"1234"

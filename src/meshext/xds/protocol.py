@@ -587,7 +587,7 @@ class _ResponseMemo:
         self._size += size
 
 
-_MEMO = _ResponseMemo(budget=64 * 1024 * 1024)
+_MEMO = _ResponseMemo(budget=16 * 1024 * 1024)
 
 
 def _format_holdings(version: str, holdings: Mapping[str, str]) -> str:
