@@ -313,7 +313,7 @@ class _Stream:
         return events
 
     def _confirm_held(self, state: _TypeState) -> list[Ack]:
-        if self.snapshot is None:
+        if state.held_confirmed or self.snapshot is None:
             return []
         return state.confirm_held(self.snapshot.resources(state.type_url))
 
@@ -385,9 +385,11 @@ class SotwStream(_Stream):
         names = set(request.resource_names)
         wildcard = types.WILDCARD in names or (state.complete and not names)
         names.discard(types.WILDCARD)
-        state.names = names
-        state.wildcard = wildcard
-        state.prune()
+        if names != state.names or wildcard != state.wildcard or first:
+            # (An ACK usually repeats the subscription: nothing to prune then.)
+            state.names = names
+            state.wildcard = wildcard
+            state.prune()
         if stale:
             return events
         if first and request.version_info:
