@@ -428,8 +428,12 @@ class AdsServer:
             await self._write(stream)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the RPC's task sees the stream end and closes it
+        except Exception as exc:
+            # Usually the RPC has ended and its task is closing the stream already; in
+            # any case a stream that lost a response cannot go on, so end it.
             _log.debug("stream %d: write failed: %s", stream.stream_id, exc)
+            if not stream.closed and stream.task is not None:
+                stream.task.cancel()
         finally:
             stream.writer = None
 
