@@ -42,12 +42,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import gc
 import hashlib
 import json
 import logging
 import os
 import platform
+import pstats
 import random
 import signal
 import statistics
@@ -228,6 +230,33 @@ class GcClock:
         return total
 
 
+class Profiler:
+    """cProfile of the server's event loop over the connect phase and over the rounds
+    (``<prefix>-connect.prof``, ``<prefix>-rounds.prof``); nothing without a prefix."""
+
+    def __init__(self, prefix: str | None) -> None:
+        self.prefix = prefix
+        self.stats: dict[str, pstats.Stats] = {}
+        self.current: cProfile.Profile | None = None
+
+    def start(self) -> None:
+        if self.prefix is not None:
+            self.current = cProfile.Profile()
+            self.current.enable()
+
+    def stop(self, phase: str) -> None:
+        if self.current is None:
+            return
+        self.current.disable()
+        stats = self.stats.get(phase)
+        if stats is None:
+            stats = self.stats[phase] = pstats.Stats(self.current)
+        else:
+            stats.add(self.current)
+        stats.dump_stats(f"{self.prefix}-{phase}.prof")
+        self.current = None
+
+
 async def serve(args: argparse.Namespace) -> None:
     if args.debug:
         logging.basicConfig(level=logging.WARNING)
@@ -244,6 +273,8 @@ async def serve(args: argparse.Namespace) -> None:
     rss_idle = rss_bytes()
     port = await server.start(f"127.0.0.1:{args.port}")
     print(json.dumps({"listening": port}), flush=True)
+    profiler = Profiler(args.profile)
+    profiler.start()
     connect_cpu = time.process_time()
     bench.started = time.perf_counter()
     try:
@@ -257,6 +288,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise
     connect_seconds = time.perf_counter() - bench.started
     connect_cpu = time.process_time() - connect_cpu
+    profiler.stop("connect")
     await asyncio.sleep(1.0)
     gc.collect()
     rss_connected = rss_bytes()
@@ -271,6 +303,7 @@ async def serve(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.pause)
         bench.expect(bench.resources.change(generation))
         gc_clock.take()
+        profiler.start()
         cpu = time.process_time()
         bench.started = time.perf_counter()
         for node_id in cache.node_ids():
@@ -278,6 +311,7 @@ async def serve(args: argparse.Namespace) -> None:
         published = time.perf_counter() - bench.started
         await asyncio.wait_for(bench.done.wait(), args.timeout)
         cpu = time.process_time() - cpu
+        profiler.stop("rounds")
         latencies = sorted(bench.acked.values())
         rounds.append(
             {
@@ -963,6 +997,7 @@ def run_processes(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             *mode,
             *(["--debug"] if args.debug else []),
             *(["--tune-gc"] if args.tune_gc else []),
+            *([f"--profile={Path(args.profile).resolve()}"] if args.profile else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -1104,6 +1139,7 @@ def main() -> None:
     serve_args.add_argument("--timeout", type=float, required=True)
     serve_args.add_argument("--port", type=int, default=0)
     serve_args.add_argument("--tune-gc", action="store_true")
+    serve_args.add_argument("--profile", default=None)
     serve_args.add_argument("--workdir", required=True)
     client_args = sub.add_parser("clients", parents=[common])
     client_args.add_argument("--port", type=int, required=True)
@@ -1117,6 +1153,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--protocol", choices=["sotw", "delta"], default="sotw")
     parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="PREFIX",
+        help="profile the server's event loop with cProfile: PREFIX-connect.prof and "
+        "PREFIX-rounds.prof (the profiler slows the server: its times are not comparable)",
+    )
     parser.add_argument(
         "--tune-gc",
         action="store_true",

@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MODULES = ROOT / "examples" / "extensions" / "build"
 MESHEXT = ROOT / ".venv" / "bin" / "meshext"
+PYTHON = ROOT / ".venv" / "bin" / "python"
 CHANGED_FILE = "50-changed.yaml"
 
 
@@ -340,7 +341,12 @@ def run_client(bins: Path, args: list[str], log: Path, timeout: float) -> dict[s
 
 
 def run_meshext(
-    scenario: Scenario, work: Path, bins: Path, rounds: int, timeout: float
+    scenario: Scenario,
+    work: Path,
+    bins: Path,
+    rounds: int,
+    timeout: float,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     config, template, scenario_file = write_scenario(scenario, work)
     xds, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
@@ -367,6 +373,8 @@ def run_meshext(
         argv.append("--insecure-xds")
     if "--local-images" in help_text:
         argv.extend(["--local-images", str(MODULES)])
+    if profile is not None:
+        argv = [str(PYTHON), str(HERE / "profiled.py"), str(profile.resolve()), *argv[1:]]
     with started(argv, work / "meshext.log") as server:
         count = len(scenario.extensions) + 1
         wait_for(
@@ -462,6 +470,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="per server, in seconds")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run meshext under cProfile and write its profile here (the profiler slows it "
+        "down, so its numbers are not comparable; the peer is not run)",
+    )
     args = parser.parse_args()
     if not MESHEXT.exists():
         raise SystemExit(f"{MESHEXT} is missing: run `make setup` first")
@@ -471,8 +486,12 @@ def main() -> None:
     bins = build()
     work = Path(tempfile.mkdtemp(prefix="meshext-xds-vs-gcp-"))
     try:
-        meshext = run_meshext(scenario, work, bins, args.rounds, args.timeout)
-        peer = run_peer(scenario, work, bins, args.rounds, args.timeout)
+        meshext = run_meshext(scenario, work, bins, args.rounds, args.timeout, args.profile)
+        peer = (
+            {}
+            if args.profile is not None
+            else run_peer(scenario, work, bins, args.rounds, args.timeout)
+        )
     finally:
         if args.keep:
             print(f"work folder kept: {work}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The snapshot cache: the current :class:`Snapshot` of every proxy, by node id.
 
 The control plane writes (:meth:`SnapshotCache.set_snapshot`), the ADS server reads
-through one narrow call, :meth:`SnapshotCache.next_snapshot`, which waits until the
-node's snapshot differs from the one a stream already has. Publishing a snapshot
+the current snapshot (:meth:`SnapshotCache.get`) and learns of changes through
+:meth:`SnapshotCache.watch`, a callback per node that costs no task and no future per
+stream; :meth:`SnapshotCache.next_snapshot` waits until the node's snapshot differs
+from a known one, for callers that prefer to await. Publishing a snapshot
 whose content equals the current one changes nothing and wakes nobody, so callers
 may recompute and set snapshots freely.
 
@@ -12,6 +14,7 @@ The cache lives on one asyncio event loop: call it from that loop's thread.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from meshext.xds.snapshot import Snapshot
 
@@ -24,6 +27,7 @@ class SnapshotCache:
         self._check = check_consistency
         self._snapshots: dict[str, Snapshot] = {}
         self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = {}
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
 
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> bool:
         """Publish ``snapshot`` for ``node_id``; ``False`` when its content is unchanged.
@@ -37,9 +41,15 @@ class SnapshotCache:
         if self._check:
             snapshot.check_consistency()
         self._snapshots[node_id] = snapshot
-        for waiter in self._waiters.pop(node_id, ()):
-            if not waiter.done():
-                waiter.set_result(snapshot)
+        waiters = self._waiters.pop(node_id, None)
+        if waiters is not None:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(snapshot)
+        watchers = self._watchers.get(node_id)
+        if watchers is not None:
+            for notify in tuple(watchers):
+                notify()
         return True
 
     def get(self, node_id: str) -> Snapshot | None:
@@ -53,6 +63,31 @@ class SnapshotCache:
     def node_ids(self) -> list[str]:
         """Node ids holding a snapshot, sorted."""
         return sorted(self._snapshots)
+
+    def watch(self, node_id: str, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call ``notify()`` whenever the node's snapshot changes; returns the function
+        that stops it.
+
+        ``notify`` runs inside :meth:`set_snapshot`, so it must be quick and must not
+        raise: it should only schedule the work (read the snapshot with :meth:`get`
+        when that work runs). It is not called for the snapshot current when watching
+        starts.
+        """
+        watchers = self._watchers.setdefault(node_id, [])
+        watchers.append(notify)
+
+        def unwatch() -> None:
+            found = self._watchers.get(node_id)
+            if found is None:
+                return
+            for index, candidate in enumerate(found):
+                if candidate is notify:
+                    del found[index]
+                    break
+            if not found:
+                del self._watchers[node_id]
+
+        return unwatch
 
     async def next_snapshot(self, node_id: str, known: Snapshot | None) -> Snapshot:
         """The node's snapshot as soon as there is one that is not ``known``.
@@ -84,5 +119,7 @@ class SnapshotCache:
             del self._waiters[node_id]
 
     def __repr__(self) -> str:
-        waiting = sum(len(waiters) for waiters in self._waiters.values())
+        waiting = sum(len(waiters) for waiters in self._waiters.values()) + sum(
+            len(watchers) for watchers in self._watchers.values()
+        )
         return f"SnapshotCache(nodes={len(self._snapshots)}, waiting={waiting})"

@@ -50,7 +50,7 @@ from urllib.parse import parse_qsl, quote_plus
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshext.errors import MeshextError
-from meshext.xds import types
+from meshext.xds import types, wire
 from meshext.xds.snapshot import ResourceSet, Snapshot, versions_digest
 
 # Stands for "removed" where a rejected version is recorded.
@@ -63,14 +63,28 @@ class ProtocolError(MeshextError):
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """Send ``message`` (a ``DiscoveryResponse`` or ``DeltaDiscoveryResponse``)."""
+    """Send ``payload``, a serialized ``DiscoveryResponse`` (``DeltaDiscoveryResponse``
+    when ``delta``).
+
+    The payload is assembled from parts encoded once for every stream that gets the
+    same response (see :mod:`meshext.xds.wire`); :attr:`message` parses it back.
+    """
 
     type_url: str
     nonce: str
     version: str
     resource_names: tuple[str, ...]
     removed_names: tuple[str, ...]
-    message: Any = field(repr=False, compare=False)
+    payload: bytes = field(repr=False, compare=False)
+    delta: bool = field(default=False, repr=False, compare=False)
+
+    @property
+    def message(self) -> Any:
+        """The payload as a protobuf message (parsed on each call: for tests and tools)."""
+        kind = (
+            discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
+        )
+        return kind.FromString(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +313,7 @@ class _Stream:
         return events
 
     def _confirm_held(self, state: _TypeState) -> list[Ack]:
-        if self.snapshot is None:
+        if state.held_confirmed or self.snapshot is None:
             return []
         return state.confirm_held(self.snapshot.resources(state.type_url))
 
@@ -371,9 +385,11 @@ class SotwStream(_Stream):
         names = set(request.resource_names)
         wildcard = types.WILDCARD in names or (state.complete and not names)
         names.discard(types.WILDCARD)
-        state.names = names
-        state.wildcard = wildcard
-        state.prune()
+        if names != state.names or wildcard != state.wildcard or first:
+            # (An ACK usually repeats the subscription: nothing to prune then.)
+            state.names = names
+            state.wildcard = wildcard
+            state.prune()
         if stale:
             return events
         if first and request.version_info:
@@ -397,16 +413,19 @@ class SotwStream(_Stream):
                 continue
             holds = dict(state.view)
             holds[name] = version
-            resource = resources.resources[name]
+            version_info = _format_holdings(version, holds)
+            key = ("sotw", state.type_url, name, version_info)
+            head = _MEMO.get(key)
+            if head is None:
+                head = wire.sotw_head(
+                    version_info, state.type_url, (resources.resources[name].encoded,)
+                )
+                _MEMO.put(key, head)
+            assert isinstance(head, bytes)
             nonce = self._next_nonce()
-            message = discovery_pb2.DiscoveryResponse(
-                version_info=_format_holdings(version, holds),
-                type_url=state.type_url,
-                nonce=nonce,
-            )
-            message.resources.append(resource.packed)
             state.pending = _Pending(nonce, version, {name: version}, ())
-            return Response(state.type_url, nonce, version, (name,), (), message)
+            payload = head + wire.nonce_field(nonce)
+            return Response(state.type_url, nonce, version, (name,), (), payload)
         return None
 
     def _compose_complete(
@@ -419,13 +438,20 @@ class SotwStream(_Stream):
             return None
         if version == state.rejected_set:
             return None
+        # The set's version hashes every (name, version) pair it holds.
+        key = ("sotw", state.type_url, version)
+        head = _MEMO.get(key)
+        if head is None:
+            by_name = resources.resources
+            head = wire.sotw_head(
+                version, state.type_url, (by_name[name].encoded for name in wanted)
+            )
+            _MEMO.put(key, head)
+        assert isinstance(head, bytes)
         nonce = self._next_nonce()
-        message = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=state.type_url, nonce=nonce
-        )
-        message.resources.extend(resources.resources[name].packed for name in wanted)
         state.pending = _Pending(nonce, version, dict(wanted), (), replaces=True)
-        return Response(state.type_url, nonce, version, tuple(wanted), (), message)
+        payload = head + wire.nonce_field(nonce)
+        return Response(state.type_url, nonce, version, tuple(wanted), (), payload)
 
 
 class DeltaStream(_Stream):
@@ -513,20 +539,57 @@ class DeltaStream(_Stream):
         changed: list[str],
         removed: list[str],
     ) -> Response:
+        by_name = resources.resources
+        changed_names, removed_names = tuple(changed), tuple(removed)
+        key = ("delta", state.type_url, version, changed_names, removed_names)
+        parts = _MEMO.get(key)
+        if parts is None:
+            entries = (by_name[name].delta_entry for name in changed_names)
+            parts = wire.delta_parts(version, state.type_url, entries, removed_names)
+            _MEMO.put(key, parts)
+        assert isinstance(parts, tuple)
+        head, tail = parts
         nonce = self._next_nonce()
-        message = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
-            type_url=state.type_url,
-            nonce=nonce,
-            removed_resources=removed,
+        sent = {name: by_name[name].version for name in changed_names}
+        state.pending = _Pending(nonce, version, sent, removed_names)
+        payload = head + wire.nonce_field(nonce) + tail
+        return Response(
+            state.type_url, nonce, version, changed_names, removed_names, payload, delta=True
         )
-        sent: dict[str, str] = {}
-        for name in changed:
-            resource = resources.resources[name]
-            sent[name] = resource.version
-            message.resources.add(name=name, version=resource.version, resource=resource.packed)
-        state.pending = _Pending(nonce, version, sent, tuple(removed))
-        return Response(state.type_url, nonce, version, tuple(changed), tuple(removed), message)
+
+
+class _ResponseMemo:
+    """Encoded responses (without their nonce) by what determines their bytes.
+
+    Versions are content hashes, so a key made of the type URL, the versions and the
+    names fully determines a response: every stream sent the same resources shares
+    one encoding, whichever snapshot or resource set it got them from (the control
+    plane may build one snapshot per proxy). The oldest entries go first once the
+    encodings kept pass ``budget`` bytes.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._size = 0
+        self._entries: dict[tuple[object, ...], bytes | tuple[bytes, bytes]] = {}
+
+    def get(self, key: tuple[object, ...]) -> bytes | tuple[bytes, bytes] | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[object, ...], encoded: bytes | tuple[bytes, bytes]) -> None:
+        size = len(encoded[0]) + len(encoded[1]) if isinstance(encoded, tuple) else len(encoded)
+        entries = self._entries
+        while entries and self._size + size > self._budget:
+            oldest = next(iter(entries))
+            dropped = entries.pop(oldest)
+            self._size -= (
+                len(dropped[0]) + len(dropped[1]) if isinstance(dropped, tuple) else len(dropped)
+            )
+        entries[key] = encoded
+        self._size += size
+
+
+_MEMO = _ResponseMemo(budget=16 * 1024 * 1024)
 
 
 def _format_holdings(version: str, holdings: Mapping[str, str]) -> str:

@@ -1,14 +1,19 @@
 """The gRPC ADS server: state-of-the-world and delta streams served from a SnapshotCache.
 
-Each stream runs one protocol machine (:mod:`meshext.xds.protocol`) and three small
-pieces around it, all on the server's event loop:
+Each stream runs one protocol machine (:mod:`meshext.xds.protocol`), all on the
+server's event loop, with as little around it as a stream needs:
 
-* a reader task moving requests from gRPC into the stream's inbox,
-* once the stream has named its node, a watcher task waiting on
-  :meth:`SnapshotCache.next_snapshot` and marking the inbox when a newer snapshot is
-  there (snapshots arriving in a burst are coalesced into the latest),
-* the handler itself, taking one inbox item at a time, feeding it to the machine and
-  writing the responses it returns, so a stream's events stay in order.
+* the RPC's own task reads the requests, feeds each to the machine and writes the
+  responses it returns;
+* once the stream has named its node it watches the node in the cache
+  (:meth:`SnapshotCache.watch`); a newer snapshot schedules one callback (snapshots
+  arriving in a burst are coalesced into the latest) that feeds it to the machine;
+* responses go out in the order the machine made them, through one outbox per
+  stream; the RPC's task writes them after a request, and a short-lived writer task
+  only when a snapshot made some while the RPC's task waits for the next request.
+
+Responses are sent as bytes assembled from parts encoded once for every stream (see
+:mod:`meshext.xds.wire`); gRPC does not serialize them again.
 
 The control plane plugs in through :class:`StreamEvents`. When a stream names its node
 the server awaits ``on_connect(node)`` (the control plane computes and sets the node's
@@ -34,14 +39,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshext.errors import MeshextError
@@ -49,6 +55,7 @@ from meshext.xds.cache import SnapshotCache
 from meshext.xds.protocol import (
     Ack,
     DeltaStream,
+    Event,
     Nack,
     ProtocolError,
     Response,
@@ -179,6 +186,19 @@ class _Metrics:
         )
         self._children: dict[tuple[str, ...], Any] = {}
 
+    def opened(self, protocol: str) -> None:
+        self._gauge_child(protocol).inc()
+
+    def closed(self, protocol: str) -> None:
+        self._gauge_child(protocol).dec()
+
+    def _gauge_child(self, protocol: str) -> Any:
+        key = ("streams", protocol)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.streams.labels(protocol)
+        return child
+
     def sent(self, type_url: str, protocol: str) -> None:
         self._child("responses", type_url, protocol).inc()
 
@@ -197,31 +217,30 @@ class _Metrics:
         return child
 
 
-class _Wake:
-    """Inbox marker: the cache holds a newer snapshot."""
-
-
-class _End:
-    """Inbox marker: stop serving the stream (client half-close or server stop)."""
-
-
-_WAKE: Final = _Wake()
-_END: Final = _End()
-
-_Item = Any  # a request message, _WAKE, _END or the exception that broke the reader
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Stream:
     stream_id: int
     protocol: StreamProtocol
     machine: SotwStream | DeltaStream
     peer: str
     connected_since: datetime
-    inbox: asyncio.Queue[_Item]
+    context: grpc.aio.ServicerContext
+    task: asyncio.Task[Any] | None
     node_id: str | None = None
     identity: str = ""
-    wake_queued: bool = False
+    # Responses made and not yet written, oldest first.
+    outbox: deque[bytes] = field(default_factory=deque)
+    # Whether some coroutine is writing the outbox (the RPC's task or ``writer``).
+    writing: bool = False
+    writer: asyncio.Task[None] | None = None
+    # Whether a newer snapshot is already scheduled to be taken.
+    wake_scheduled: bool = False
+    unwatch: Callable[[], None] | None = None
+    # Set by AdsServer.stop: the RPC's task is cancelled to end the stream cleanly.
+    stopping: bool = False
+    # Whether the RPC's task is awaiting StreamEvents.on_connect.
+    connecting: bool = False
+    closed: bool = False
 
     def info(self) -> ConnectionInfo | None:
         node = self.machine.node
@@ -272,7 +291,7 @@ class AdsServer:
         if self._server is not None:
             raise ServerError("the ADS server is already started")
         server = grpc.aio.server(options=_SERVER_OPTIONS)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        server.add_generic_rpc_handlers((_handlers(self),))
         try:
             if self.security is None:
                 port = server.add_insecure_port(address)
@@ -302,7 +321,11 @@ class AdsServer:
         if server is None:
             return
         for stream in list(self._streams.values()):
-            stream.inbox.put_nowait(_END)
+            stream.stopping = True
+            # A stream in on_connect ends when that returns; the others are waiting
+            # for a request or writing, and end now.
+            if stream.task is not None and not stream.connecting:
+                stream.task.cancel()
         await server.stop(grace)
 
     def connections(self) -> list[ConnectionInfo]:
@@ -310,12 +333,7 @@ class AdsServer:
         infos = (stream.info() for stream in self._streams.values())
         return [info for info in infos if info is not None]
 
-    async def _serve(
-        self,
-        kind: StreamProtocol,
-        requests: AsyncIterator[Any],
-        context: grpc.aio.ServicerContext,
-    ) -> None:
+    async def _serve(self, kind: StreamProtocol, context: grpc.aio.ServicerContext) -> None:
         """Serve one stream until the client or :meth:`stop` ends it."""
         machine: SotwStream | DeltaStream = SotwStream() if kind == "sotw" else DeltaStream()
         stream = _Stream(
@@ -324,49 +342,100 @@ class AdsServer:
             machine=machine,
             peer=context.peer(),
             connected_since=datetime.now(UTC),
-            inbox=asyncio.Queue(),
+            context=context,
+            task=asyncio.current_task(),
         )
         self._streams[stream.stream_id] = stream
-        self._metrics.streams.labels(kind).inc()
-        reader = asyncio.create_task(_read(requests, stream.inbox))
-        watcher: asyncio.Task[None] | None = None
+        self._metrics.opened(kind)
         try:
             while True:
-                item = await stream.inbox.get()
-                if item is _END:
+                request = await context.read()
+                if request is grpc.aio.EOF:
                     return
-                if isinstance(item, BaseException):
-                    raise item
-                if item is _WAKE:
-                    stream.wake_queued = False
-                    snapshot = self.cache.get(stream.node_id or "")
-                    if snapshot is None or snapshot is machine.snapshot:
-                        continue
-                    events = machine.receive_snapshot(snapshot)
-                else:
-                    try:
-                        events = machine.receive_request(item)
-                    except ProtocolError as exc:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                try:
+                    events = machine.receive_request(request)
+                except ProtocolError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    return
+                if stream.node_id is None and machine.node is not None:
+                    denied = self._authorize(stream, machine.node, context)
+                    if denied is not None:
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
                         return
-                    if stream.node_id is None and machine.node is not None:
-                        denied = self._authorize(stream, machine.node, context)
-                        if denied is not None:
-                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
-                            return
+                    stream.connecting = True
+                    try:
                         await self._identified(stream, machine.node)
-                        watcher = asyncio.create_task(self._watch(stream))
-                for event in events:
-                    if isinstance(event, Response):
-                        self._metrics.sent(event.type_url, kind)
-                        await context.write(event.message)
-                    else:
-                        self._report(stream, event)
+                    finally:
+                        stream.connecting = False
+                    if stream.stopping:
+                        return
+                    stream.unwatch = self.cache.watch(
+                        stream.node_id or "", _stream_waker(self, stream)
+                    )
+                    self._dispatch(stream, events)
+                    self._take_snapshot(stream)
+                else:
+                    self._dispatch(stream, events)
+                if stream.outbox and not stream.writing:
+                    await self._write(stream)
+        except asyncio.CancelledError:
+            if not stream.stopping:
+                raise
+            # AdsServer.stop ends the stream: the RPC completes with OK.
+            if stream.task is not None:
+                stream.task.uncancel()
         finally:
-            reader.cancel()
-            if watcher is not None:
-                watcher.cancel()
             self._closed(stream)
+
+    def _take_snapshot(self, stream: _Stream) -> None:
+        """Feed the node's current snapshot to the stream's machine, if it is new to it."""
+        snapshot = self.cache.get(stream.node_id or "")
+        machine = stream.machine
+        if snapshot is not None and snapshot is not machine.snapshot:
+            self._dispatch(stream, machine.receive_snapshot(snapshot))
+
+    def _snapshot_changed(self, stream: _Stream) -> None:
+        """Scheduled when the cache holds a newer snapshot for the stream's node."""
+        stream.wake_scheduled = False
+        if stream.closed:
+            return
+        self._take_snapshot(stream)
+        if stream.outbox and not stream.writing:
+            # The RPC's task is waiting for a request: a writer task sends these.
+            stream.writing = True
+            stream.writer = asyncio.get_running_loop().create_task(self._write_detached(stream))
+
+    def _dispatch(self, stream: _Stream, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Response):
+                self._metrics.sent(event.type_url, stream.protocol)
+                stream.outbox.append(event.payload)
+            else:
+                self._report(stream, event)
+
+    async def _write(self, stream: _Stream) -> None:
+        """Write the stream's outbox until it is empty (the only writer meanwhile)."""
+        stream.writing = True
+        try:
+            outbox, write = stream.outbox, stream.context.write
+            while outbox:
+                await write(outbox.popleft())
+        finally:
+            stream.writing = False
+
+    async def _write_detached(self, stream: _Stream) -> None:
+        try:
+            await self._write(stream)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Usually the RPC has ended and its task is closing the stream already; in
+            # any case a stream that lost a response cannot go on, so end it.
+            _log.debug("stream %d: write failed: %s", stream.stream_id, exc)
+            if not stream.closed and stream.task is not None:
+                stream.task.cancel()
+        finally:
+            stream.writer = None
 
     def _authorize(
         self, stream: _Stream, node: Node, context: grpc.aio.ServicerContext
@@ -409,16 +478,6 @@ class AdsServer:
         except Exception:
             _log.exception("on_connect failed for node %r", node.id)
 
-    async def _watch(self, stream: _Stream) -> None:
-        node_id = stream.node_id
-        assert node_id is not None
-        known = None
-        while True:
-            known = await self.cache.next_snapshot(node_id, known)
-            if not stream.wake_queued:
-                stream.wake_queued = True
-                stream.inbox.put_nowait(_WAKE)
-
     def _report(self, stream: _Stream, event: Ack | Nack) -> None:
         node_id = stream.node_id or ""
         try:
@@ -445,8 +504,16 @@ class AdsServer:
             _log.exception("event callback failed for node %r", node_id)
 
     def _closed(self, stream: _Stream) -> None:
+        stream.closed = True
+        if stream.unwatch is not None:
+            stream.unwatch()
+            stream.unwatch = None
+        if stream.writer is not None:
+            stream.writer.cancel()
+            stream.writer = None
+        stream.outbox.clear()
         del self._streams[stream.stream_id]
-        self._metrics.streams.labels(stream.protocol).dec()
+        self._metrics.closed(stream.protocol)
         node_id = stream.node_id
         if node_id is None:
             return
@@ -468,31 +535,42 @@ class AdsServer:
         return f"AdsServer({state}, streams={len(self._streams)}, nodes={len(self._node_streams)})"
 
 
-class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, server: AdsServer) -> None:
-        self._server = server
+def _stream_waker(server: AdsServer, stream: _Stream) -> Callable[[], None]:
+    """What the cache calls on each change of the stream's node: schedule one look."""
+    loop = asyncio.get_running_loop()
+    take = server._snapshot_changed
 
-    async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._server._serve("sotw", request_iterator, context)
+    def wake() -> None:
+        if not stream.wake_scheduled:
+            stream.wake_scheduled = True
+            loop.call_soon(take, stream)
 
-    async def DeltaAggregatedResources(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> None:
-        await self._server._serve("delta", request_iterator, context)
+    return wake
 
 
-async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue[_Item]) -> None:
-    try:
-        async for request in requests:
-            inbox.put_nowait(request)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        inbox.put_nowait(exc)
-        return
-    inbox.put_nowait(_END)
+_SERVICE: Final = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _handlers(server: AdsServer) -> grpc.GenericRpcHandler:
+    """The ADS service's two methods; responses are bytes already (no serializer)."""
+
+    async def sotw(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        await server._serve("sotw", context)
+
+    async def delta(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        await server._serve("delta", context)
+
+    return grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                sotw, request_deserializer=discovery_pb2.DiscoveryRequest.FromString
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                delta, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString
+            ),
+        },
+    )
 
 
 def _short(type_url: str) -> str:

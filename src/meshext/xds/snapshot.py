@@ -8,7 +8,8 @@ server send nothing when nothing changed and recognise a reconnecting proxy that
 already up to date.
 
 Resources are serialized once, when the snapshot is built; the packed ``Any`` kept
-with each resource is what goes on the wire. Messages handed to :meth:`Snapshot.build`
+with each resource, serialized, is what goes on the wire (see
+:mod:`meshext.xds.wire`). Messages handed to :meth:`Snapshot.build`
 must not be changed afterwards. Nested ``Any`` fields (an HCM inside a listener, a
 filter config inside an extension config) are hashed as the bytes they hold, so pack
 them with :func:`pack`, which serializes deterministically.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
 from typing import Any, Final
@@ -35,7 +36,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2
 
 from meshext.errors import MeshextError
-from meshext.xds import types
+from meshext.xds import types, wire
 
 _HCM: Final = types.TYPE_PREFIX + str(
     http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
@@ -87,6 +88,8 @@ class Resource:
 
     ``requires`` lists what a listener or cluster fetches over ADS (see
     :meth:`Snapshot.consistency_errors`). Build with :func:`make_resource`.
+    ``encoded`` is ``packed`` serialized, done once here: responses are assembled
+    from it (:mod:`meshext.xds.wire`) and never serialize the resource again.
     """
 
     name: str
@@ -94,6 +97,20 @@ class Resource:
     message: Any
     packed: Any
     requires: tuple[Requirement, ...] = ()
+    encoded: bytes = field(init=False, repr=False, compare=False)
+    _delta_entry: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoded", self.packed.SerializeToString(deterministic=True))
+
+    @property
+    def delta_entry(self) -> bytes:
+        """The resource as an entry of a delta response (name, version, ``Any``)."""
+        entry = self._delta_entry
+        if not entry:
+            entry = wire.delta_entry(self.name, self.version, self.encoded)
+            object.__setattr__(self, "_delta_entry", entry)
+        return entry
 
 
 @dataclass(frozen=True, slots=True)
