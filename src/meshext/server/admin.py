@@ -10,7 +10,7 @@ status``, ``proxies`` and ``config-dump`` commands read these views.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -19,10 +19,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from meshext.api.extension import status_to_dict
 from meshext.server.control import ControlPlane, ExtensionReport, ProxyRecord, delivery_summary
 from meshext.xds.protocol import TypeStatus
-from meshext.xds.server import AdsServer, ConnectionInfo
+from meshext.xds.server import ConnectionInfo, StreamSecurity
+
+
+class StreamView(Protocol):
+    """What the admin API reads of the xDS side: an ``AdsServer`` or a worker pool."""
+
+    @property
+    def security(self) -> StreamSecurity | None: ...
+
+    def connections(self) -> list[ConnectionInfo]: ...
+
 
 CONTROL_PLANE: web.AppKey[ControlPlane] = web.AppKey("control_plane", ControlPlane)
-ADS_SERVER: web.AppKey[AdsServer] = web.AppKey("ads_server", AdsServer)
+ADS_SERVER: web.AppKey[StreamView] = web.AppKey("ads_server")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 
@@ -34,7 +44,7 @@ INSECURE_WARNING = (
 
 
 def admin_app(
-    control: ControlPlane, ads: AdsServer, registry: CollectorRegistry, ready: Callable[[], bool]
+    control: ControlPlane, ads: StreamView, registry: CollectorRegistry, ready: Callable[[], bool]
 ) -> web.Application:
     app = web.Application()
     app[CONTROL_PLANE] = control
@@ -193,7 +203,7 @@ def _type_status_json(status: TypeStatus) -> dict[str, Any]:
     }
 
 
-def _connections_by_node(ads: AdsServer) -> dict[str, list[ConnectionInfo]]:
+def _connections_by_node(ads: StreamView) -> dict[str, list[ConnectionInfo]]:
     by_node: dict[str, list[ConnectionInfo]] = {}
     for connection in ads.connections():
         by_node.setdefault(connection.node_id, []).append(connection)

@@ -1,7 +1,9 @@
 """``meshext serve``: the components of the control plane, started and stopped together.
 
 One asyncio loop runs everything: the config source, image resolution, the control
-loop, the ADS server (gRPC), the module server and the admin API (HTTP). Addresses
+loop, the ADS server (gRPC), the module server and the admin API (HTTP). With
+``xds_workers`` (``--xds-workers N``) the ADS streams are served by N worker processes
+instead (:mod:`meshext.server.workers`) and this process keeps the rest. Addresses
 default to loopback; the ADS and module addresses are what proxies must reach.
 
 By default xDS is mutual TLS and the module server HTTPS, both with a certificate
@@ -41,6 +43,7 @@ from meshext.mesh.resolution import PullSecretStore
 from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
 from meshext.server.modules import RunningServer, module_app, start_module_server
+from meshext.server.workers.pool import ShippingSnapshotCache, WorkerPool
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.watch import FolderSource
 from meshext.xds.cache import SnapshotCache
@@ -81,6 +84,8 @@ class ServeOptions:
     signatures: SignaturePolicy = SIGNATURES_OFF
     local_images: tuple[Path, ...] = ()
     """Folders ``file:`` and ``oci-layout:`` images may come from; none by default."""
+    xds_workers: int = 0
+    """Processes serving the ADS streams; 0 serves them in this process."""
 
 
 @dataclass
@@ -88,7 +93,7 @@ class RunningControlPlane:
     """Handles on a started control plane, for callers that embed it (tests, quickstart)."""
 
     control: ControlPlane
-    ads: AdsServer
+    ads: AdsServer | WorkerPool
     xds_port: int
     modules: RunningServer
     admin: RunningServer
@@ -160,7 +165,7 @@ async def running_control_plane(
     )
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
-    snapshots = SnapshotCache()
+    snapshots = ShippingSnapshotCache() if options.xds_workers > 0 else SnapshotCache()
     tls = None if options.insecure_xds else _ServerTls.create(options)
     modules = await start_module_server(
         module_app(cache),
@@ -174,7 +179,21 @@ async def running_control_plane(
         tls=tls.module_tls if tls else None,
     )
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks)
-    ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
+    ads: AdsServer | WorkerPool
+    if isinstance(snapshots, ShippingSnapshotCache):
+        ads = WorkerPool(
+            options.xds_workers,
+            snapshots,
+            control,
+            registry=registry,
+            security=tls.security if tls else None,
+            ca=options.ca,
+            hosts=tls.server.hosts if tls else (),
+        )
+    else:
+        ads = AdsServer(
+            snapshots, control, registry=registry, security=tls.security if tls else None
+        )
     admin: RunningServer | None = None
     certificates: RunningServer | None = None
     tasks: list[asyncio.Task[None]] = []

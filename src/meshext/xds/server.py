@@ -245,7 +245,9 @@ class AdsServer:
     """ADS over gRPC (``StreamAggregatedResources`` and ``DeltaAggregatedResources``).
 
     ``registry`` receives the Prometheus metrics (a private registry when omitted,
-    available as :attr:`registry`).
+    available as :attr:`registry`). ``reuse_port`` lets several processes listen on
+    the same address (``SO_REUSEPORT``: the kernel spreads new connections among
+    them); off by default, so that two servers never share a port by accident.
     """
 
     def __init__(
@@ -255,8 +257,10 @@ class AdsServer:
         *,
         registry: CollectorRegistry | None = None,
         security: StreamSecurity | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.cache = cache
+        self.reuse_port = reuse_port
         self.events = events
         self.security = security
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -271,7 +275,10 @@ class AdsServer:
         """Listen on ``address`` (``host:port``, port 0 for any); returns the bound port."""
         if self._server is not None:
             raise ServerError("the ADS server is already started")
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        options = _SERVER_OPTIONS
+        if self.reuse_port:
+            options = (("grpc.so_reuseport", 1), *options[1:])
+        server = grpc.aio.server(options=options)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         try:
             if self.security is None:

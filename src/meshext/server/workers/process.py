@@ -1,0 +1,240 @@
+"""One xDS worker process: an ADS server fed with snapshots by the main process.
+
+The worker listens on the shared xDS address (``SO_REUSEPORT``), with the same mutual
+TLS and the same authorization as an in-process server: it loads the mesh CA and
+issues itself a certificate for the control plane's identity. What its streams say
+goes to the main process (connect, ACK, NACK, disconnect); the snapshots it serves
+come from there (:mod:`meshext.server.workers.shipping`). It answers a node only
+after the main process has admitted the stream, and it stops when the main process
+goes away (its end of the socket closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from meshext.identity.authority import CaSettings
+from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.server.workers.shipping import SnapshotTable
+from meshext.server.workers.wire import (
+    Frame,
+    Kind,
+    WireError,
+    connection_to_json,
+    decode_body,
+    encode,
+    frame_length,
+    node_to_json,
+)
+from meshext.xds.cache import SnapshotCache
+from meshext.xds.server import AdsServer, StreamDenied, StreamSecurity
+from meshext.xds.types import Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    index: int
+    xds_address: str
+    """``host:port`` with the port every worker binds."""
+    ca: CaSettings | None
+    """The mesh CA; ``None`` serves plaintext."""
+    hosts: tuple[str, ...] = ()
+    """Names the server certificate is issued for."""
+    log_level: int = logging.INFO
+    report_interval: float = 0.5
+    """How often open streams and metrics are reported when they changed."""
+
+
+def worker_main(settings: WorkerSettings, channel: socket.socket) -> None:
+    """Entry point of the worker process."""
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s xds-worker-{settings.index} %(name)s: %(message)s",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_Worker(settings).run(channel))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
+    """The next frame, ``None`` at the end of the stream."""
+    try:
+        prefix = await reader.readexactly(4)
+        return decode_body(await reader.readexactly(frame_length(prefix)))
+    except asyncio.IncompleteReadError:
+        return None
+
+
+class ClaimAwareSecurity:
+    """The mesh's stream security, also refusing a node id another worker's peer holds.
+
+    The main process tells every worker which identity holds which node id
+    (``CLAIM`` frames); a stream claiming a held node id as someone else is refused
+    here with ``PERMISSION_DENIED``. Claims racing in two workers at once are settled
+    by the main process when the stream connects.
+    """
+
+    def __init__(self, inner: StreamSecurity) -> None:
+        self.inner = inner
+        self.claims: dict[str, str] = {}
+        self.last_identity = ""
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return self.inner.server_credentials()
+
+    def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
+        identity = self.inner.authorize(auth_context, node)
+        holder = self.claims.get(node.id)
+        if holder is not None and holder != identity:
+            raise StreamDenied(
+                f"node {node.id!r} is connected as {holder}; {identity} may not claim it",
+                "node id held by another identity",
+            )
+        # The server calls on_connect right after, without yielding in between.
+        self.last_identity = identity
+        return identity
+
+
+class _Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.cache = SnapshotCache(check_consistency=False)
+        self.table = SnapshotTable()
+        self.security: ClaimAwareSecurity | None = None
+        if settings.ca is not None:
+            server = ServerCertificate(settings.ca.load(), hosts=settings.hosts)
+            self.security = ClaimAwareSecurity(MeshStreamSecurity(server))
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ads = AdsServer(
+            self.cache, self, registry=self.registry, security=self.security, reuse_port=True
+        )
+        self.present: set[str] = set()
+        self.verdicts: dict[int, asyncio.Future[tuple[bool, str]]] = {}
+        self.requests = itertools.count(1)
+        self.dirty = True
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, channel: socket.socket) -> None:
+        reader, self.writer = await asyncio.open_unix_connection(sock=channel)
+        port = await self.ads.start(self.settings.xds_address)
+        self.send(encode(Kind.READY, [port]))
+        gc.freeze()
+        reporter = asyncio.create_task(self.report())
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                self.take(frame)
+        except WireError:
+            log.exception("malformed frame from the main process; stopping")
+        finally:
+            reporter.cancel()
+            await self.ads.stop(grace=0.5)
+
+    def send(self, data: bytes) -> None:
+        assert self.writer is not None
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    def take(self, frame: Frame) -> None:
+        if frame.kind is Kind.VERDICT:
+            request, accepted, reason = frame.header
+            verdict = self.verdicts.pop(int(request), None)
+            if verdict is not None and not verdict.done():
+                verdict.set_result((bool(accepted), str(reason)))
+        elif frame.kind is Kind.CLAIM:
+            node_id, identity = frame.header
+            if self.security is not None:
+                if identity is None:
+                    self.security.claims.pop(str(node_id), None)
+                else:
+                    self.security.claims[str(node_id)] = str(identity)
+        else:
+            assigned = self.table.apply(frame)
+            if assigned is not None and assigned[0] in self.present:
+                self.cache.set_snapshot(*assigned)
+
+    async def report(self) -> None:
+        """Send open streams and metrics to the main process when they changed."""
+        last_metrics: list[Any] = []
+        quiet = 0
+        while True:
+            await asyncio.sleep(self.settings.report_interval)
+            quiet += 1
+            # Responses sent change no event: refresh every few seconds while serving.
+            if self.dirty or (self.present and quiet >= 10):
+                self.dirty, quiet = False, 0
+                connections = [
+                    connection_to_json(info, self.settings.index) for info in self.ads.connections()
+                ]
+                self.send(encode(Kind.CONNECTIONS, connections))
+            metrics = metric_families(self.registry)
+            if metrics != last_metrics:
+                last_metrics = metrics
+                self.send(encode(Kind.METRICS, metrics))
+
+    # --- StreamEvents -----------------------------------------------------------------
+
+    async def on_connect(self, node: Node) -> None:
+        identity = self.security.last_identity if self.security is not None else ""
+        self.present.add(node.id)
+        self.dirty = True
+        request = next(self.requests)
+        verdict: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self.verdicts[request] = verdict
+        self.send(encode(Kind.CONNECT, [request, node_to_json(node), identity]))
+        try:
+            accepted, reason = await verdict
+        finally:
+            self.verdicts.pop(request, None)
+        if not accepted:
+            log.warning("stream for node %r refused: %s", node.id, reason)
+            # Ends the stream: the server treats it like a client going away.
+            raise asyncio.CancelledError(reason)
+
+    def on_ack(
+        self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
+    ) -> None:
+        self.dirty = True
+        self.send(encode(Kind.ACK, [node_id, type_url, version, list(resource_names)]))
+
+    def on_nack(
+        self,
+        node_id: str,
+        type_url: str,
+        rejected_version: str,
+        resource_names: Sequence[str],
+        error_detail: str,
+    ) -> None:
+        self.dirty = True
+        header = [node_id, type_url, rejected_version, list(resource_names), error_detail]
+        self.send(encode(Kind.NACK, header))
+
+    def on_disconnect(self, node_id: str) -> None:
+        self.dirty = True
+        self.present.discard(node_id)
+        self.cache.clear(node_id)
+        self.send(encode(Kind.DISCONNECT, [node_id]))
+
+
+def metric_families(registry: CollectorRegistry) -> list[Any]:
+    """The registry's samples as JSON values (``_created`` timestamps left out)."""
+    families = []
+    for metric in registry.collect():
+        samples = [
+            [sample.name, dict(sample.labels), sample.value]
+            for sample in metric.samples
+            if not sample.name.endswith("_created")
+        ]
+        families.append([metric.name, metric.type, metric.documentation, samples])
+    return families
