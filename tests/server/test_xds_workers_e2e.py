@@ -42,7 +42,8 @@ def pool(mesh: Mesh) -> WorkerPool:
     return mesh.running.ads
 
 
-def worker_of(mesh: Mesh, node_id: str) -> int | None:
+async def worker_of(mesh: Mesh, node_id: str) -> int | None:
+    await pool(mesh).refresh_connections()
     for info in pool(mesh).connections():
         if info.node_id == node_id:
             return info.stream_id >> 40
@@ -135,7 +136,7 @@ async def test_a_killed_worker_is_replaced_and_its_proxies_come_back(mesh: Mesh)
     workers = pool(mesh)
 
     async def holder() -> int | None:
-        return worker_of(mesh, sidecar.node_id)
+        return await worker_of(mesh, sidecar.node_id)
 
     async def pids() -> list[int]:
         return workers.worker_pids()

@@ -31,6 +31,14 @@ class StreamView(Protocol):
     def connections(self) -> list[ConnectionInfo]: ...
 
 
+async def _current_connections(ads: StreamView) -> list[ConnectionInfo]:
+    """Open streams; a worker pool is asked for them first (they live in its workers)."""
+    refresh = getattr(ads, "refresh_connections", None)
+    if refresh is not None:
+        await refresh()
+    return ads.connections()
+
+
 CONTROL_PLANE: web.AppKey[ControlPlane] = web.AppKey("control_plane", ControlPlane)
 ADS_SERVER: web.AppKey[StreamView] = web.AppKey("ads_server")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
@@ -99,7 +107,7 @@ async def _extensions(request: web.Request) -> web.Response:
 
 async def _proxies(request: web.Request) -> web.Response:
     control = request.app[CONTROL_PLANE]
-    connections = _connections_by_node(request.app[ADS_SERVER])
+    connections = await _connections_by_node(request.app[ADS_SERVER])
     return web.json_response(
         {"proxies": [proxy_json(p, connections.get(p.node_id, [])) for p in control.proxies()]}
     )
@@ -203,8 +211,8 @@ def _type_status_json(status: TypeStatus) -> dict[str, Any]:
     }
 
 
-def _connections_by_node(ads: StreamView) -> dict[str, list[ConnectionInfo]]:
+async def _connections_by_node(ads: StreamView) -> dict[str, list[ConnectionInfo]]:
     by_node: dict[str, list[ConnectionInfo]] = {}
-    for connection in ads.connections():
+    for connection in await _current_connections(ads):
         by_node.setdefault(connection.node_id, []).append(connection)
     return by_node

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import multiprocessing
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from meshext.envoy.node import HostPort
 from meshext.identity.authority import CaSettings
 from meshext.server.workers.claims import NodeClaims
-from meshext.server.workers.process import WorkerSettings, read_frame, worker_main
+from meshext.server.workers.process import WorkerSettings, command, read_frame
 from meshext.server.workers.shipping import Shipment
 from meshext.server.workers.wire import (
     Frame,
@@ -99,7 +99,7 @@ class _Link:
     """One running worker, from the main process's side."""
 
     index: int
-    process: BaseProcess
+    process: asyncio.subprocess.Process
     writer: asyncio.StreamWriter
     reader: asyncio.StreamReader
     shipment: Shipment = field(default_factory=Shipment)
@@ -153,6 +153,9 @@ class WorkerPool:
         self._metrics = _WorkerMetrics(self)
         self.registry.register(self._metrics)
         self.restarts = 0
+        self._query_ids = itertools.count(1)
+        self._queries: dict[int, set[int]] = {}
+        self._answered = asyncio.Event()
         cache.on_change = self._changed
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
@@ -194,16 +197,30 @@ class WorkerPool:
         self._links.clear()
         for link in links:
             link.writer.close()
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(None, _end_process, link.process, grace + 2.0) for link in links)
-        )
+        await asyncio.gather(*(_end_process(link.process, grace + 2.0) for link in links))
         if self._reserved is not None:
             self._reserved.close()
             self._reserved = None
 
+    async def refresh_connections(self, timeout: float = 5.0) -> None:
+        """Ask every worker for its open streams (what :meth:`connections` returns);
+        gives up waiting for a worker that does not answer within ``timeout``."""
+        request = next(self._query_ids)
+        waiting = self._queries[request] = set(self._links)
+        for link in list(self._links.values()):
+            link.send(encode(Kind.QUERY, [request]))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while waiting & set(self._links) and loop.time() < deadline:
+                self._answered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._answered.wait(), deadline - loop.time())
+        finally:
+            del self._queries[request]
+
     def connections(self) -> list[ConnectionInfo]:
-        """Open streams of every worker, as last reported (twice a second at most)."""
+        """Open streams of every worker, as of the last :meth:`refresh_connections`."""
         found = [info for link in self._links.values() for info in link.connections]
         return sorted(found, key=lambda info: (info.connected_since, info.stream_id))
 
@@ -222,15 +239,15 @@ class WorkerPool:
             log_level=logging.getLogger().getEffectiveLevel(),
         )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        context = multiprocessing.get_context("spawn")
-        process = context.Process(
-            target=worker_main,
-            args=(settings, theirs),
-            name=f"meshext-xds-worker-{index}",
-            daemon=True,
-        )
         try:
-            process.start()
+            process = await asyncio.create_subprocess_exec(
+                *command(settings, theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise ServerError(f"xDS worker {index} did not start: {exc}") from exc
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
@@ -241,8 +258,8 @@ class WorkerPool:
             ready = None
         if ready is None or ready.kind is not Kind.READY:
             writer.close()
-            await asyncio.get_running_loop().run_in_executor(None, _end_process, process, 1.0)
-            raise ServerError(f"xDS worker {index} did not start (exit code {process.exitcode})")
+            await _end_process(process, 1.0)
+            raise ServerError(f"xDS worker {index} did not start (exit code {process.returncode})")
         if self.security is not None:
             link.send(
                 [
@@ -306,7 +323,13 @@ class WorkerPool:
                 (node_id,) = header
                 self._release(link, str(node_id))
             elif frame.kind is Kind.CONNECTIONS:
-                link.connections = [connection_from_json(value) for value in header]
+                request, connections = header
+                link.connections = [connection_from_json(value) for value in connections]
+                answered = self._queries.get(int(request))
+                if answered is not None:
+                    answered.discard(link.index)
+                    if not answered:
+                        self._answered.set()
             elif frame.kind is Kind.METRICS:
                 link.metrics = header
             else:
@@ -362,11 +385,10 @@ class WorkerPool:
             if release.last:
                 self._gone(node_id)
         if not self._stopping:
-            link.process.join(timeout=0)
             log.error(
-                "xDS worker %d exited (code %s); its %d proxies reconnect to the others",
+                "xDS worker %d (pid %d) exited; its %d proxies reconnect to the others",
                 link.index,
-                link.process.exitcode,
+                link.process.pid,
                 len(released),
             )
 
@@ -422,11 +444,14 @@ class _WorkerMetrics(Collector):
             yield metric
 
 
-def _end_process(process: BaseProcess, grace: float) -> None:
-    process.join(grace)
-    if process.is_alive():
-        process.terminate()
-        process.join(2.0)
-    if process.is_alive():
-        process.kill()
-        process.join()
+async def _end_process(process: asyncio.subprocess.Process, grace: float) -> None:
+    """Wait ``grace`` seconds for ``process`` to exit, then terminate, then kill it."""
+    for stop in (None, process.terminate, process.kill):
+        if stop is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                stop()
+        try:
+            await asyncio.wait_for(process.wait(), grace if stop is None else 2.0)
+            return
+        except TimeoutError:
+            continue

@@ -7,18 +7,27 @@ goes to the main process (connect, ACK, NACK, disconnect); the snapshots it serv
 come from there (:mod:`meshext.server.workers.shipping`). It answers a node only
 after the main process has admitted the stream, and it stops when the main process
 goes away (its end of the socket closes).
+
+It runs as ``python -m meshext.server.workers.process SETTINGS FD``: the settings as
+JSON, and the file descriptor of its end of a socket pair with the main process. A
+fresh interpreter importing only this module and what it needs (about 50 MiB) rather
+than a ``multiprocessing`` child, which would import the parent's main module (the
+whole command line, about 125 MiB) in every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import itertools
+import json
 import logging
+import signal
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -55,17 +64,73 @@ class WorkerSettings:
     """Names the server certificate is issued for."""
     log_level: int = logging.INFO
     report_interval: float = 0.5
-    """How often open streams and metrics are reported when they changed."""
+    """How often metrics are reported when they changed."""
+
+    def to_json(self) -> str:
+        ca = self.ca
+        return json.dumps(
+            {
+                "index": self.index,
+                "xds_address": self.xds_address,
+                "ca": None
+                if ca is None
+                else {
+                    "cert": _path(ca.cert),
+                    "key": _path(ca.key),
+                    "directory": _path(ca.directory),
+                    "trust_domain": ca.trust_domain,
+                },
+                "hosts": list(self.hosts),
+                "log_level": self.log_level,
+                "report_interval": self.report_interval,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSettings:
+        value = json.loads(text)
+        ca = value["ca"]
+        return cls(
+            index=int(value["index"]),
+            xds_address=str(value["xds_address"]),
+            ca=None
+            if ca is None
+            else CaSettings(
+                cert=_optional_path(ca["cert"]),
+                key=_optional_path(ca["key"]),
+                directory=_optional_path(ca["directory"]),
+                trust_domain=str(ca["trust_domain"]),
+            ),
+            hosts=tuple(str(host) for host in value["hosts"]),
+            log_level=int(value["log_level"]),
+            report_interval=float(value["report_interval"]),
+        )
 
 
-def worker_main(settings: WorkerSettings, channel: socket.socket) -> None:
-    """Entry point of the worker process."""
+def command(settings: WorkerSettings, fd: int) -> list[str]:
+    """The command line starting a worker that talks over file descriptor ``fd``."""
+    return [sys.executable, "-m", __name__, settings.to_json(), str(fd)]
+
+
+def main(argv: Sequence[str]) -> None:
+    """Entry point of the worker process: ``SETTINGS FD``."""
+    settings = WorkerSettings.from_json(argv[0])
+    channel = socket.socket(fileno=int(argv[1]))
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s xds-worker-{settings.index} %(name)s: %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_Worker(settings).run(channel))
+    # Interrupts go to the main process, which stops the workers by closing the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_Worker(settings).run(channel))
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _optional_path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
@@ -73,7 +138,7 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
     try:
         prefix = await reader.readexactly(4)
         return decode_body(await reader.readexactly(frame_length(prefix)))
-    except asyncio.IncompleteReadError:
+    except (asyncio.IncompleteReadError, ConnectionError):
         return None
 
 
@@ -123,7 +188,6 @@ class _Worker:
         self.present: set[str] = set()
         self.verdicts: dict[int, asyncio.Future[tuple[bool, str]]] = {}
         self.requests = itertools.count(1)
-        self.dirty = True
         self.writer: asyncio.StreamWriter | None = None
 
     async def run(self, channel: socket.socket) -> None:
@@ -152,6 +216,12 @@ class _Worker:
             verdict = self.verdicts.pop(int(request), None)
             if verdict is not None and not verdict.done():
                 verdict.set_result((bool(accepted), str(reason)))
+        elif frame.kind is Kind.QUERY:
+            (request,) = frame.header
+            connections = [
+                connection_to_json(info, self.settings.index) for info in self.ads.connections()
+            ]
+            self.send(encode(Kind.CONNECTIONS, [request, connections]))
         elif frame.kind is Kind.CLAIM:
             node_id, identity = frame.header
             if self.security is not None:
@@ -165,19 +235,10 @@ class _Worker:
                 self.cache.set_snapshot(*assigned)
 
     async def report(self) -> None:
-        """Send open streams and metrics to the main process when they changed."""
+        """Send metrics to the main process when they changed."""
         last_metrics: list[Any] = []
-        quiet = 0
         while True:
             await asyncio.sleep(self.settings.report_interval)
-            quiet += 1
-            # Responses sent change no event: refresh every few seconds while serving.
-            if self.dirty or (self.present and quiet >= 10):
-                self.dirty, quiet = False, 0
-                connections = [
-                    connection_to_json(info, self.settings.index) for info in self.ads.connections()
-                ]
-                self.send(encode(Kind.CONNECTIONS, connections))
             metrics = metric_families(self.registry)
             if metrics != last_metrics:
                 last_metrics = metrics
@@ -188,7 +249,6 @@ class _Worker:
     async def on_connect(self, node: Node) -> None:
         identity = self.security.last_identity if self.security is not None else ""
         self.present.add(node.id)
-        self.dirty = True
         request = next(self.requests)
         verdict: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
         self.verdicts[request] = verdict
@@ -205,7 +265,6 @@ class _Worker:
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
     ) -> None:
-        self.dirty = True
         self.send(encode(Kind.ACK, [node_id, type_url, version, list(resource_names)]))
 
     def on_nack(
@@ -216,12 +275,10 @@ class _Worker:
         resource_names: Sequence[str],
         error_detail: str,
     ) -> None:
-        self.dirty = True
         header = [node_id, type_url, rejected_version, list(resource_names), error_detail]
         self.send(encode(Kind.NACK, header))
 
     def on_disconnect(self, node_id: str) -> None:
-        self.dirty = True
         self.present.discard(node_id)
         self.cache.clear(node_id)
         self.send(encode(Kind.DISCONNECT, [node_id]))
@@ -238,3 +295,7 @@ def metric_families(registry: CollectorRegistry) -> list[Any]:
         ]
         families.append([metric.name, metric.type, metric.documentation, samples])
     return families
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

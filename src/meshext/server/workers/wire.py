@@ -50,6 +50,8 @@ class Kind(enum.IntEnum):
     """header ``[node_id, identity or null]``: who holds a node id, for every worker"""
     VERDICT = 6
     """header ``[request id, accepted, reason]``: answer to a ``CONNECT``"""
+    QUERY = 7
+    """header ``[request id]``: asks for the worker's open streams"""
 
     READY = 20
     """header ``[port]``"""
@@ -62,7 +64,7 @@ class Kind(enum.IntEnum):
     DISCONNECT = 24
     """header ``[node_id]``"""
     CONNECTIONS = 25
-    """header ``[connection, ...]``: every open stream of the worker"""
+    """header ``[request id, [connection, ...]]``: every open stream, answering ``QUERY``"""
     METRICS = 26
     """header ``[[name, type, help, [[sample name, labels, value], ...]], ...]``"""
 
