@@ -340,7 +340,7 @@ def run_client(bins: Path, args: list[str], log: Path, timeout: float) -> dict[s
 
 
 def run_meshext(
-    scenario: Scenario, work: Path, bins: Path, rounds: int, timeout: float
+    scenario: Scenario, work: Path, bins: Path, rounds: int, timeout: float, xds_workers: int = 0
 ) -> dict[str, Any]:
     config, template, scenario_file = write_scenario(scenario, work)
     xds, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
@@ -365,6 +365,10 @@ def run_meshext(
     ).stdout
     if "--insecure-xds" in help_text:
         argv.append("--insecure-xds")
+    if "--local-images" in help_text:
+        argv += ["--local-images", str(MODULES)]
+    if xds_workers:
+        argv += ["--xds-workers", str(xds_workers)]
     with started(argv, work / "meshext.log") as server:
         count = len(scenario.extensions) + 1
         wait_for(
@@ -460,6 +464,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="per server, in seconds")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--xds-workers", type=int, default=0, help="meshext serve --xds-workers (default 0)"
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="run meshext only, not the go-control-plane peer"
+    )
     args = parser.parse_args()
     if not MESHEXT.exists():
         raise SystemExit(f"{MESHEXT} is missing: run `make setup` first")
@@ -469,8 +479,10 @@ def main() -> None:
     bins = build()
     work = Path(tempfile.mkdtemp(prefix="meshext-xds-vs-gcp-"))
     try:
-        meshext = run_meshext(scenario, work, bins, args.rounds, args.timeout)
-        peer = run_peer(scenario, work, bins, args.rounds, args.timeout)
+        meshext = run_meshext(
+            scenario, work, bins, args.rounds, args.timeout, xds_workers=args.xds_workers
+        )
+        peer = None if args.no_peer else run_peer(scenario, work, bins, args.rounds, args.timeout)
     finally:
         if args.keep:
             print(f"work folder kept: {work}", file=sys.stderr)
@@ -490,6 +502,7 @@ def main() -> None:
             "extensions": len(scenario.extensions) + 1,
             "commit": commit,
             "cpus": os.cpu_count(),
+            "xds_workers": args.xds_workers,
             "meshext": meshext,
             "go_control_plane": peer,
         },
