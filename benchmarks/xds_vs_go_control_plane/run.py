@@ -265,6 +265,35 @@ def load_average() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, 0 when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        for children in Path(f"/proc/{queue.pop()}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in children.read_text().split():
+                    found.append(int(child))
+                    queue.append(int(child))
+    return found
+
+
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server process and of its descendants (workers)."""
+    return {
+        "main": round(cpu_seconds(pid), 2),
+        "children": round(sum(cpu_seconds(child) for child in descendants(pid)), 2),
+    }
+
+
 def build() -> Path:
     out = subprocess.run(
         [str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
@@ -395,6 +424,7 @@ def run_meshext(
             work / "client-meshext.log",
             timeout + 60,
         )
+        result["server_cpu_total_by_process_s"] = cpu_split(server.pid)
     result["load_average_before"] = load_before
     result["load_average_after"] = load_average()
     return result

@@ -129,6 +129,28 @@ async def test_identities_are_checked_by_the_workers_as_by_one_server(mesh: Mesh
     assert await sidecar.appended() == ["one"]
 
 
+async def test_a_node_id_held_in_another_worker_is_refused_before_anything_is_sent(
+    mesh: Mesh,
+) -> None:
+    mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "one"}))
+    ca = mesh.running.ca
+    assert ca is not None
+    workers = pool(mesh)
+    # A claim racing the broadcast: only the main process knows the holder yet.
+    holder = "spiffe://cluster.local/ns/bookinfo/sa/holder"
+    assert workers._claims.admit("sidecar~1.1.1.1~held.bookinfo~x", 7, holder).admitted
+    metadata = {"NAMESPACE": "bookinfo", "LABELS": HTTPBIN, "INBOUND_PORT": "9080"}
+    for _ in range(4):  # both workers, whichever the kernel picks
+        other = workload_credentials(ca, ca.bundle_pem, "bookinfo")
+        answer = await claim(
+            str(mesh.running.xds_address), "sidecar~1.1.1.1~held.bookinfo~x", metadata, other
+        )
+        assert not answer.got_configuration
+        assert answer.code is grpc.StatusCode.PERMISSION_DENIED
+        assert f"connected as {holder}" in answer.details
+    assert [p.node_id for p in mesh.running.control.proxies()] == []
+
+
 async def test_a_killed_worker_is_replaced_and_its_proxies_come_back(mesh: Mesh) -> None:
     mesh.write("a.yaml", sme("bookinfo", "tag", "header-append", config={"value": "one"}))
     sidecar = await mesh.sidecar("httpbin", "bookinfo", HTTPBIN)

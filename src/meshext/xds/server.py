@@ -103,7 +103,9 @@ class StreamEvents(Protocol):
     """What the control plane learns from the ADS server.
 
     ``on_connect`` is awaited once per stream, when it first names its node; the
-    server answers the stream only once the cache holds a snapshot for the node.
+    server answers the stream only once the cache holds a snapshot for the node. It
+    may refuse the stream by raising :class:`StreamDenied` (the client gets
+    ``PERMISSION_DENIED``; ``on_disconnect`` follows as for any stream).
     ``on_ack``/``on_nack`` report the client's verdict on one response: its version
     (see :mod:`meshext.xds.protocol`: for per-name types the content version of its
     one resource) and the names of the resources it carried. ``on_disconnect`` is
@@ -361,7 +363,12 @@ class AdsServer:
                         if denied is not None:
                             await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
                             return
-                        await self._identified(stream, machine.node)
+                        try:
+                            await self._identified(stream, machine.node)
+                        except StreamDenied as exc:
+                            self._metrics.denied.labels(exc.reason).inc()
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                            return
                         watcher = asyncio.create_task(self._watch(stream))
                 for event in events:
                     if isinstance(event, Response):
@@ -413,6 +420,8 @@ class AdsServer:
         )
         try:
             await self.events.on_connect(node)
+        except StreamDenied:
+            raise
         except Exception:
             _log.exception("on_connect failed for node %r", node.id)
 

@@ -40,8 +40,9 @@ from prometheus_client.registry import Collector
 
 from meshext.envoy.node import HostPort
 from meshext.identity.authority import CaSettings
+from meshext.server.workers.channel import BatchedWriter, read_frame
 from meshext.server.workers.claims import NodeClaims
-from meshext.server.workers.process import WorkerSettings, command, read_frame
+from meshext.server.workers.process import WorkerSettings, command
 from meshext.server.workers.shipping import Shipment
 from meshext.server.workers.wire import (
     Frame,
@@ -100,7 +101,7 @@ class _Link:
 
     index: int
     process: asyncio.subprocess.Process
-    writer: asyncio.StreamWriter
+    writer: BatchedWriter
     reader: asyncio.StreamReader
     shipment: Shipment = field(default_factory=Shipment)
     connections: list[ConnectionInfo] = field(default_factory=list)
@@ -109,12 +110,7 @@ class _Link:
     task: asyncio.Task[None] | None = None
 
     def send(self, frames: list[bytes] | bytes) -> None:
-        if self.writer.is_closing():
-            return
-        if isinstance(frames, bytes):
-            self.writer.write(frames)
-        else:
-            self.writer.writelines(frames)
+        self.writer.send(frames)
 
 
 class WorkerPool:
@@ -251,7 +247,7 @@ class WorkerPool:
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        link = _Link(index, process, writer, reader)
+        link = _Link(index, process, BatchedWriter(writer), reader)
         try:
             ready = await asyncio.wait_for(read_frame(reader), _START_TIMEOUT)
         except TimeoutError:

@@ -35,15 +35,14 @@ from prometheus_client import CollectorRegistry
 
 from meshext.identity.authority import CaSettings
 from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.server.workers.channel import BatchedWriter, read_frame
 from meshext.server.workers.shipping import SnapshotTable
 from meshext.server.workers.wire import (
     Frame,
     Kind,
     WireError,
     connection_to_json,
-    decode_body,
     encode,
-    frame_length,
     node_to_json,
 )
 from meshext.xds.cache import SnapshotCache
@@ -133,15 +132,6 @@ def _optional_path(text: str | None) -> Path | None:
     return None if text is None else Path(text)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
-    """The next frame, ``None`` at the end of the stream."""
-    try:
-        prefix = await reader.readexactly(4)
-        return decode_body(await reader.readexactly(frame_length(prefix)))
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-
-
 class ClaimAwareSecurity:
     """The mesh's stream security, also refusing a node id another worker's peer holds.
 
@@ -188,10 +178,11 @@ class _Worker:
         self.present: set[str] = set()
         self.verdicts: dict[int, asyncio.Future[tuple[bool, str]]] = {}
         self.requests = itertools.count(1)
-        self.writer: asyncio.StreamWriter | None = None
+        self.writer: BatchedWriter | None = None
 
     async def run(self, channel: socket.socket) -> None:
-        reader, self.writer = await asyncio.open_unix_connection(sock=channel)
+        reader, writer = await asyncio.open_unix_connection(sock=channel)
+        self.writer = BatchedWriter(writer)
         port = await self.ads.start(self.settings.xds_address)
         self.send(encode(Kind.READY, [port]))
         gc.freeze()
@@ -207,8 +198,7 @@ class _Worker:
 
     def send(self, data: bytes) -> None:
         assert self.writer is not None
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        self.writer.send(data)
 
     def take(self, frame: Frame) -> None:
         if frame.kind is Kind.VERDICT:
@@ -259,8 +249,7 @@ class _Worker:
             self.verdicts.pop(request, None)
         if not accepted:
             log.warning("stream for node %r refused: %s", node.id, reason)
-            # Ends the stream: the server treats it like a client going away.
-            raise asyncio.CancelledError(reason)
+            raise StreamDenied(reason, "node id held by another identity")
 
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
