@@ -185,7 +185,11 @@ class _Worker:
         self.writer = BatchedWriter(writer)
         port = await self.ads.start(self.settings.xds_address)
         self.send(encode(Kind.READY, [port]))
+        # As meshext.server.app.tune_garbage_collector (not imported: it would load the
+        # whole server): streams are long-lived objects, young collections rarer.
         gc.freeze()
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(100_000, middle, old)
         reporter = asyncio.create_task(self.report())
         try:
             while (frame := await read_frame(reader)) is not None:
