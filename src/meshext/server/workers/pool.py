@@ -222,7 +222,7 @@ class WorkerPool:
 
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers, by worker index."""
-        return [self._links[i].process.pid or 0 for i in sorted(self._links) if i in self._links]
+        return [self._links[i].process.pid for i in sorted(self._links)]
 
     # --- workers ------------------------------------------------------------------
 
@@ -252,6 +252,11 @@ class WorkerPool:
             ready = await asyncio.wait_for(read_frame(reader), _START_TIMEOUT)
         except TimeoutError:
             ready = None
+        except BaseException:  # cancelled while starting: leave nothing behind
+            writer.close()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
         if ready is None or ready.kind is not Kind.READY:
             writer.close()
             await _end_process(process, 1.0)
@@ -376,6 +381,7 @@ class WorkerPool:
             for task in tasks:
                 task.cancel()
         self._metrics.retire(link.metrics)
+        self._answered.set()  # a query no longer waits for this worker
         released = self._claims.release_worker(link.index)
         for node_id, release in released:
             if release.last:
