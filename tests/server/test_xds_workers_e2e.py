@@ -166,6 +166,15 @@ async def test_a_killed_worker_is_replaced_and_its_proxies_come_back(mesh: Mesh)
     index = await eventually(holder, lambda found: found is not None, "the stream's worker")
     assert index is not None
     pid = workers.worker_pids()[index]
+
+    def acks() -> float:
+        found = workers.registry.get_sample_value(
+            "meshext_xds_acks_total", {"type": "TypedExtensionConfig"}
+        )
+        return found or 0.0
+
+    await mesh.until(lambda: _now(acks()), lambda count: count >= 1, "the ACK counted")
+    acked_before = acks()
     os.kill(pid, signal.SIGKILL)
 
     await mesh.until(pids, lambda now: len(now) == 2 and pid not in now, "a replacement worker")
@@ -175,3 +184,9 @@ async def test_a_killed_worker_is_replaced_and_its_proxies_come_back(mesh: Mesh)
     await mesh.until(sidecar.appended, lambda h: h == ["two"], "the edit after the restart")
     await mesh.until_running("tag", proxies=1)
     assert await sidecar.appended() == ["two"]
+    # The killed worker's counts are kept in the totals.
+    await mesh.until(lambda: _now(acks()), lambda count: count > acked_before, "new ACKs")
+
+
+async def _now(value: float) -> float:
+    return value
