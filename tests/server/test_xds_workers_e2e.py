@@ -8,10 +8,11 @@ replaced while its proxies reconnect.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -48,6 +49,29 @@ async def worker_of(mesh: Mesh, node_id: str) -> int | None:
         if info.node_id == node_id:
             return info.stream_id >> 40
     return None
+
+
+def denials(mesh: Mesh, reason: str) -> dict[int, float]:
+    """Streams each worker refused for ``reason``, as last reported by it."""
+    found = {}
+    for index, link in pool(mesh)._links.items():
+        for name, _kind, _help, samples in link.metrics:
+            if name == "meshext_xds_denied_streams":
+                found[index] = sum(v for _, labels, v in samples if labels["reason"] == reason)
+    return found
+
+
+async def in_both_workers(mesh: Mesh, attempt: Callable[[], Awaitable[None]], reason: str) -> None:
+    """Repeat ``attempt`` (each must be refused) until both workers refused one; the
+    kernel picks the worker of each connection."""
+    before = denials(mesh, reason)
+    for _ in range(40):
+        await attempt()
+        await asyncio.sleep(0.6)  # workers report metrics twice a second
+        now = denials(mesh, reason)
+        if all(now.get(i, 0) > before.get(i, 0) for i in (0, 1)):
+            return
+    raise AssertionError(f"not refused by both workers: {before} then {now}")
 
 
 async def test_two_sidecars_get_the_extension_and_an_edit_reaches_both(mesh: Mesh) -> None:
@@ -110,17 +134,22 @@ async def test_identities_are_checked_by_the_workers_as_by_one_server(mesh: Mesh
     assert ca is not None
     target = str(mesh.running.xds_address)
     metadata = dict(sidecar.envoy.bootstrap["node"]["metadata"])
-    # Several tries: the kernel spreads connections over both workers.
-    for _ in range(4):
+
+    async def foreign_namespace() -> None:
         foreign = workload_credentials(ca, ca.bundle_pem, "payments")
         answer = await claim(target, sidecar.node_id, metadata, foreign)
         assert answer.code is grpc.StatusCode.PERMISSION_DENIED
         assert "namespace" in answer.details
+
+    async def another_identity() -> None:
         intruder = workload_credentials(ca, ca.bundle_pem, "bookinfo", "intruder")
         answer = await claim(target, sidecar.node_id, metadata, intruder)
         assert not answer.got_configuration
         assert answer.code is grpc.StatusCode.PERMISSION_DENIED
         assert "spiffe://cluster.local/ns/bookinfo/sa/default" in answer.details
+
+    await in_both_workers(mesh, foreign_namespace, "namespace mismatch")
+    await in_both_workers(mesh, another_identity, "node id held by another identity")
     own = workload_credentials(ca, ca.bundle_pem, "payments")
     mine = await claim(
         target, "sidecar~mine.payments~1", {**metadata, "NAMESPACE": "payments"}, own
@@ -140,7 +169,8 @@ async def test_a_node_id_held_in_another_worker_is_refused_before_anything_is_se
     holder = "spiffe://cluster.local/ns/bookinfo/sa/holder"
     assert workers._claims.admit("sidecar~1.1.1.1~held.bookinfo~x", 7, holder).admitted
     metadata = {"NAMESPACE": "bookinfo", "LABELS": HTTPBIN, "INBOUND_PORT": "9080"}
-    for _ in range(4):  # both workers, whichever the kernel picks
+
+    async def racing_claim() -> None:
         other = workload_credentials(ca, ca.bundle_pem, "bookinfo")
         answer = await claim(
             str(mesh.running.xds_address), "sidecar~1.1.1.1~held.bookinfo~x", metadata, other
@@ -148,6 +178,8 @@ async def test_a_node_id_held_in_another_worker_is_refused_before_anything_is_se
         assert not answer.got_configuration
         assert answer.code is grpc.StatusCode.PERMISSION_DENIED
         assert f"connected as {holder}" in answer.details
+
+    await in_both_workers(mesh, racing_claim, "node id held by another identity")
     assert [p.node_id for p in mesh.running.control.proxies()] == []
 
 
