@@ -266,6 +266,35 @@ def load_average() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, 0 when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        for children in Path(f"/proc/{queue.pop()}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                for child in children.read_text().split():
+                    found.append(int(child))
+                    queue.append(int(child))
+    return found
+
+
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server process and of its descendants (workers)."""
+    return {
+        "main": round(cpu_seconds(pid), 2),
+        "children": round(sum(cpu_seconds(child) for child in descendants(pid)), 2),
+    }
+
+
 def build() -> Path:
     out = subprocess.run(
         [str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
@@ -347,6 +376,7 @@ def run_meshext(
     rounds: int,
     timeout: float,
     profile: Path | None = None,
+    xds_workers: int = 0,
 ) -> dict[str, Any]:
     config, template, scenario_file = write_scenario(scenario, work)
     xds, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
@@ -373,6 +403,8 @@ def run_meshext(
         argv.append("--insecure-xds")
     if "--local-images" in help_text:
         argv.extend(["--local-images", str(MODULES)])
+    if xds_workers:
+        argv += ["--xds-workers", str(xds_workers)]
     if profile is not None:
         argv = [str(PYTHON), str(HERE / "profiled.py"), str(profile.resolve()), *argv[1:]]
     with started(argv, work / "meshext.log") as server:
@@ -401,6 +433,7 @@ def run_meshext(
             work / "client-meshext.log",
             timeout + 60,
         )
+        result["server_cpu_total_by_process_s"] = cpu_split(server.pid)
     result["load_average_before"] = load_before
     result["load_average_after"] = load_average()
     return result
@@ -477,6 +510,12 @@ def main() -> None:
         help="run meshext under cProfile and write its profile here (the profiler slows it "
         "down, so its numbers are not comparable; the peer is not run)",
     )
+    parser.add_argument(
+        "--xds-workers", type=int, default=0, help="meshext serve --xds-workers (default 0)"
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="run meshext only, not the go-control-plane peer"
+    )
     args = parser.parse_args()
     if not MESHEXT.exists():
         raise SystemExit(f"{MESHEXT} is missing: run `make setup` first")
@@ -486,10 +525,12 @@ def main() -> None:
     bins = build()
     work = Path(tempfile.mkdtemp(prefix="meshext-xds-vs-gcp-"))
     try:
-        meshext = run_meshext(scenario, work, bins, args.rounds, args.timeout, args.profile)
+        meshext = run_meshext(
+            scenario, work, bins, args.rounds, args.timeout, args.profile, args.xds_workers
+        )
         peer = (
-            {}
-            if args.profile is not None
+            None
+            if args.profile is not None or args.no_peer
             else run_peer(scenario, work, bins, args.rounds, args.timeout)
         )
     finally:
@@ -511,6 +552,7 @@ def main() -> None:
             "extensions": len(scenario.extensions) + 1,
             "commit": commit,
             "cpus": os.cpu_count(),
+            "xds_workers": args.xds_workers,
             "meshext": meshext,
             "go_control_plane": peer,
         },

@@ -12,7 +12,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
-from meshext.xds.server import AdsServer, ConnectionInfo, ServerError
+from meshext.xds.server import AdsServer, ConnectionInfo, ServerError, StreamDenied
+from meshext.xds.types import Node
 from tests.xds.builders import contents, delta_request, snapshot, sotw_request
 from tests.xds.recorder import Recorder
 
@@ -303,3 +304,32 @@ async def test_starting_on_a_port_in_use_is_a_server_error() -> None:
             await second.start(f"127.0.0.1:{bound}")
     finally:
         await first.stop(0)
+
+
+class Refusing(Recorder):
+    async def on_connect(self, node: Node) -> None:
+        await super().on_connect(node)
+        raise StreamDenied(f"node {node.id!r} is not welcome", "refused by the control plane")
+
+
+async def test_on_connect_may_refuse_a_stream_with_permission_denied() -> None:
+    cache = SnapshotCache()
+    recorder = Refusing(cache)
+    recorder.snapshots["node-1"] = snapshot({LDS: {"a": "1"}})
+    server = AdsServer(cache, recorder)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+            await call.write(sotw_request(LDS))
+            code = await asyncio.wait_for(call.code(), WAIT_SECONDS)
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+            assert "not welcome" in await call.details()
+        await recorder.wait_for(lambda: recorder.disconnected == ["node-1"], "the disconnect")
+        assert server.connections() == []
+        denied = server.registry.get_sample_value(
+            "meshext_xds_denied_streams_total", {"reason": "refused by the control plane"}
+        )
+        assert denied == 1.0
+    finally:
+        await server.stop(0)

@@ -97,6 +97,15 @@ from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
     show_default=True,
     help="Audience the service-account tokens must be minted for.",
 )
+@click.option(
+    "--xds-workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Serve ADS streams from this many worker processes sharing the xDS address "
+    "(0: in this process). Worth it with thousands of proxies on a machine with spare "
+    "cores.",
+)
 @ca_options
 def serve(
     config: Path | None,
@@ -117,6 +126,7 @@ def serve(
     insecure_xds: bool,
     certificate_address: str,
     token_audience: str,
+    xds_workers: int,
     mesh_ca_cert: Path | None,
     mesh_ca_key: Path | None,
     trust_domain: str,
@@ -146,6 +156,7 @@ def serve(
         token_audience=token_audience,
         signatures=signature_policy_of(trusted_keys, signature_policy),
         local_images=local_image_folders(),
+        xds_workers=xds_workers,
     )
     if insecure_xds:
         logging.getLogger("meshext").warning(

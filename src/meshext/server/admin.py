@@ -10,7 +10,7 @@ status``, ``proxies`` and ``config-dump`` commands read these views.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -19,10 +19,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from meshext.api.extension import status_to_dict
 from meshext.server.control import ControlPlane, ExtensionReport, ProxyRecord, delivery_summary
 from meshext.xds.protocol import TypeStatus
-from meshext.xds.server import AdsServer, ConnectionInfo
+from meshext.xds.server import ConnectionInfo, StreamSecurity
+
+
+class StreamView(Protocol):
+    """What the admin API reads of the xDS side: an ``AdsServer`` or a worker pool."""
+
+    @property
+    def security(self) -> StreamSecurity | None: ...
+
+    def connections(self) -> list[ConnectionInfo]: ...
+
+
+async def _current_connections(ads: StreamView) -> list[ConnectionInfo]:
+    """Open streams; a worker pool is asked for them first (they live in its workers)."""
+    refresh = getattr(ads, "refresh_connections", None)
+    if refresh is not None:
+        await refresh()
+    return ads.connections()
+
 
 CONTROL_PLANE: web.AppKey[ControlPlane] = web.AppKey("control_plane", ControlPlane)
-ADS_SERVER: web.AppKey[AdsServer] = web.AppKey("ads_server", AdsServer)
+ADS_SERVER: web.AppKey[StreamView] = web.AppKey("ads_server")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 
@@ -34,7 +52,7 @@ INSECURE_WARNING = (
 
 
 def admin_app(
-    control: ControlPlane, ads: AdsServer, registry: CollectorRegistry, ready: Callable[[], bool]
+    control: ControlPlane, ads: StreamView, registry: CollectorRegistry, ready: Callable[[], bool]
 ) -> web.Application:
     app = web.Application()
     app[CONTROL_PLANE] = control
@@ -89,7 +107,7 @@ async def _extensions(request: web.Request) -> web.Response:
 
 async def _proxies(request: web.Request) -> web.Response:
     control = request.app[CONTROL_PLANE]
-    connections = _connections_by_node(request.app[ADS_SERVER])
+    connections = await _connections_by_node(request.app[ADS_SERVER])
     return web.json_response(
         {"proxies": [proxy_json(p, connections.get(p.node_id, [])) for p in control.proxies()]}
     )
@@ -193,8 +211,8 @@ def _type_status_json(status: TypeStatus) -> dict[str, Any]:
     }
 
 
-def _connections_by_node(ads: AdsServer) -> dict[str, list[ConnectionInfo]]:
+async def _connections_by_node(ads: StreamView) -> dict[str, list[ConnectionInfo]]:
     by_node: dict[str, list[ConnectionInfo]] = {}
-    for connection in ads.connections():
+    for connection in await _current_connections(ads):
         by_node.setdefault(connection.node_id, []).append(connection)
     return by_node

@@ -1,7 +1,9 @@
 """``meshext serve``: the components of the control plane, started and stopped together.
 
 One asyncio loop runs everything: the config source, image resolution, the control
-loop, the ADS server (gRPC), the module server and the admin API (HTTP). Addresses
+loop, the ADS server (gRPC), the module server and the admin API (HTTP). With
+``xds_workers`` (``--xds-workers N``) the ADS streams are served by N worker processes
+instead (:mod:`meshext.server.workers`) and this process keeps the rest. Addresses
 default to loopback; the ADS and module addresses are what proxies must reach.
 
 By default xDS is mutual TLS and the module server HTTPS, both with a certificate
@@ -45,6 +47,7 @@ from meshext.server.admin import admin_app
 from meshext.server.control import ControlPlane
 from meshext.server.modules import RunningServer, module_app, start_module_server
 from meshext.server.status_metrics import DeliveryMetrics
+from meshext.server.workers.pool import ShippingSnapshotCache, WorkerPool
 from meshext.sources.base import ConfigSource, StatusSink
 from meshext.sources.watch import FolderSource
 from meshext.xds.cache import SnapshotCache
@@ -89,6 +92,8 @@ class ServeOptions:
     signatures: SignaturePolicy = SIGNATURES_OFF
     local_images: tuple[Path, ...] = ()
     """Folders ``file:`` and ``oci-layout:`` images may come from; none by default."""
+    xds_workers: int = 0
+    """Processes serving the ADS streams; 0 serves them in this process."""
 
 
 @dataclass
@@ -96,7 +101,7 @@ class RunningControlPlane:
     """Handles on a started control plane, for callers that embed it (tests, quickstart)."""
 
     control: ControlPlane
-    ads: AdsServer
+    ads: AdsServer | WorkerPool
     xds_port: int
     modules: RunningServer
     admin: RunningServer
@@ -167,7 +172,7 @@ async def running_control_plane(
     resolver = _module_resolver(options, cache, secrets, trust, lambda: control.model.topology)
     module_host = listen_address(options.module_address)
     registry = CollectorRegistry(auto_describe=True)
-    snapshots = SnapshotCache()
+    snapshots = ShippingSnapshotCache() if options.xds_workers > 0 else SnapshotCache()
     tls = None if options.insecure_xds else _ServerTls.create(options)
     served: list[ControlPlane] = []  # the control loop, once made, hears of served modules
 
@@ -190,7 +195,7 @@ async def running_control_plane(
     control = ControlPlane(resolver, snapshots, delivery, sinks=sinks, preflight=preflight)
     served.append(control)
     registry.register(DeliveryMetrics(control.extension_counts))
-    ads = AdsServer(snapshots, control, registry=registry, security=tls.security if tls else None)
+    ads = _ads_server(options, snapshots, control, registry, tls)
     admin: RunningServer | None = None
     certificates: RunningServer | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -232,6 +237,28 @@ async def running_control_plane(
         if certificates is not None:
             await certificates.stop()
         await modules.stop()
+
+
+def _ads_server(
+    options: ServeOptions,
+    snapshots: SnapshotCache,
+    control: ControlPlane,
+    registry: CollectorRegistry,
+    tls: _ServerTls | None,
+) -> AdsServer | WorkerPool:
+    """The ADS server in this process or, with ``--xds-workers``, the worker pool."""
+    security = tls.security if tls else None
+    if isinstance(snapshots, ShippingSnapshotCache):
+        return WorkerPool(
+            options.xds_workers,
+            snapshots,
+            control,
+            registry=registry,
+            security=security,
+            ca=options.ca,
+            hosts=tls.server.hosts if tls else (),
+        )
+    return AdsServer(snapshots, control, registry=registry, security=security)
 
 
 def _module_resolver(

@@ -110,7 +110,9 @@ class StreamEvents(Protocol):
     """What the control plane learns from the ADS server.
 
     ``on_connect`` is awaited once per stream, when it first names its node; the
-    server answers the stream only once the cache holds a snapshot for the node.
+    server answers the stream only once the cache holds a snapshot for the node. It
+    may refuse the stream by raising :class:`StreamDenied` (the client gets
+    ``PERMISSION_DENIED``; ``on_disconnect`` follows as for any stream).
     ``on_ack``/``on_nack`` report the client's verdict on one response: its version
     (see :mod:`meshext.xds.protocol`: for per-name types the content version of its
     one resource) and the names of the resources it carried. ``on_disconnect`` is
@@ -264,7 +266,9 @@ class AdsServer:
     """ADS over gRPC (``StreamAggregatedResources`` and ``DeltaAggregatedResources``).
 
     ``registry`` receives the Prometheus metrics (a private registry when omitted,
-    available as :attr:`registry`).
+    available as :attr:`registry`). ``reuse_port`` lets several processes listen on
+    the same address (``SO_REUSEPORT``: the kernel spreads new connections among
+    them); off by default, so that two servers never share a port by accident.
     """
 
     def __init__(
@@ -274,8 +278,10 @@ class AdsServer:
         *,
         registry: CollectorRegistry | None = None,
         security: StreamSecurity | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.cache = cache
+        self.reuse_port = reuse_port
         self.events = events
         self.security = security
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -290,7 +296,10 @@ class AdsServer:
         """Listen on ``address`` (``host:port``, port 0 for any); returns the bound port."""
         if self._server is not None:
             raise ServerError("the ADS server is already started")
-        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        options = _SERVER_OPTIONS
+        if self.reuse_port:
+            options = (("grpc.so_reuseport", 1), *options[1:])
+        server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers((_handlers(self),))
         try:
             if self.security is None:
@@ -365,6 +374,10 @@ class AdsServer:
                     stream.connecting = True
                     try:
                         await self._identified(stream, machine.node)
+                    except StreamDenied as exc:
+                        self._metrics.denied.labels(exc.reason).inc()
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                        return
                     finally:
                         stream.connecting = False
                     if stream.stopping:
@@ -475,6 +488,8 @@ class AdsServer:
         )
         try:
             await self.events.on_connect(node)
+        except StreamDenied:
+            raise
         except Exception:
             _log.exception("on_connect failed for node %r", node.id)
 

@@ -11,8 +11,9 @@
 // A round changes the configuration through a trigger (an edit of a file in the
 // server's config folder, or an HTTP POST to the peer server), and lasts until every
 // sidecar has ACKed an extension-config response whose version differs from the one
-// it held when the round started. The server process's CPU time (utime+stime from
-// /proc/<pid>/stat) and resident memory (VmRSS) are sampled around each round.
+// it held when the round started. The server's CPU time (utime+stime from
+// /proc/<pid>/stat) and resident memory (VmRSS), summed over the server process and
+// its descendants (worker processes), are sampled around each round.
 //
 // The result is one JSON object on stdout.
 package main
@@ -628,29 +629,69 @@ func procFields(pid int) ([]string, error) {
 	return strings.Fields(s[strings.LastIndexByte(s, ')')+2:]), nil
 }
 
-func cpuSeconds(pid int) (float64, error) {
-	f, err := procFields(pid)
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the name start at field 3 (state); utime is 14, stime 15.
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / clockTicks, nil
-}
-
-func rssMiB(pid int) (float64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			kb, err := strconv.ParseFloat(strings.Fields(line)[1], 64)
-			return kb / 1024, err
+// processTree is pid and every process descended from it (a server's worker
+// processes), read from /proc/<pid>/task/<tid>/children.
+func processTree(pid int) []int {
+	tree := []int{pid}
+	for i := 0; i < len(tree); i++ {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", tree[i]))
+		for _, path := range tasks {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				continue
+			}
+			for _, field := range strings.Fields(string(data)) {
+				if child, err := strconv.Atoi(field); err == nil {
+					tree = append(tree, child)
+				}
+			}
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return tree
+}
+
+// cpuSeconds is the CPU time (user + system) of pid and its descendants.
+func cpuSeconds(pid int) (float64, error) {
+	if _, err := procFields(pid); err != nil {
+		return 0, err
+	}
+	total := 0.0
+	for _, p := range processTree(pid) {
+		f, err := procFields(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// Fields after the name start at field 3 (state); utime is 14, stime 15.
+		utime, _ := strconv.ParseFloat(f[11], 64)
+		stime, _ := strconv.ParseFloat(f[12], 64)
+		total += (utime + stime) / clockTicks
+	}
+	return total, nil
+}
+
+// rssMiB is the resident memory of pid and its descendants (pages shared between
+// them counted once per process).
+func rssMiB(pid int) (float64, error) {
+	total, found := 0.0, false
+	for _, p := range processTree(pid) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				kb, err := strconv.ParseFloat(strings.Fields(line)[1], 64)
+				if err == nil {
+					total += kb / 1024
+					found = true
+				}
+			}
+		}
+	}
+	if !found {
+		return 0, errors.New("no VmRSS")
+	}
+	return total, nil
 }
 
 func quantile(sorted []float64, q float64) float64 {
