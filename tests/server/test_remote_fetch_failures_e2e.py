@@ -295,7 +295,9 @@ async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_runn
         variant.write_bytes(original + b"\x00" + bytes([len(payload)]) + payload)
         modules = mesh.running.modules
         await modules.stop_listening()
-        changed = json.loads(sme("bookinfo", "tag", "header-append", config={"value": "new"}))
+        # Only the image changes: a changed config would reach the old module at once
+        # (the old module serves the new config while the new image resolves).
+        changed = json.loads(sme("bookinfo", "tag", "header-append", config={"value": "old"}))
         changed["spec"]["image"] = f"file:{variant}"
         mesh.write("a.yaml", json.dumps(changed))
 
@@ -317,9 +319,11 @@ async def test_a_changed_image_the_proxy_cannot_fetch_leaves_the_old_module_runn
         for _ in range(10):
             assert await through(mesh, sidecar, ("tag",)) == ["old"]
 
+        new_sha = report.status.deployment.sha256
         await modules.listen_again()
         await mesh.until_running("tag")
-        assert await through(mesh, sidecar, ("tag",)) == ["new"]
+        assert mesh.report("tag").status.deployment.sha256 == new_sha
+        assert await through(mesh, sidecar, ("tag",)) == ["old"]
 
 
 async def test_a_fail_closed_network_module_the_proxy_cannot_fetch_closes_connections(
