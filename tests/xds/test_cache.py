@@ -42,6 +42,37 @@ def test_an_inconsistent_snapshot_is_refused_and_nothing_is_published() -> None:
     assert cache.get("n") is None
 
 
+def test_replicas_sharing_a_snapshot_check_its_consistency_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked: list[Snapshot] = []
+    original = Snapshot.consistency_errors
+
+    def counting(self: Snapshot) -> list[str]:
+        checked.append(self)
+        return original(self)
+
+    monkeypatch.setattr(Snapshot, "consistency_errors", counting)
+    cache = SnapshotCache()
+    shared = snapshot({LDS: {"a": "1"}})
+    for replica in range(100):
+        cache.set_snapshot(f"replica-{replica}", shared)
+    # An equal snapshot built again (another round, the same content) is not checked.
+    cache.set_snapshot("another", snapshot({LDS: {"a": "1"}}))
+    assert checked == [shared]
+    cache.set_snapshot("another", snapshot({LDS: {"a": "2"}}))
+    assert len(checked) == 2
+
+
+def test_an_inconsistent_snapshot_is_refused_every_time() -> None:
+    cache = SnapshotCache()
+    broken = Snapshot.build({LDS: [resources.listener("web", 8080, ["ext-missing"])]})
+    for node in ("a", "b"):
+        with pytest.raises(InconsistentSnapshotError, match="ext-missing"):
+            cache.set_snapshot(node, broken)
+    assert cache.node_ids() == []
+
+
 def test_consistency_checks_can_be_turned_off() -> None:
     cache = SnapshotCache(check_consistency=False)
     broken = Snapshot.build({LDS: [resources.listener("web", 8080, ["ext-missing"])]})

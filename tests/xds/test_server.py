@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -333,3 +334,25 @@ async def test_on_connect_may_refuse_a_stream_with_permission_denied() -> None:
         assert denied == 1.0
     finally:
         await server.stop(0)
+
+
+async def test_streams_coming_and_going_are_summed_up_in_one_info_line(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshext.xds.server")
+    for node_id in ("node-1", "node-2", "node-3"):
+        harness.recorder.snapshots[node_id] = snapshot({LDS: {"a": "1"}})
+    calls = []
+    for node_id in ("node-1", "node-2", "node-3"):
+        call = harness.stub.StreamAggregatedResources()
+        await call.write(sotw_request(LDS, node=node_id))
+        await read(call)
+        calls.append(call)
+    for call in calls:
+        call.cancel()
+    await harness.recorder.wait_for(lambda: len(harness.recorder.disconnected) == 3, "disconnects")
+    await harness.server.stop(0)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == [
+        "ADS streams: 3 named their node, 3 nodes disconnected in the last 10 s; 0 nodes connected"
+    ]

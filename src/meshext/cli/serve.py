@@ -7,7 +7,9 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -33,6 +35,24 @@ from meshext.identity.issuance import issue_for_proxy
 from meshext.identity.spiffe import DEFAULT_SERVICE_ACCOUNT
 from meshext.mesh.workload import ProxyKind
 from meshext.server.app import ServeOptions, default_cache_dir, serve_forever
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (libuv) when uvloop is installed, unless
+    ``MESHEXT_EVENT_LOOP=asyncio``; ``None`` (asyncio's own loop) otherwise.
+
+    grpc.aio runs on it (its completion queue is polled through the loop's readers),
+    and it costs less per callback, timer and socket event than asyncio's own loop:
+    benchmarks/xds_vs_go_control_plane measured about a tenth less server CPU to
+    connect 10,000 proxies and to push them a change."""
+    if os.environ.get("MESHEXT_EVENT_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 (optional: serve runs on asyncio's loop without it)
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 @click.command()
@@ -166,7 +186,8 @@ def serve(
         )
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            asyncio.run(serve_forever(options, kubeconfig))
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                runner.run(serve_forever(options, kubeconfig))
         except MeshextError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)

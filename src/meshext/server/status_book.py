@@ -71,10 +71,13 @@ class StatusBook:
         """Per extension, per proxy."""
         self._counts: dict[ResourceKey, dict[DeliveryState, int]] = {}
         self._last: dict[
-            str, tuple[dict[ResourceKey, tuple[str, str]], frozenset[ResourceKey]]
+            str, tuple[Mapping[ResourceKey, tuple[str, str]], frozenset[ResourceKey]]
         ] = {}
         """Per proxy, the last offer as given (replicas are offered the same again and
         again: an offer equal to the last one costs one comparison)."""
+        self._names_compared: tuple[object, object, bool] = (None, None, False)
+        """The last two offers compared by :meth:`_same_names` and the answer: replicas
+        of a workload move from one shared offer to the next together."""
 
     # --- events ------------------------------------------------------------------------
 
@@ -88,12 +91,14 @@ class StatusBook:
         """The proxy's snapshot now holds, per extension, ``(resource name, version)``
         (``messages`` by resource name); the extensions in ``left_out`` are kept out of
         it because the proxy rejected their version, which they keep in status.
-        Extensions the proxy had before and are not in ``versions`` are forgotten."""
-        excluded = frozenset(left_out)
+        Extensions the proxy had before and are not in ``versions`` are forgotten.
+        ``versions`` is kept as given (replicas share one): the caller must not change
+        it afterwards."""
+        excluded = frozenset(left_out) if left_out else _NOTHING
         messages = messages or {}
         last = self._last.get(node_id)
-        self._last[node_id] = (dict(versions), excluded)
-        if last is not None and last[1] == excluded and _same_names(last[0], versions):
+        self._last[node_id] = (versions, excluded)
+        if last is not None and last[1] == excluded and self._same_names(last[0], versions):
             # The usual change: the same extensions, some in a new version.
             self._new_versions(node_id, last[0], versions, excluded, messages)
             return
@@ -137,6 +142,18 @@ class StatusBook:
             offer = by_key[key]
             offer.version = version
             self._refresh(node_id, offer)
+
+    def _same_names(
+        self,
+        last: Mapping[ResourceKey, tuple[str, str]],
+        versions: Mapping[ResourceKey, tuple[str, str]],
+    ) -> bool:
+        before, after, same = self._names_compared
+        if before is last and after is versions:
+            return same
+        same = _same_names(last, versions)
+        self._names_compared = (last, versions, same)
+        return same
 
     def acked(self, node_id: str, names: Iterable[str], version: str) -> None:
         for name in names:
@@ -224,6 +241,9 @@ class StatusBook:
         counter[state] += delta
         if delta < 0 and not any(counter.values()):
             del self._counts[key]
+
+
+_NOTHING: frozenset[ResourceKey] = frozenset()
 
 
 def _same_names(

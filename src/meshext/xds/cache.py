@@ -18,6 +18,9 @@ from collections.abc import Callable
 
 from meshext.xds.snapshot import Snapshot
 
+_CONSISTENT_KEPT = 4096
+"""Consistent snapshots remembered (one per distinct configuration in use)."""
+
 
 class SnapshotCache:
     """Current snapshot per node id, with waiters for changes."""
@@ -25,6 +28,10 @@ class SnapshotCache:
     def __init__(self, *, check_consistency: bool = True) -> None:
         """``check_consistency``: refuse snapshots whose references are unsatisfied."""
         self._check = check_consistency
+        # Snapshots found consistent (by content: equal snapshots hold the same
+        # resources), so that replicas sharing one snapshot are checked once.
+        self._consistent: dict[Snapshot, None] = {}
+        self._last_consistent: Snapshot | None = None
         self._snapshots: dict[str, Snapshot] = {}
         self._waiters: dict[str, list[asyncio.Future[Snapshot]]] = {}
         self._watchers: dict[str, list[Callable[[], None]]] = {}
@@ -38,8 +45,8 @@ class SnapshotCache:
         current = self._snapshots.get(node_id)
         if current is not None and current == snapshot:
             return False
-        if self._check:
-            snapshot.check_consistency()
+        if self._check and snapshot is not self._last_consistent:
+            self._check_once(snapshot)
         self._snapshots[node_id] = snapshot
         waiters = self._waiters.pop(node_id, None)
         if waiters is not None:
@@ -51,6 +58,15 @@ class SnapshotCache:
             for notify in tuple(watchers):
                 notify()
         return True
+
+    def _check_once(self, snapshot: Snapshot) -> None:
+        consistent = self._consistent
+        if snapshot not in consistent:
+            snapshot.check_consistency()
+            if len(consistent) >= _CONSISTENT_KEPT:
+                consistent.clear()
+            consistent[snapshot] = None
+        self._last_consistent = snapshot
 
     def get(self, node_id: str) -> Snapshot | None:
         """The node's current snapshot, ``None`` if none was set (or it was cleared)."""

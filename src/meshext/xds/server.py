@@ -219,6 +219,45 @@ class _Metrics:
         return child
 
 
+class _Churn:
+    """Streams naming their node and nodes leaving, logged at INFO as one line per
+    :data:`_CHURN_PERIOD` at most (each stream is logged at DEBUG): a fleet of proxies
+    connecting costs no log line per proxy."""
+
+    __slots__ = ("connected", "disconnected", "timer")
+
+    def __init__(self) -> None:
+        self.connected = 0
+        self.disconnected = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, nodes: Mapping[str, int]) -> None:
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(_CHURN_PERIOD, self.report, nodes)
+
+    def flush(self, nodes: Mapping[str, int]) -> None:
+        """Report now what is waiting for the timer."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.report(nodes)
+
+    def report(self, nodes: Mapping[str, int]) -> None:
+        self.timer = None
+        _log.info(
+            "ADS streams: %d named their node, %d nodes disconnected in the last %.0f s; "
+            "%d nodes connected",
+            self.connected,
+            self.disconnected,
+            _CHURN_PERIOD,
+            len(nodes),
+        )
+        self.connected = self.disconnected = 0
+
+
+_CHURN_PERIOD: Final = 10.0
+"""Seconds between the INFO lines summing up streams connecting and nodes leaving."""
+
+
 @dataclass(slots=True, eq=False)
 class _Stream:
     stream_id: int
@@ -291,6 +330,7 @@ class AdsServer:
         self._node_streams: dict[str, int] = {}
         self._node_identities: dict[str, str] = {}
         self._ids = itertools.count(1)
+        self._churn = _Churn()
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
         """Listen on ``address`` (``host:port``, port 0 for any); returns the bound port."""
@@ -336,6 +376,7 @@ class AdsServer:
             if stream.task is not None and not stream.connecting:
                 stream.task.cancel()
         await server.stop(grace)
+        self._churn.flush(self._node_streams)
 
     def connections(self) -> list[ConnectionInfo]:
         """Open streams that have named their node, oldest first."""
@@ -479,13 +520,15 @@ class AdsServer:
         self._node_streams[node.id] = count + 1
         if count == 0:
             self._metrics.proxies.inc()
-        _log.info(
+        _log.debug(
             "stream %d from %s: node %r (%s)",
             stream.stream_id,
             stream.peer,
             node.id,
             stream.protocol,
         )
+        self._churn.connected += 1
+        self._churn.arm(self._node_streams)
         try:
             await self.events.on_connect(node)
         except StreamDenied:
@@ -539,7 +582,9 @@ class AdsServer:
         del self._node_streams[node_id]
         self._node_identities.pop(node_id, None)
         self._metrics.proxies.dec()
-        _log.info("node %r disconnected", node_id)
+        _log.debug("node %r disconnected", node_id)
+        self._churn.disconnected += 1
+        self._churn.arm(self._node_streams)
         try:
             self.events.on_disconnect(node_id)
         except Exception:
