@@ -75,9 +75,9 @@ class StatusBook:
         ] = {}
         """Per proxy, the last offer as given (replicas are offered the same again and
         again: an offer equal to the last one costs one comparison)."""
-        self._names_compared: tuple[object, object, bool] = (None, None, False)
-        """The last two offers compared by :meth:`_same_names` and the answer: replicas
-        of a workload move from one shared offer to the next together."""
+        self._compared: tuple[object, object, tuple[tuple[ResourceKey, str, str], ...] | None]
+        self._compared = (None, None, None)
+        """The last two offers compared by :meth:`_changes`, and its answer."""
 
     # --- events ------------------------------------------------------------------------
 
@@ -98,9 +98,18 @@ class StatusBook:
         messages = messages or {}
         last = self._last.get(node_id)
         self._last[node_id] = (versions, excluded)
-        if last is not None and last[1] == excluded and self._same_names(last[0], versions):
+        changes = None
+        if last is not None and last[1] == excluded:
+            changes = self._changes(last[0], versions)
+        if changes is not None:
             # The usual change: the same extensions, some in a new version.
-            self._new_versions(node_id, last[0], versions, excluded, messages)
+            by_name = self._by_name[node_id]
+            for key, name, version in changes:
+                if not excluded or key not in excluded:
+                    self.tracker.offered(node_id, name, version, messages.get(name))
+                changed = by_name[name]
+                changed.version = version
+                self._refresh(node_id, changed)
             return
         for key, (name, version) in versions.items():
             if key not in excluded:
@@ -123,37 +132,27 @@ class StatusBook:
             self._members.setdefault(key, {})[node_id] = offer
             self._count(key, offer.state, +1)
 
-    def _new_versions(
-        self,
-        node_id: str,
-        last: Mapping[ResourceKey, tuple[str, str]],
-        versions: Mapping[ResourceKey, tuple[str, str]],
-        excluded: frozenset[ResourceKey],
-        messages: Mapping[str, Any],
-    ) -> None:
-        """:meth:`offered` for the same extensions under the same resource names as the
-        last offer: only those whose version changed are visited, nothing is forgotten."""
-        by_key = self._by_key[node_id]
-        for key, (name, version) in versions.items():
-            if last[key][1] == version:
-                continue
-            if key not in excluded:
-                self.tracker.offered(node_id, name, version, messages.get(name))
-            offer = by_key[key]
-            offer.version = version
-            self._refresh(node_id, offer)
-
-    def _same_names(
+    def _changes(
         self,
         last: Mapping[ResourceKey, tuple[str, str]],
         versions: Mapping[ResourceKey, tuple[str, str]],
-    ) -> bool:
-        before, after, same = self._names_compared
+    ) -> tuple[tuple[ResourceKey, str, str], ...] | None:
+        """The extensions whose version differs between two offers naming the same
+        extensions under the same resource names, as ``(key, name, new version)``;
+        ``None`` when the names differ. The last answer is remembered: replicas of a
+        workload move from one shared offer to the next together."""
+        before, after, changes = self._compared
         if before is last and after is versions:
-            return same
-        same = _same_names(last, versions)
-        self._names_compared = (last, versions, same)
-        return same
+            return changes
+        changes = None
+        if _same_names(last, versions):
+            changes = tuple(
+                (key, name, version)
+                for key, (name, version) in versions.items()
+                if last[key][1] != version
+            )
+        self._compared = (last, versions, changes)
+        return changes
 
     def acked(self, node_id: str, names: Iterable[str], version: str) -> None:
         for name in names:
