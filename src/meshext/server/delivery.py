@@ -57,10 +57,18 @@ class DeliveryTracker:
     """Per proxy, the resources with a standing rejection (kept to answer ``rejects`` fast)."""
 
     def _entry(self, node_id: str, name: str) -> _Entry:
-        return self._entries.setdefault(node_id, {}).setdefault(name, _Entry())
+        # (get before creating: an ACK finds its entry, and builds nothing)
+        entries = self._entries.get(node_id)
+        if entries is None:
+            entries = self._entries[node_id] = {}
+        entry = entries.get(name)
+        if entry is None:
+            entry = entries[name] = _Entry()
+        return entry
 
     def _find(self, node_id: str, name: str) -> _Entry | None:
-        return self._entries.get(node_id, {}).get(name)
+        entries = self._entries.get(node_id)
+        return None if entries is None else entries.get(name)
 
     def rejects(self, node_id: str) -> bool:
         """Whether the proxy has rejected a version it has not accepted since."""

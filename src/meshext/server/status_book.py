@@ -212,7 +212,8 @@ class StatusBook:
     # --- internals ---------------------------------------------------------------------
 
     def _refresh_name(self, node_id: str, name: str) -> None:
-        offer = self._by_name.get(node_id, {}).get(name)
+        by_name = self._by_name.get(node_id)
+        offer = None if by_name is None else by_name.get(name)
         if offer is not None:
             self._refresh(node_id, offer)
 
