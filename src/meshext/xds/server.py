@@ -49,6 +49,7 @@ from typing import Any, Final, Literal, Protocol
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 
 from meshext.errors import MeshextError
 from meshext.xds.cache import SnapshotCache
@@ -158,20 +159,58 @@ class ConnectionInfo:
         return sum(status.responses_sent for status in self.types.values())
 
 
+class _Counts:
+    """A labelled Prometheus counter whose samples are plain integers, made into a
+    metric family only when the registry is collected.
+
+    Hand-written instead of ``prometheus_client.Counter`` because every response and
+    every ACK counts once: a ``Counter`` child's increment (a lock, checks) cost as
+    much as the rest of the server's handling of an ACK. Counts are kept under raw
+    keys (the full type URL); ``label`` turns a key into label values at collection.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        label: Callable[[tuple[str, ...]], tuple[str, ...]],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.label = label
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        summed: dict[tuple[str, ...], int] = {}
+        for key, value in dict(self.values).items():
+            labels = self.label(key)
+            summed[labels] = summed.get(labels, 0) + value
+        for labels, value in sorted(summed.items()):
+            family.add_metric(labels, value)
+        return [family]
+
+
+def _type_label(key: tuple[str, ...]) -> tuple[str, ...]:
+    return (_short(key[0]), *key[1:])
+
+
 class _Metrics:
-    """The server's Prometheus metrics, with label children looked up once."""
+    """The server's Prometheus metrics; the per-event counters are plain integers."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.responses = Counter(
-            "meshext_xds_responses",
-            "xDS responses sent",
-            ["type", "protocol"],
-            registry=registry,
+        self.responses = _Counts(
+            "meshext_xds_responses", "xDS responses sent", ["type", "protocol"], _type_label
         )
-        self.acks = Counter("meshext_xds_acks", "xDS responses ACKed", ["type"], registry=registry)
-        self.nacks = Counter(
-            "meshext_xds_nacks", "xDS responses NACKed", ["type"], registry=registry
-        )
+        self.acks = _Counts("meshext_xds_acks", "xDS responses ACKed", ["type"], _type_label)
+        self.nacks = _Counts("meshext_xds_nacks", "xDS responses NACKed", ["type"], _type_label)
+        for counts in (self.responses, self.acks, self.nacks):
+            registry.register(counts)
         self.streams = Gauge(
             "meshext_xds_streams", "Open ADS streams", ["protocol"], registry=registry
         )
@@ -186,7 +225,7 @@ class _Metrics:
             ["reason"],
             registry=registry,
         )
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._gauges: dict[str, Any] = {}
 
     def opened(self, protocol: str) -> None:
         self._gauge_child(protocol).inc()
@@ -195,28 +234,25 @@ class _Metrics:
         self._gauge_child(protocol).dec()
 
     def _gauge_child(self, protocol: str) -> Any:
-        key = ("streams", protocol)
-        child = self._children.get(key)
+        child = self._gauges.get(protocol)
         if child is None:
-            child = self._children[key] = self.streams.labels(protocol)
+            child = self._gauges[protocol] = self.streams.labels(protocol)
         return child
 
     def sent(self, type_url: str, protocol: str) -> None:
-        self._child("responses", type_url, protocol).inc()
+        values = self.responses.values
+        key = (type_url, protocol)
+        values[key] = values.get(key, 0) + 1
 
     def acked(self, type_url: str) -> None:
-        self._child("acks", type_url).inc()
+        values = self.acks.values
+        key = (type_url,)
+        values[key] = values.get(key, 0) + 1
 
     def nacked(self, type_url: str) -> None:
-        self._child("nacks", type_url).inc()
-
-    def _child(self, counter: str, type_url: str, *labels: str) -> Any:
-        key = (counter, type_url, *labels)
-        child = self._children.get(key)
-        if child is None:
-            metric: Counter = getattr(self, counter)
-            child = self._children[key] = metric.labels(_short(type_url), *labels)
-        return child
+        values = self.nacks.values
+        key = (type_url,)
+        values[key] = values.get(key, 0) + 1
 
 
 class _Churn:
