@@ -182,7 +182,9 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
     """The proxy with id ``node_id`` whose node metadata, as plain JSON values, is ``metadata``."""
     if not node_id:
         raise NodeMetadataError("", None, "the node id is empty; every proxy needs a unique id")
-    read = _MetadataReader(node_id, dict(metadata))
+    # Not copied: the metadata of a node is shared by the replicas of its workload
+    # (see meshext.xds.types.Node) and never changed.
+    read = _MetadataReader(node_id, metadata)
     workload = Workload(
         namespace=read.namespace(),
         labels=read.labels(),
@@ -224,7 +226,7 @@ E = TypeVar("E", bound=StrEnum)
 
 
 class _MetadataReader:
-    def __init__(self, node_id: str, metadata: dict[str, Any]) -> None:
+    def __init__(self, node_id: str, metadata: Mapping[str, Any]) -> None:
         self.node_id = node_id
         self.metadata = metadata
 
