@@ -31,11 +31,13 @@ bootstrap, so the two stay in step.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from google.protobuf import json_format
@@ -178,8 +180,30 @@ def proxy_from_node(node: Any) -> ProxyInfo:
     return proxy_from_metadata(str(node.id), json_format.MessageToDict(node.metadata))
 
 
+_PARSED_KEPT: Final = 4096
+_parsed: dict[int, tuple[Mapping[str, Any], ProxyInfo]] = {}
+"""Read-only metadata (by identity, kept alive here) -> the proxy it describes."""
+
+
 def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
-    """The proxy with id ``node_id`` whose node metadata, as plain JSON values, is ``metadata``."""
+    """The proxy with id ``node_id`` whose node metadata, as plain JSON values, is ``metadata``.
+
+    The replicas of a workload send the same metadata, which :class:`meshext.xds.types.Node`
+    hands over as one read-only mapping: for such a mapping the proxy read last time
+    is reused under the new node id, sharing its workload, labels and addresses.
+    """
+    known = _parsed.get(id(metadata))
+    if known is not None and known[0] is metadata and node_id:
+        return dataclasses.replace(known[1], node_id=node_id)
+    proxy = _read_proxy(node_id, metadata)
+    if isinstance(metadata, MappingProxyType):
+        if len(_parsed) >= _PARSED_KEPT:
+            del _parsed[next(iter(_parsed))]
+        _parsed[id(metadata)] = (metadata, proxy)
+    return proxy
+
+
+def _read_proxy(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
     if not node_id:
         raise NodeMetadataError("", None, "the node id is empty; every proxy needs a unique id")
     # Not copied: the metadata of a node is shared by the replicas of its workload

@@ -57,6 +57,9 @@ class DeliveryCounts:
         return ", ".join(parts)
 
 
+_NONE_LEFT_OUT: frozenset[ResourceKey] = frozenset()
+
+
 class StatusBook:
     """Delivery of every extension to every proxy, counted as events arrive."""
 
@@ -71,7 +74,7 @@ class StatusBook:
         """Per extension, per proxy."""
         self._counts: dict[ResourceKey, dict[DeliveryState, int]] = {}
         self._last: dict[
-            str, tuple[dict[ResourceKey, tuple[str, str]], frozenset[ResourceKey]]
+            str, tuple[Mapping[ResourceKey, tuple[str, str]], frozenset[ResourceKey]]
         ] = {}
         """Per proxy, the last offer as given (replicas are offered the same again and
         again: an offer equal to the last one costs one comparison)."""
@@ -88,11 +91,15 @@ class StatusBook:
         """The proxy's snapshot now holds, per extension, ``(resource name, version)``
         (``messages`` by resource name); the extensions in ``left_out`` are kept out of
         it because the proxy rejected their version, which they keep in status.
-        Extensions the proxy had before and are not in ``versions`` are forgotten."""
-        excluded = frozenset(left_out)
+        Extensions the proxy had before and are not in ``versions`` are forgotten.
+        ``versions`` is kept, not copied: it must not change afterwards."""
+        # Kept as given, not copied: the replicas of a workload are offered one mapping
+        # (the control plane never changes it once offered), so a copy per proxy would
+        # be the only one.
+        excluded = frozenset(left_out) or _NONE_LEFT_OUT
         messages = messages or {}
         last = self._last.get(node_id)
-        self._last[node_id] = (dict(versions), excluded)
+        self._last[node_id] = (versions, excluded)
         if last is not None and last[1] == excluded and _same_names(last[0], versions):
             # The usual change: the same extensions, some in a new version.
             self._new_versions(node_id, last[0], versions, excluded, messages)
