@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -180,9 +181,9 @@ def proxy_from_node(node: Any) -> ProxyInfo:
     return proxy_from_metadata(str(node.id), json_format.MessageToDict(node.metadata))
 
 
-_PARSED_KEPT: Final = 4096
-_parsed: dict[int, tuple[Mapping[str, Any], ProxyInfo]] = {}
-"""Read-only metadata (by identity, kept alive here) -> the proxy it describes."""
+_parsed: weakref.WeakValueDictionary[int, ProxyInfo] = weakref.WeakValueDictionary()
+"""Read-only metadata, by identity -> the first proxy read from it, while that proxy
+lives (it holds the metadata, so the identity is not reused meanwhile)."""
 
 
 def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
@@ -193,13 +194,11 @@ def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
     is reused under the new node id, sharing its workload, labels and addresses.
     """
     known = _parsed.get(id(metadata))
-    if known is not None and known[0] is metadata and node_id:
-        return dataclasses.replace(known[1], node_id=node_id)
+    if known is not None and known.metadata is metadata and node_id:
+        return dataclasses.replace(known, node_id=node_id)
     proxy = _read_proxy(node_id, metadata)
     if isinstance(metadata, MappingProxyType):
-        if len(_parsed) >= _PARSED_KEPT:
-            del _parsed[next(iter(_parsed))]
-        _parsed[id(metadata)] = (metadata, proxy)
+        _parsed[id(metadata)] = proxy
     return proxy
 
 

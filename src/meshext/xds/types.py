@@ -138,7 +138,7 @@ class Node:
 
 _NO_LOCALITY: Final[Mapping[str, str]] = MappingProxyType({})
 
-_METADATA_KEPT: Final = 4096
+_METADATA_KEPT: Final = 1024
 _metadata_seen: dict[bytes, Mapping[str, object]] = {}
 
 
@@ -149,7 +149,8 @@ def _shared_metadata(struct: Any) -> Mapping[str, object]:
     The replicas of a workload send identical metadata (namespace, labels, workload
     name, ports); sharing one converted copy instead of one per stream saves about
     1 KiB per connected proxy, and the lookup by the serialized Struct is cheaper than
-    the conversion. The most recent :data:`_METADATA_KEPT` distinct values are kept.
+    the conversion. The most recent :data:`_METADATA_KEPT` distinct values are kept
+    (a few MiB at most when every proxy sends metadata of its own).
     """
     key = struct.SerializeToString(deterministic=True)
     known = _metadata_seen.get(key)
