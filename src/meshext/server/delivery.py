@@ -31,9 +31,7 @@ _OFFERS_KEPT = 4
 
 @dataclass(slots=True)
 class _Entry:
-    offers: tuple[tuple[str, Any], ...] = ()
-    """(version, message) offered, oldest first: a tuple is a third of a small dict's
-    size, and there is one entry per proxy and extension."""
+    offers: dict[str, Any] = field(default_factory=dict)
     acked_version: str | None = None
     acked_message: Any = None
     rejected_version: str | None = None
@@ -70,17 +68,16 @@ class DeliveryTracker:
 
     def offered(self, node_id: str, name: str, version: str, message: Any) -> None:
         """The proxy's snapshot now holds ``version`` (``message``) of resource ``name``."""
-        entry = self._entry(node_id, name)
-        kept = tuple(offer for offer in entry.offers if offer[0] != version)
-        entry.offers = (*kept[-(_OFFERS_KEPT - 1) :], (version, message))
+        offers = self._entry(node_id, name).offers
+        offers.pop(version, None)
+        offers[version] = message
+        while len(offers) > _OFFERS_KEPT:
+            del offers[next(iter(offers))]
 
     def acked(self, node_id: str, name: str, version: str) -> None:
         entry = self._entry(node_id, name)
         entry.acked_version = version
-        entry.acked_message = next(
-            (message for offered, message in entry.offers if offered == version),
-            entry.acked_message,
-        )
+        entry.acked_message = entry.offers.get(version, entry.acked_message)
         if entry.rejected_version == version:
             entry.rejected_version = None
             entry.rejection = ""
