@@ -366,7 +366,8 @@ class AdsServer:
                 except ProtocolError as exc:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                     return
-                # Not kept while waiting for the next one (about 1 KiB per stream).
+                # Not kept while waiting for the next one (the first carries the whole
+                # node, which the machine keeps converted).
                 request = None
                 if stream.node_id is None and machine.node is not None:
                     denied = self._authorize(stream, machine.node, context)
