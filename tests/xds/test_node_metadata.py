@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshext.envoy.node import proxy_from_metadata
 from meshext.xds.types import Node, struct_to_python
 
 json_leaves = (
@@ -60,3 +61,39 @@ def test_a_sidecars_node_keeps_its_metadata() -> None:
         "LABELS": {"app": "web"},
         "PORTS": [9080.0],
     }
+
+
+def _sidecar(node_id: str, app: str) -> Any:
+    node = base_pb2.Node(id=node_id, cluster="productpage.bookinfo")
+    node.metadata.update(
+        {
+            "NAMESPACE": "bookinfo",
+            "LABELS": {"app": app},
+            "WORKLOAD_NAME": app,
+            "INBOUND_PORT": "15006",
+            "APP_ADDRESS": "127.0.0.1:9080",
+        }
+    )
+    return node
+
+
+def test_replicas_sending_the_same_metadata_share_one_read_only_copy() -> None:
+    first = Node.from_proto(_sidecar("productpage-1", "productpage"))
+    second = Node.from_proto(_sidecar("productpage-2", "productpage"))
+    other = Node.from_proto(_sidecar("reviews-1", "reviews"))
+    assert first.metadata is second.metadata
+    assert first.metadata == second.metadata
+    assert other.metadata["LABELS"] == {"app": "reviews"}
+    with pytest.raises(TypeError):
+        first.metadata["NAMESPACE"] = "elsewhere"  # type: ignore[index]
+
+
+def test_replicas_are_separate_proxies_sharing_their_workload() -> None:
+    first = Node.from_proto(_sidecar("productpage-1", "productpage"))
+    second = Node.from_proto(_sidecar("productpage-2", "productpage"))
+    one = proxy_from_metadata(first.id, first.metadata)
+    two = proxy_from_metadata(second.id, second.metadata)
+    assert (one.node_id, two.node_id) == ("productpage-1", "productpage-2")
+    assert one.workload is two.workload
+    assert two.workload.labels == {"app": "productpage"}
+    assert two.app == one.app

@@ -31,11 +31,14 @@ bootstrap, so the two stay in step.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from google.protobuf import json_format
@@ -178,11 +181,33 @@ def proxy_from_node(node: Any) -> ProxyInfo:
     return proxy_from_metadata(str(node.id), json_format.MessageToDict(node.metadata))
 
 
+_parsed: weakref.WeakValueDictionary[int, ProxyInfo] = weakref.WeakValueDictionary()
+"""Read-only metadata, by identity -> the first proxy read from it, while that proxy
+lives (it holds the metadata, so the identity is not reused meanwhile)."""
+
+
 def proxy_from_metadata(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
-    """The proxy with id ``node_id`` whose node metadata, as plain JSON values, is ``metadata``."""
+    """The proxy with id ``node_id`` whose node metadata, as plain JSON values, is ``metadata``.
+
+    The replicas of a workload send the same metadata, which :class:`meshext.xds.types.Node`
+    hands over as one read-only mapping: for such a mapping the proxy read last time
+    is reused under the new node id, sharing its workload, labels and addresses.
+    """
+    known = _parsed.get(id(metadata))
+    if known is not None and known.metadata is metadata and node_id:
+        return dataclasses.replace(known, node_id=node_id)
+    proxy = _read_proxy(node_id, metadata)
+    if isinstance(metadata, MappingProxyType):
+        _parsed[id(metadata)] = proxy
+    return proxy
+
+
+def _read_proxy(node_id: str, metadata: Mapping[str, Any]) -> ProxyInfo:
     if not node_id:
         raise NodeMetadataError("", None, "the node id is empty; every proxy needs a unique id")
-    read = _MetadataReader(node_id, dict(metadata))
+    # Not copied: the metadata of a node is shared by the replicas of its workload
+    # (see meshext.xds.types.Node) and never changed.
+    read = _MetadataReader(node_id, metadata)
     workload = Workload(
         namespace=read.namespace(),
         labels=read.labels(),
@@ -224,7 +249,7 @@ E = TypeVar("E", bound=StrEnum)
 
 
 class _MetadataReader:
-    def __init__(self, node_id: str, metadata: dict[str, Any]) -> None:
+    def __init__(self, node_id: str, metadata: Mapping[str, Any]) -> None:
         self.node_id = node_id
         self.metadata = metadata
 

@@ -88,7 +88,7 @@ class ResolveSchedule:
     """How often ``Always`` images (and ``latest`` without a policy) are re-checked."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ProxyRecord:
     """What meshext knows of one connected proxy."""
 

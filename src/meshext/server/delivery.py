@@ -29,7 +29,7 @@ class DeliveryState(StrEnum):
 _OFFERS_KEPT = 4
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     offers: dict[str, Any] = field(default_factory=dict)
     acked_version: str | None = None

@@ -23,7 +23,7 @@ from meshext.api.meta import ResourceKey
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
 
 
-@dataclass
+@dataclass(slots=True)
 class _Offer:
     """One extension on one proxy: its ECDS resource, the version offered, its state."""
 

@@ -40,6 +40,7 @@ that back, which tells the new stream exactly what the client has.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -387,7 +388,8 @@ class SotwStream(_Stream):
         names.discard(types.WILDCARD)
         if names != state.names or wildcard != state.wildcard or first:
             # (An ACK usually repeats the subscription: nothing to prune then.)
-            state.names = names
+            # Names are interned: every stream subscribed to a resource shares one.
+            state.names = set(map(sys.intern, names))
             state.wildcard = wildcard
             state.prune()
         if stale:
@@ -475,7 +477,7 @@ class DeltaStream(_Stream):
             names = set(subscribe)
             state.wildcard = types.WILDCARD in names or (state.complete and not names)
             names.discard(types.WILDCARD)
-            state.names = names
+            state.names = set(map(sys.intern, names))
             initial = request.initial_resource_versions
             state.view = {name: initial[name] for name in initial if state.interested(name)}
             state.initial_empty = state.complete and not initial

@@ -20,6 +20,7 @@ clusters before the endpoints and listeners that use them, extension configs bef
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -128,11 +129,37 @@ class Node:
         }
         return cls(
             id=node.id,
-            cluster=node.cluster,
-            metadata=MappingProxyType(struct_to_python(node.metadata)),
-            user_agent=agent,
-            locality=MappingProxyType(locality),
+            cluster=sys.intern(node.cluster),
+            metadata=_shared_metadata(node.metadata),
+            user_agent=sys.intern(agent),
+            locality=MappingProxyType(locality) if locality else _NO_LOCALITY,
         )
+
+
+_NO_LOCALITY: Final[Mapping[str, str]] = MappingProxyType({})
+
+_METADATA_KEPT: Final = 1024
+_metadata_seen: dict[bytes, Mapping[str, object]] = {}
+
+
+def _shared_metadata(struct: Any) -> Mapping[str, object]:
+    """The metadata ``struct`` as plain values, one read-only object for every node that
+    sent the same bytes.
+
+    The replicas of a workload send identical metadata (namespace, labels, workload
+    name, ports); sharing one converted copy instead of one per stream saves about
+    1 KiB per connected proxy, and the lookup by the serialized Struct is cheaper than
+    the conversion. The most recent :data:`_METADATA_KEPT` distinct values are kept
+    (a few MiB at most when every proxy sends metadata of its own).
+    """
+    key = struct.SerializeToString(deterministic=True)
+    known = _metadata_seen.get(key)
+    if known is None:
+        known = MappingProxyType(struct_to_python(struct))
+        if len(_metadata_seen) >= _METADATA_KEPT:
+            del _metadata_seen[next(iter(_metadata_seen))]
+        _metadata_seen[key] = known
+    return known
 
 
 def struct_to_python(struct: Any) -> dict[str, object]:
