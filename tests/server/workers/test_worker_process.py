@@ -91,7 +91,7 @@ async def test_a_node_is_answered_after_its_verdict_with_the_snapshot_shipped_to
         await call.write(
             sotw_request(types.CLUSTER, version=response.version_info, nonce=response.nonce)
         )
-        node_id, type_url, _version, _names = (await worker.next(Kind.ACK)).header
+        ((type_url, _version, _names, (node_id,)),) = (await worker.next(Kind.ACK)).header
         assert (node_id, type_url) == ("node-1", types.CLUSTER)
         call.cancel()
         assert (await worker.next(Kind.DISCONNECT)).header == ["node-1"]

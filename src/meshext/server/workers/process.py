@@ -22,6 +22,7 @@ import gc
 import itertools
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -50,6 +51,10 @@ from meshext.xds.server import AdsServer, StreamDenied, StreamSecurity
 from meshext.xds.types import Node
 
 log = logging.getLogger(__name__)
+
+PROFILE_ENV = "MESHEXT_XDS_WORKER_PROFILE"
+"""When set in the environment, each worker runs under cProfile and writes its profile
+to ``<value>.worker<index>.<pid>`` when it stops (read it with ``pstats``)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,17 @@ def main(argv: Sequence[str]) -> None:
     )
     # Interrupts go to the main process, which stops the workers by closing the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_Worker(settings).run(channel))
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        asyncio.run(_Worker(settings).run(channel))
+        return
+    import cProfile  # noqa: PLC0415 (only when profiling)
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(asyncio.run, _Worker(settings).run(channel))
+    finally:
+        profiler.dump_stats(f"{profile}.worker{settings.index}.{os.getpid()}")
 
 
 def _path(path: Path | None) -> str | None:
@@ -179,6 +194,8 @@ class _Worker:
         self.verdicts: dict[int, asyncio.Future[tuple[bool, str]]] = {}
         self.requests = itertools.count(1)
         self.writer: BatchedWriter | None = None
+        self.acks: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+        """ACKs not yet sent, by what they acknowledge: one frame per loop turn."""
 
     async def run(self, channel: socket.socket) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=channel)
@@ -202,7 +219,18 @@ class _Worker:
 
     def send(self, data: bytes) -> None:
         assert self.writer is not None
+        self._send_acks()  # frames keep their order
         self.writer.send(data)
+
+    def _send_acks(self) -> None:
+        if self.acks:
+            assert self.writer is not None
+            acks, self.acks = self.acks, {}
+            header = [
+                [type_url, version, list(names), node_ids]
+                for (type_url, version, names), node_ids in acks.items()
+            ]
+            self.writer.send(encode(Kind.ACK, header))
 
     def take(self, frame: Frame) -> None:
         if frame.kind is Kind.VERDICT:
@@ -225,8 +253,12 @@ class _Worker:
                     self.security.claims[str(node_id)] = str(identity)
         else:
             assigned = self.table.apply(frame)
-            if assigned is not None and assigned[0] in self.present:
-                self.cache.set_snapshot(*assigned)
+            if assigned is not None:
+                node_ids, snapshot = assigned
+                present, set_snapshot = self.present, self.cache.set_snapshot
+                for node_id in node_ids:
+                    if node_id in present:
+                        set_snapshot(node_id, snapshot)
 
     async def report(self) -> None:
         """Send metrics to the main process when they changed."""
@@ -258,7 +290,15 @@ class _Worker:
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
     ) -> None:
-        self.send(encode(Kind.ACK, [node_id, type_url, version, list(resource_names)]))
+        key = (type_url, version, tuple(resource_names))
+        acks = self.acks
+        if not acks:
+            asyncio.get_running_loop().call_soon(self._send_acks)
+        node_ids = acks.get(key)
+        if node_ids is None:
+            acks[key] = [node_id]
+        else:
+            node_ids.append(node_id)
 
     def on_nack(
         self,

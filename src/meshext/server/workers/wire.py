@@ -43,7 +43,7 @@ class Kind(enum.IntEnum):
     DEFINE_SNAPSHOT = 2
     """header ``[ref, [[type_url, [resource ref, ...]], ...]]``"""
     ASSIGN = 3
-    """header ``[node_id, snapshot ref]``"""
+    """header ``[snapshot ref, [node_id, ...]]``"""
     RELEASE = 4
     """header ``[[snapshot ref, ...], [resource ref, ...]]``"""
     CLAIM = 5
@@ -58,7 +58,8 @@ class Kind(enum.IntEnum):
     CONNECT = 21
     """header ``[request id, node, identity]``"""
     ACK = 22
-    """header ``[node_id, type_url, version, [name, ...]]``"""
+    """header ``[[type_url, version, [name, ...], [node_id, ...]], ...]``: the ACKs of
+    one turn of the worker's event loop, grouped by what was acknowledged"""
     NACK = 23
     """header ``[node_id, type_url, version, [name, ...], error detail]``"""
     DISCONNECT = 24
