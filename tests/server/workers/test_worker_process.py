@@ -78,11 +78,11 @@ async def test_a_node_is_answered_after_its_verdict_with_the_snapshot_shipped_to
     async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(sotw_request(types.CLUSTER))
-        request, node, identity = (await worker.next(Kind.CONNECT)).header
+        ((request, node, identity),) = (await worker.next(Kind.CONNECT)).header
         assert (node["id"], identity) == ("node-1", "")
         worker.send(
             *Shipment().assign("node-1", clusters("a", "b")),
-            encode(Kind.VERDICT, [request, True, ""]),
+            encode(Kind.VERDICT, [[request, True, ""]]),
         )
         response: discovery_pb2.DiscoveryResponse = await asyncio.wait_for(
             call.read(), WAIT_SECONDS
@@ -101,8 +101,8 @@ async def test_a_stream_the_main_process_refuses_gets_permission_denied(worker: 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(sotw_request(types.CLUSTER))
-        request = (await worker.next(Kind.CONNECT)).header[0]
-        worker.send(encode(Kind.VERDICT, [request, False, "held by someone else"]))
+        request = (await worker.next(Kind.CONNECT)).header[0][0]
+        worker.send(encode(Kind.VERDICT, [[request, False, "held by someone else"]]))
         assert (
             await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.PERMISSION_DENIED
         )
@@ -113,9 +113,9 @@ async def test_the_open_streams_are_reported_when_asked(worker: Worker) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(sotw_request(types.CLUSTER))
-        request = (await worker.next(Kind.CONNECT)).header[0]
+        request = (await worker.next(Kind.CONNECT)).header[0][0]
         worker.send(*Shipment().assign("node-1", clusters("a")))
-        worker.send(encode(Kind.VERDICT, [request, True, ""]))
+        worker.send(encode(Kind.VERDICT, [[request, True, ""]]))
         await asyncio.wait_for(call.read(), WAIT_SECONDS)
         worker.send(encode(Kind.QUERY, [5]))
         answer, connections = (await worker.next(Kind.CONNECTIONS)).header

@@ -196,6 +196,8 @@ class _Worker:
         self.writer: BatchedWriter | None = None
         self.acks: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
         """ACKs not yet sent, by what they acknowledge: one frame per loop turn."""
+        self.connects: list[list[Any]] = []
+        """``CONNECT`` requests not yet sent: one frame per loop turn."""
 
     async def run(self, channel: socket.socket) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=channel)
@@ -219,12 +221,19 @@ class _Worker:
 
     def send(self, data: bytes) -> None:
         assert self.writer is not None
-        self._send_acks()  # frames keep their order
+        self._send_pending()  # frames keep their order
         self.writer.send(data)
 
-    def _send_acks(self) -> None:
+    def _schedule(self) -> None:
+        if not self.acks and not self.connects:
+            asyncio.get_running_loop().call_soon(self._send_pending)
+
+    def _send_pending(self) -> None:
+        assert self.writer is not None
+        if self.connects:
+            connects, self.connects = self.connects, []
+            self.writer.send(encode(Kind.CONNECT, connects))
         if self.acks:
-            assert self.writer is not None
             acks, self.acks = self.acks, {}
             header = [
                 [type_url, version, list(names), node_ids]
@@ -234,10 +243,10 @@ class _Worker:
 
     def take(self, frame: Frame) -> None:
         if frame.kind is Kind.VERDICT:
-            request, accepted, reason = frame.header
-            verdict = self.verdicts.pop(int(request), None)
-            if verdict is not None and not verdict.done():
-                verdict.set_result((bool(accepted), str(reason)))
+            for request, accepted, reason in frame.header:
+                verdict = self.verdicts.pop(int(request), None)
+                if verdict is not None and not verdict.done():
+                    verdict.set_result((bool(accepted), str(reason)))
         elif frame.kind is Kind.QUERY:
             (request,) = frame.header
             connections = [
@@ -278,7 +287,8 @@ class _Worker:
         request = next(self.requests)
         verdict: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
         self.verdicts[request] = verdict
-        self.send(encode(Kind.CONNECT, [request, node_to_json(node), identity]))
+        self._schedule()
+        self.connects.append([request, node_to_json(node), identity])
         try:
             accepted, reason = await verdict
         finally:
@@ -291,9 +301,8 @@ class _Worker:
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
     ) -> None:
         key = (type_url, version, tuple(resource_names))
+        self._schedule()
         acks = self.acks
-        if not acks:
-            asyncio.get_running_loop().call_soon(self._send_acks)
         node_ids = acks.get(key)
         if node_ids is None:
             acks[key] = [node_id]

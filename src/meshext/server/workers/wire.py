@@ -49,14 +49,15 @@ class Kind(enum.IntEnum):
     CLAIM = 5
     """header ``[node_id, identity or null]``: who holds a node id, for every worker"""
     VERDICT = 6
-    """header ``[request id, accepted, reason]``: answer to a ``CONNECT``"""
+    """header ``[[request id, accepted, reason], ...]``: answers to ``CONNECT`` requests"""
     QUERY = 7
     """header ``[request id]``: asks for the worker's open streams"""
 
     READY = 20
     """header ``[port]``"""
     CONNECT = 21
-    """header ``[request id, node, identity]``"""
+    """header ``[[request id, node, identity], ...]``: the streams that named their node
+    in one turn of the worker's event loop"""
     ACK = 22
     """header ``[[type_url, version, [name, ...], [node_id, ...]], ...]``: the ACKs of
     one turn of the worker's event loop, grouped by what was acknowledged"""
