@@ -196,6 +196,9 @@ class _Worker:
         self.writer: BatchedWriter | None = None
         self.acks: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
         """ACKs not yet sent, by what they acknowledge: one frame per loop turn."""
+        self.acking: set[str] = set()
+        """Node ids in ``acks``: a node's second ACK goes in the next frame, so the main
+        process sees each node's ACKs in order."""
         self.connects: list[list[Any]] = []
         """``CONNECT`` requests not yet sent: one frame per loop turn."""
 
@@ -235,6 +238,7 @@ class _Worker:
             self.writer.send(encode(Kind.CONNECT, connects))
         if self.acks:
             acks, self.acks = self.acks, {}
+            self.acking.clear()
             header = [
                 [type_url, version, list(names), node_ids]
                 for (type_url, version, names), node_ids in acks.items()
@@ -301,7 +305,10 @@ class _Worker:
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
     ) -> None:
         key = (type_url, version, tuple(resource_names))
+        if node_id in self.acking:
+            self._send_pending()
         self._schedule()
+        self.acking.add(node_id)
         acks = self.acks
         node_ids = acks.get(key)
         if node_ids is None:
