@@ -407,6 +407,8 @@ def run_meshext(
         argv += ["--xds-workers", str(xds_workers)]
     if profile is not None:
         argv = [str(PYTHON), str(HERE / "profiled.py"), str(profile.resolve()), *argv[1:]]
+        # Worker processes (--xds-workers) write theirs next to it: FILE.worker<i>.<pid>.
+        os.environ["MESHEXT_XDS_WORKER_PROFILE"] = str(profile.resolve())
     with started(argv, work / "meshext.log") as server:
         count = len(scenario.extensions) + 1
         wait_for(

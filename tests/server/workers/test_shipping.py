@@ -59,7 +59,8 @@ def replay(table: SnapshotTable, data: list[bytes]) -> dict[str, Snapshot]:
     for frame in frames_of(data):
         result = table.apply(frame)
         if result is not None:
-            assigned[result[0]] = result[1]
+            for node_id in result[0]:
+                assigned[node_id] = result[1]
     return assigned
 
 
@@ -138,7 +139,7 @@ def test_a_node_forgotten_and_assigned_again_gets_everything_again() -> None:
 
 def test_an_assignment_of_an_unknown_snapshot_is_an_error() -> None:
     with pytest.raises(WireError, match="ASSIGN"):
-        SnapshotTable().apply(Frame(Kind.ASSIGN, ["n1", 7]))
+        SnapshotTable().apply(Frame(Kind.ASSIGN, [7, ["n1"]]))
 
 
 def test_nodes_and_connections_keep_every_field_across_the_wire() -> None:
@@ -211,3 +212,16 @@ def test_an_exited_worker_releases_all_its_nodes() -> None:
     assert released["a"].last
     assert not released["b"].last
     assert claims.node_ids() == ["b"]
+
+
+def test_one_frame_assigns_a_snapshot_to_every_node_that_gets_it() -> None:
+    shipment, table = Shipment(), SnapshotTable()
+    replay(table, shipment.assign_many([("n1", snapshot(a="1")), ("n2", snapshot(a="1"))]))
+    changed = shipment.assign_many(
+        [("n1", snapshot(a="2")), ("n2", snapshot(a="2")), ("n3", snapshot(a="2"))]
+    )
+    assert kinds(changed).count(Kind.ASSIGN) == 1
+    assert kinds(changed)[-1] is Kind.RELEASE  # the old snapshot, once nobody uses it
+    assigned = replay(table, changed)
+    assert assigned == {node: snapshot(a="2") for node in ("n1", "n2", "n3")}
+    assert (table.snapshot_count, table.resource_count) == (1, 2)

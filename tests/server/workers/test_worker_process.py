@@ -7,16 +7,17 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from meshext.server.workers.channel import read_frame
-from meshext.server.workers.process import WorkerSettings, command
+from meshext.server.workers.channel import BatchedWriter, read_frame
+from meshext.server.workers.process import WorkerSettings, _Worker, command
 from meshext.server.workers.shipping import Shipment
-from meshext.server.workers.wire import Frame, Kind, encode
+from meshext.server.workers.wire import Frame, FrameBuffer, Kind, encode
 from meshext.xds import types
 from meshext.xds.snapshot import Snapshot
 from tests.xds.builders import sotw_request
@@ -78,11 +79,11 @@ async def test_a_node_is_answered_after_its_verdict_with_the_snapshot_shipped_to
     async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(sotw_request(types.CLUSTER))
-        request, node, identity = (await worker.next(Kind.CONNECT)).header
+        ((request, node, identity),) = (await worker.next(Kind.CONNECT)).header
         assert (node["id"], identity) == ("node-1", "")
         worker.send(
             *Shipment().assign("node-1", clusters("a", "b")),
-            encode(Kind.VERDICT, [request, True, ""]),
+            encode(Kind.VERDICT, [[request, True, ""]]),
         )
         response: discovery_pb2.DiscoveryResponse = await asyncio.wait_for(
             call.read(), WAIT_SECONDS
@@ -91,7 +92,7 @@ async def test_a_node_is_answered_after_its_verdict_with_the_snapshot_shipped_to
         await call.write(
             sotw_request(types.CLUSTER, version=response.version_info, nonce=response.nonce)
         )
-        node_id, type_url, _version, _names = (await worker.next(Kind.ACK)).header
+        ((type_url, _version, _names, (node_id,)),) = (await worker.next(Kind.ACK)).header
         assert (node_id, type_url) == ("node-1", types.CLUSTER)
         call.cancel()
         assert (await worker.next(Kind.DISCONNECT)).header == ["node-1"]
@@ -101,8 +102,8 @@ async def test_a_stream_the_main_process_refuses_gets_permission_denied(worker: 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(sotw_request(types.CLUSTER))
-        request = (await worker.next(Kind.CONNECT)).header[0]
-        worker.send(encode(Kind.VERDICT, [request, False, "held by someone else"]))
+        request = (await worker.next(Kind.CONNECT)).header[0][0]
+        worker.send(encode(Kind.VERDICT, [[request, False, "held by someone else"]]))
         assert (
             await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.PERMISSION_DENIED
         )
@@ -113,9 +114,9 @@ async def test_the_open_streams_are_reported_when_asked(worker: Worker) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         await call.write(sotw_request(types.CLUSTER))
-        request = (await worker.next(Kind.CONNECT)).header[0]
+        request = (await worker.next(Kind.CONNECT)).header[0][0]
         worker.send(*Shipment().assign("node-1", clusters("a")))
-        worker.send(encode(Kind.VERDICT, [request, True, ""]))
+        worker.send(encode(Kind.VERDICT, [[request, True, ""]]))
         await asyncio.wait_for(call.read(), WAIT_SECONDS)
         worker.send(encode(Kind.QUERY, [5]))
         answer, connections = (await worker.next(Kind.CONNECTIONS)).header
@@ -127,3 +128,33 @@ async def test_the_open_streams_are_reported_when_asked(worker: Worker) -> None:
 async def test_a_worker_exits_when_the_main_process_goes_away(worker: Worker) -> None:
     worker.writer.close()
     assert await asyncio.wait_for(worker.process.wait(), WAIT_SECONDS) == 0
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def send(self, frames: bytes | list[bytes]) -> None:
+        self.data.extend([frames] if isinstance(frames, bytes) else frames)
+
+
+async def test_a_nodes_acks_reach_the_main_process_in_the_order_it_sent_them() -> None:
+    worker = _Worker(WorkerSettings(index=0, xds_address="127.0.0.1:0", ca=None))
+    collected = _Collected()
+    worker.writer = cast(BatchedWriter, collected)
+    worker.on_ack("b", types.CLUSTER, "v2", ["c"])
+    worker.on_ack("a", types.CLUSTER, "v1", ["c"])
+    worker.on_ack("a", types.CLUSTER, "v2", ["c"])
+    worker.on_ack("c", types.CLUSTER, "v2", ["c"])
+    await asyncio.sleep(0)
+    frames = list(FrameBuffer().feed(b"".join(collected.data)))
+    assert {frame.kind for frame in frames} == {Kind.ACK}
+    acks = [
+        (node_id, version)
+        for frame in frames
+        for _type_url, version, _names, node_ids in frame.header
+        for node_id in node_ids
+    ]
+    assert acks.index(("a", "v1")) < acks.index(("a", "v2"))
+    assert sorted(acks) == [("a", "v1"), ("a", "v2"), ("b", "v2"), ("c", "v2")]
+    assert len(frames) == 2  # grouped, except for the node's second ACK

@@ -37,6 +37,10 @@ class BatchedWriter:
         else:
             self._pending.extend(frames)
 
+    def flush(self) -> None:
+        """Write what is pending now rather than at the end of this iteration."""
+        self._flush()
+
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         if pending and not self.writer.is_closing():

@@ -10,6 +10,7 @@ to the control plane as the proxy connecting and disconnecting.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -62,6 +63,15 @@ class NodeClaims:
         """Release every node id ``worker`` held (it exited)."""
         held = [node_id for node_id, holders in self._holders.items() if worker in holders]
         return [(node_id, self.release(node_id, worker)) for node_id in held]
+
+    def held(self, node_id: str) -> bool:
+        """Whether some worker holds ``node_id``."""
+        return node_id in self._holders
+
+    def holding(self, node_id: str) -> Iterable[int]:
+        """The workers holding ``node_id``, in no particular order."""
+        holders = self._holders.get(node_id)
+        return () if holders is None else holders.keys()
 
     def workers(self, node_id: str) -> list[int]:
         return sorted(self._holders.get(node_id, ()))

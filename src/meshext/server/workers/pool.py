@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 
 _START_TIMEOUT = 60.0
 _MAX_BACKOFF = 30.0
+_ASSIGN_CHUNK = 128
+"""Changed snapshots gathered for a worker are shipped at the end of the event loop's
+turn, or as soon as this many are waiting: a change reaching thousands of proxies is
+computed without yielding, and the workers start serving the first of them while the
+rest are computed."""
 
 
 class ShippingSnapshotCache(SnapshotCache):
@@ -108,8 +113,40 @@ class _Link:
     metrics: list[Any] = field(default_factory=list)
     admitting: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    assigning: dict[str, Snapshot] = field(default_factory=dict)
+    """Snapshots to ship, by node id: the latest of each node's changes."""
+    verdicts: list[list[Any]] = field(default_factory=list)
+    """Answers to ``CONNECT`` requests not yet sent: after the assignments."""
+
+    def assign(self, node_id: str, snapshot: Snapshot) -> None:
+        """Ship ``snapshot`` for ``node_id`` soon, with other nodes' in the same frames."""
+        assigning = self.assigning
+        if not assigning and not self.verdicts:
+            asyncio.get_running_loop().call_soon(self._ship_all)
+        assigning[node_id] = snapshot
+        if len(assigning) >= _ASSIGN_CHUNK:
+            self._ship()
+            self.writer.flush()
+
+    def verdict(self, request: int, accepted: bool, reason: str) -> None:
+        """Answer a ``CONNECT`` soon, after the snapshots assigned so far."""
+        if not self.assigning and not self.verdicts:
+            asyncio.get_running_loop().call_soon(self._ship_all)
+        self.verdicts.append([request, accepted, reason])
+
+    def _ship(self) -> None:
+        if self.assigning:
+            assigning, self.assigning = self.assigning, {}
+            self.writer.send(self.shipment.assign_many(assigning.items()))
+
+    def _ship_all(self) -> None:
+        self._ship()
+        if self.verdicts:
+            verdicts, self.verdicts = self.verdicts, []
+            self.writer.send(encode(Kind.VERDICT, verdicts))
 
     def send(self, frames: list[bytes] | bytes) -> None:
+        self._ship_all()  # frames keep their order
         self.writer.send(frames)
 
 
@@ -306,16 +343,18 @@ class WorkerPool:
         header = frame.header
         try:
             if frame.kind is Kind.CONNECT:
-                request, node_json, identity = header
-                node = node_from_json(node_json)
-                task = asyncio.create_task(self._admit(link, int(request), node, str(identity)))
-                tasks = link.admitting.setdefault(node.id, set())
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                for request, node_json, identity in header:
+                    node = node_from_json(node_json)
+                    task = asyncio.create_task(self._admit(link, int(request), node, str(identity)))
+                    tasks = link.admitting.setdefault(node.id, set())
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             elif frame.kind is Kind.ACK:
-                node_id, type_url, version, names = header
-                if self._claims.workers(node_id):
-                    self.events.on_ack(node_id, type_url, version, names)
+                on_ack, held = self.events.on_ack, self._claims.held
+                for type_url, version, names, node_ids in header:
+                    for node_id in node_ids:
+                        if held(node_id):
+                            on_ack(node_id, type_url, version, names)
             elif frame.kind is Kind.NACK:
                 node_id, type_url, version, names, detail = header
                 if self._claims.workers(node_id):
@@ -344,7 +383,7 @@ class WorkerPool:
         admission = self._claims.admit(node.id, link.index, identity)
         if not admission.admitted:
             log.warning("xDS worker %d: stream refused: %s", link.index, admission.reason)
-            link.send(encode(Kind.VERDICT, [request, False, admission.reason]))
+            link.verdict(request, False, admission.reason)
             return
         if admission.first and identity:
             self._broadcast(encode(Kind.CLAIM, [node.id, identity]))
@@ -354,12 +393,13 @@ class WorkerPool:
             log.exception("on_connect failed for node %r", node.id)
         snapshot = self.cache.get(node.id)
         if snapshot is not None:
-            link.send(link.shipment.assign(node.id, snapshot))
-        link.send(encode(Kind.VERDICT, [request, True, ""]))
+            link.assign(node.id, snapshot)
+        link.verdict(request, True, "")
 
     def _release(self, link: _Link, node_id: str) -> None:
         for task in link.admitting.pop(node_id, ()):
             task.cancel()
+        link.assigning.pop(node_id, None)
         link.send(link.shipment.forget(node_id))
         released = self._claims.release(node_id, link.index)
         if released.last:
@@ -395,10 +435,10 @@ class WorkerPool:
             )
 
     def _changed(self, node_id: str, snapshot: Snapshot) -> None:
-        for index in self._claims.workers(node_id):
+        for index in self._claims.holding(node_id):
             link = self._links.get(index)
             if link is not None:
-                link.send(link.shipment.assign(node_id, snapshot))
+                link.assign(node_id, snapshot)
 
     def _broadcast(self, frame: bytes) -> None:
         for link in self._links.values():

@@ -22,6 +22,7 @@ import gc
 import itertools
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -50,6 +51,10 @@ from meshext.xds.server import AdsServer, StreamDenied, StreamSecurity
 from meshext.xds.types import Node
 
 log = logging.getLogger(__name__)
+
+PROFILE_ENV = "MESHEXT_XDS_WORKER_PROFILE"
+"""When set in the environment, each worker runs under cProfile and writes its profile
+to ``<value>.worker<index>.<pid>`` when it stops (read it with ``pstats``)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,17 @@ def main(argv: Sequence[str]) -> None:
     )
     # Interrupts go to the main process, which stops the workers by closing the socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_Worker(settings).run(channel))
+    profile = os.environ.get(PROFILE_ENV)
+    if not profile:
+        asyncio.run(_Worker(settings).run(channel))
+        return
+    import cProfile  # noqa: PLC0415 (only when profiling)
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(asyncio.run, _Worker(settings).run(channel))
+    finally:
+        profiler.dump_stats(f"{profile}.worker{settings.index}.{os.getpid()}")
 
 
 def _path(path: Path | None) -> str | None:
@@ -179,6 +194,13 @@ class _Worker:
         self.verdicts: dict[int, asyncio.Future[tuple[bool, str]]] = {}
         self.requests = itertools.count(1)
         self.writer: BatchedWriter | None = None
+        self.acks: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+        """ACKs not yet sent, by what they acknowledge: one frame per loop turn."""
+        self.acking: set[str] = set()
+        """Node ids in ``acks``: a node's second ACK goes in the next frame, so the main
+        process sees each node's ACKs in order."""
+        self.connects: list[list[Any]] = []
+        """``CONNECT`` requests not yet sent: one frame per loop turn."""
 
     async def run(self, channel: socket.socket) -> None:
         reader, writer = await asyncio.open_unix_connection(sock=channel)
@@ -202,14 +224,33 @@ class _Worker:
 
     def send(self, data: bytes) -> None:
         assert self.writer is not None
+        self._send_pending()  # frames keep their order
         self.writer.send(data)
+
+    def _schedule(self) -> None:
+        if not self.acks and not self.connects:
+            asyncio.get_running_loop().call_soon(self._send_pending)
+
+    def _send_pending(self) -> None:
+        assert self.writer is not None
+        if self.connects:
+            connects, self.connects = self.connects, []
+            self.writer.send(encode(Kind.CONNECT, connects))
+        if self.acks:
+            acks, self.acks = self.acks, {}
+            self.acking.clear()
+            header = [
+                [type_url, version, list(names), node_ids]
+                for (type_url, version, names), node_ids in acks.items()
+            ]
+            self.writer.send(encode(Kind.ACK, header))
 
     def take(self, frame: Frame) -> None:
         if frame.kind is Kind.VERDICT:
-            request, accepted, reason = frame.header
-            verdict = self.verdicts.pop(int(request), None)
-            if verdict is not None and not verdict.done():
-                verdict.set_result((bool(accepted), str(reason)))
+            for request, accepted, reason in frame.header:
+                verdict = self.verdicts.pop(int(request), None)
+                if verdict is not None and not verdict.done():
+                    verdict.set_result((bool(accepted), str(reason)))
         elif frame.kind is Kind.QUERY:
             (request,) = frame.header
             connections = [
@@ -225,8 +266,12 @@ class _Worker:
                     self.security.claims[str(node_id)] = str(identity)
         else:
             assigned = self.table.apply(frame)
-            if assigned is not None and assigned[0] in self.present:
-                self.cache.set_snapshot(*assigned)
+            if assigned is not None:
+                node_ids, snapshot = assigned
+                present, set_snapshot = self.present, self.cache.set_snapshot
+                for node_id in node_ids:
+                    if node_id in present:
+                        set_snapshot(node_id, snapshot)
 
     async def report(self) -> None:
         """Send metrics to the main process when they changed."""
@@ -246,7 +291,8 @@ class _Worker:
         request = next(self.requests)
         verdict: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
         self.verdicts[request] = verdict
-        self.send(encode(Kind.CONNECT, [request, node_to_json(node), identity]))
+        self._schedule()
+        self.connects.append([request, node_to_json(node), identity])
         try:
             accepted, reason = await verdict
         finally:
@@ -258,7 +304,17 @@ class _Worker:
     def on_ack(
         self, node_id: str, type_url: str, version: str, resource_names: Sequence[str]
     ) -> None:
-        self.send(encode(Kind.ACK, [node_id, type_url, version, list(resource_names)]))
+        key = (type_url, version, tuple(resource_names))
+        if node_id in self.acking:
+            self._send_pending()
+        self._schedule()
+        self.acking.add(node_id)
+        acks = self.acks
+        node_ids = acks.get(key)
+        if node_ids is None:
+            acks[key] = [node_id]
+        else:
+            node_ids.append(node_id)
 
     def on_nack(
         self,

@@ -16,6 +16,7 @@ what a reference means: a worker never drops a definition on its own.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf import any_pb2
@@ -41,17 +42,33 @@ class Shipment:
 
     def assign(self, node_id: str, snapshot: Snapshot) -> list[bytes]:
         """Frames giving ``node_id`` ``snapshot``; none when it has that content already."""
+        return self.assign_many(((node_id, snapshot),))
+
+    def assign_many(self, assignments: Iterable[tuple[str, Snapshot]]) -> list[bytes]:
+        """Frames giving each node its snapshot: definitions, then one ``ASSIGN`` per
+        snapshot naming every node that gets it, then the releases."""
         frames: list[bytes] = []
-        ref = self._snapshots.get(snapshot)
-        if ref is not None and self._nodes.get(node_id) == ref:
-            return frames
-        if ref is None:
-            ref = self._define_snapshot(snapshot, frames)
-        self._snapshot_uses[ref] += 1
-        frames.append(encode(Kind.ASSIGN, [node_id, ref]))
-        previous = self._nodes.get(node_id)
-        self._nodes[node_id] = ref
-        if previous is not None:
+        by_ref: dict[int, list[str]] = {}
+        previous_refs: list[int] = []
+        nodes, snapshots, uses = self._nodes, self._snapshots, self._snapshot_uses
+        for node_id, snapshot in assignments:
+            ref = snapshots.get(snapshot)
+            previous = nodes.get(node_id)
+            if ref is not None and previous == ref:
+                continue
+            if ref is None:
+                ref = self._define_snapshot(snapshot, frames)
+            uses[ref] += 1
+            nodes[node_id] = ref
+            if ref in by_ref:
+                by_ref[ref].append(node_id)
+            else:
+                by_ref[ref] = [node_id]
+            if previous is not None:
+                previous_refs.append(previous)
+        for ref, node_ids in by_ref.items():
+            frames.append(encode(Kind.ASSIGN, [ref, node_ids]))
+        for previous in previous_refs:
             self._release_snapshot(previous, frames)
         return frames
 
@@ -137,8 +154,8 @@ class SnapshotTable:
         self._resources: dict[int, Resource] = {}
         self._snapshots: dict[int, Snapshot] = {}
 
-    def apply(self, frame: Frame) -> tuple[str, Snapshot] | None:
-        """Take one frame; for an ``ASSIGN``, the node and the snapshot it now gets."""
+    def apply(self, frame: Frame) -> tuple[list[str], Snapshot] | None:
+        """Take one frame; for an ``ASSIGN``, the nodes and the snapshot they now get."""
         header = frame.header
         try:
             if frame.kind is Kind.DEFINE_RESOURCE:
@@ -157,8 +174,10 @@ class SnapshotTable:
                     for type_url, refs in parts
                 )
             elif frame.kind is Kind.ASSIGN:
-                node_id, ref = header
-                return str(node_id), self._snapshots[int(ref)]
+                ref, node_ids = header
+                if not isinstance(node_ids, list):
+                    raise TypeError("node ids are not a list")
+                return node_ids, self._snapshots[int(ref)]
             elif frame.kind is Kind.RELEASE:
                 snapshots, resources = header
                 for ref in snapshots:

@@ -43,22 +43,24 @@ class Kind(enum.IntEnum):
     DEFINE_SNAPSHOT = 2
     """header ``[ref, [[type_url, [resource ref, ...]], ...]]``"""
     ASSIGN = 3
-    """header ``[node_id, snapshot ref]``"""
+    """header ``[snapshot ref, [node_id, ...]]``"""
     RELEASE = 4
     """header ``[[snapshot ref, ...], [resource ref, ...]]``"""
     CLAIM = 5
     """header ``[node_id, identity or null]``: who holds a node id, for every worker"""
     VERDICT = 6
-    """header ``[request id, accepted, reason]``: answer to a ``CONNECT``"""
+    """header ``[[request id, accepted, reason], ...]``: answers to ``CONNECT`` requests"""
     QUERY = 7
     """header ``[request id]``: asks for the worker's open streams"""
 
     READY = 20
     """header ``[port]``"""
     CONNECT = 21
-    """header ``[request id, node, identity]``"""
+    """header ``[[request id, node, identity], ...]``: the streams that named their node
+    in one turn of the worker's event loop"""
     ACK = 22
-    """header ``[node_id, type_url, version, [name, ...]]``"""
+    """header ``[[type_url, version, [name, ...], [node_id, ...]], ...]``: the ACKs of
+    one turn of the worker's event loop, grouped by what was acknowledged"""
     NACK = 23
     """header ``[node_id, type_url, version, [name, ...], error detail]``"""
     DISCONNECT = 24
