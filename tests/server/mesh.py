@@ -177,14 +177,19 @@ class Mesh:
         return await eventually(probe, done, what, deadline=120)
 
     async def until_running(self, name: str, proxies: int = 1) -> ExtensionReport:
-        async def probe() -> ExtensionReport:
-            return self.report(name)
+        async def probe() -> ExtensionReport | None:
+            # None until the folder edit that adds the extension has been loaded.
+            return next((r for r in self.running.control.reports() if r.key.name == name), None)
 
-        def done(report: ExtensionReport) -> bool:
+        def done(report: ExtensionReport | None) -> bool:
+            if report is None:
+                return False
             running = [p for p in report.proxies if p.state is DeliveryState.RUNNING]
             return len(running) == proxies
 
-        return await self.until(probe, done, f"{name} running on {proxies} proxies")
+        report = await self.until(probe, done, f"{name} running on {proxies} proxies")
+        assert report is not None
+        return report
 
 
 def serve_options(workdir: Path, *, xds_port: int = 0, module_port: int = 0) -> ServeOptions:
