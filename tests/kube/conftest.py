@@ -10,6 +10,8 @@ them marks itself ``pytest.mark.usefixtures("istio_crds")``.
 :func:`tests.kube.support.meshext_crds`), ``cluster`` is kubectl against that
 apiserver, and ``mesh`` is a fresh control plane with ``mesh_members`` member
 namespaces (one unless a module overrides ``mesh_members``), removed after the test.
+``registry`` is an anonymous loopback registry per module (a module may override it,
+e.g. with htpasswd) and ``cosign`` the cosign binary with a home of its own.
 """
 
 from __future__ import annotations
@@ -19,10 +21,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.images.cosign import Cosign, find_cosign
+from tests.images.registry import Registry, start_registry
 from tests.kube.support import ENVOY_FILTERS, WASM_PLUGINS, Cluster, Mesh, MeshextCrds, meshext_crds
 from tests.kube_harness import KubeApiServer
 
 ISTIO_CRDS = (WASM_PLUGINS, ENVOY_FILTERS)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry on loopback for the module's images."""
+    started = start_registry(tmp_path_factory.mktemp("registry"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
+    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
 
 
 @pytest.fixture(scope="session")

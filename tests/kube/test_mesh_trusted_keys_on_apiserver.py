@@ -9,13 +9,12 @@ registry on loopback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.images.cosign import Cosign, find_cosign
-from tests.images.registry import Registry, start_registry
+from tests.images.cosign import Cosign
+from tests.images.registry import Registry
 from tests.kube.mesh_keys import (
     INSECURE,
     fingerprint,
@@ -39,18 +38,6 @@ from tests.kube.support import (
 from tests.kube_harness import KubeApiServer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    started = start_registry(tmp_path_factory.mktemp("mesh-keys-registry"))
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
-    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
 
 
 @pytest.fixture

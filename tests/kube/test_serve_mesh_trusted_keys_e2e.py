@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from meshext.cli.status import status as status_command
 from meshext.server.app import running_from_cluster
 from tests.envoy.support import build_examples
-from tests.images.cosign import Cosign, find_cosign
-from tests.images.registry import Registry, start_registry
+from tests.images.cosign import Cosign
+from tests.images.registry import Registry
 from tests.kube.mesh_keys import (
     INSECURE,
     REFUSED,
@@ -45,18 +45,6 @@ from tests.server.mesh import mesh_of, serve_options
 pytestmark = pytest.mark.e2e
 
 HTTPBIN = {"app": "httpbin"}
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    started = start_registry(tmp_path_factory.mktemp("serve-mesh-keys-registry"))
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
-    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
 
 
 @pytest.fixture

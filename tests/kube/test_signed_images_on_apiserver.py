@@ -4,7 +4,6 @@ verified image and the refusal of an unsigned one."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from meshext.images.config import RegistryConfig
 from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
 from tests.images.cosign import Cosign, KeyPair, find_cosign
-from tests.images.registry import Registry, start_registry
+from tests.images.registry import Registry
 from tests.kube.support import (
     Cluster,
     Mesh,
@@ -29,13 +28,6 @@ from tests.kube_harness import KubeApiServer
 pytestmark = pytest.mark.e2e
 
 INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    started = start_registry(tmp_path_factory.mktemp("signed-registry"))
-    yield started
-    started.stop()
 
 
 @pytest.fixture
