@@ -81,11 +81,12 @@ async def running(
     cache: SnapshotCache,
     *,
     settle_timeout: float = 30.0,
+    delivery: ModuleDelivery | None = None,
 ) -> AsyncIterator[ControlPlane]:
     control = ControlPlane(
         resolver,
         cache,
-        ModuleDelivery(),
+        ModuleDelivery() if delivery is None else delivery,
         debounce=0.01,
         retry=ResolveSchedule(first_retry=0.05),
         settle_timeout=settle_timeout,

@@ -4,7 +4,6 @@ attempt, and stop once the proxy runs the module."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,20 @@ from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL
 from meshext.envoy.standin import stand_in_module
 from meshext.envoy.wasm import ModuleDelivery
 from meshext.mesh.resolution import Resolution
-from meshext.server.control import ControlPlane
 from meshext.server.delivery import DeliveryState, ProxyDelivery
 from meshext.server.fetch_retries import FetchBackoff, FetchRetries
 from meshext.xds.cache import SnapshotCache
 from meshext.xds.snapshot import Resource
 from tests.envoy.support import example_module
 from tests.server.mesh import sme
-from tests.server.test_control_loop import NODE, ListSource, ScriptedResolver, config, node
+from tests.server.test_control_loop import (
+    NODE,
+    ListSource,
+    ScriptedResolver,
+    config,
+    node,
+    running,
+)
 
 NAME = "meshext.servicemeshextension.bookinfo.tag"
 
@@ -86,9 +91,7 @@ async def test_the_control_loop_stands_in_then_offers_the_module_again_until_acc
     )
     source.queue.put_nowait(config(tmp_path, sme("bookinfo", "tag", "header-append")))
     delivery = ModuleDelivery(mode=DeliveryMode.REMOTE, server=HostPort("127.0.0.1", 9))
-    control = ControlPlane(resolver, cache, delivery, debounce=0.01)
-    task = asyncio.create_task(control.run(source))
-    try:
+    async with running(resolver, source, cache, delivery=delivery) as control:
         await asyncio.wait_for(control.on_connect(node()), 30)
 
         def offered() -> Resource:
@@ -127,10 +130,6 @@ async def test_the_control_loop_stands_in_then_offers_the_module_again_until_acc
         (delivered,) = control.reports()[0].proxies
         assert delivered.state is DeliveryState.RUNNING
         assert offered().version == again.version  # accepted: nothing more is sent
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_module_sent_by_the_module_server_is_offered_again_without_the_backoff() -> None:

@@ -149,7 +149,7 @@ class ControlPlane:
         self._failures: dict[ResourceKey, int] = {}
         self._proxies: dict[str, ProxyRecord] = {}
         self._book = StatusBook()
-        self._tracker = self._book.tracker
+        """Delivery per proxy and extension; every tracker event goes through it."""
         self._round: _RoundCache | None = None
         """Plans and configurations valid until the next ``_request(everything=True)``."""
         self._full_round: _RoundCache | None = None
@@ -385,7 +385,7 @@ class ControlPlane:
         if record is None:
             return
         if type_url == EXTENSION_CONFIG_TYPE_URL:
-            rejected_before = self._tracker.rejects(node_id)
+            rejected_before = self._book.tracker.rejects(node_id)
             self._book.acked(node_id, resource_names, version)
             if self._fetches.active(node_id):
                 current = dict(record.extension_versions.values())
@@ -395,7 +395,7 @@ class ControlPlane:
                         self._fetches.accepted(node_id, name)
             # Only a cleared rejection can change what this proxy should get; anything
             # else an ACK changes is status, which the book has just counted.
-            if rejected_before and not self._tracker.rejects(node_id):
+            if rejected_before and not self._book.tracker.rejects(node_id):
                 self._request(proxy=node_id)
         else:
             record.rejections.pop(type_url, None)
@@ -497,7 +497,7 @@ class ControlPlane:
             round_cache.plans[workload_key] = plan
         record.plan = plan
         try:
-            shareable = not self._tracker.rejects(proxy.node_id)
+            shareable = not self._book.tracker.rejects(proxy.node_id)
             # Replicas that fetched their modules at the same attempts share too.
             key = (
                 _generation_key(proxy, self._delivery.mode_for(proxy)),
@@ -548,7 +548,7 @@ class ControlPlane:
             version = snapshot.resource_version(EXTENSION_CONFIG_TYPE_URL, name)
             if version is not None:  # None: its traffic match selects none of the listeners
                 versions[planned.key] = (name, version)
-        if not self._tracker.rejects(proxy.node_id):
+        if not self._book.tracker.rejects(proxy.node_id):
             return _Generated(resources, snapshot, versions, {})
         left_out: dict[ResourceKey, str] = {}
         keep: list[PlannedExtension] = []
@@ -556,10 +556,10 @@ class ControlPlane:
         stand_in_names: set[str] = set()
         for planned in plan.applied:
             name, version = versions.get(planned.key, ("", ""))
-            if not self._tracker.is_rejected(proxy.node_id, name, version):
+            if not self._book.tracker.is_rejected(proxy.node_id, name, version):
                 keep.append(planned)
                 continue
-            accepted = self._tracker.last_accepted(proxy.node_id, name)
+            accepted = self._book.tracker.last_accepted(proxy.node_id, name)
             if accepted is not None:
                 keep.append(planned)
                 replacements[name] = accepted
@@ -568,7 +568,9 @@ class ControlPlane:
                 replacements[name] = stand_in_for(planned)
                 stand_in_names.add(name)
             else:
-                left_out[planned.key] = self._tracker.state(proxy.node_id, name, version).message
+                left_out[planned.key] = self._book.tracker.state(
+                    proxy.node_id, name, version
+                ).message
         if not left_out and not replacements:
             return _Generated(resources, snapshot, versions, {})
         if left_out:

@@ -87,12 +87,7 @@ class DeliveryTracker:
         entry.acked_version = version
         entry.acked_message = entry.offers.get(version, entry.acked_message)
         if entry.rejected_version == version:
-            entry.rejected_version = None
-            entry.rejection = ""
-            names = self._rejecting.get(node_id, set())
-            names.discard(name)
-            if not names:
-                self._rejecting.pop(node_id, None)
+            self._drop_rejection(node_id, name, entry)
 
     def nacked(self, node_id: str, name: str, version: str, detail: str) -> None:
         entry = self._entry(node_id, name)
@@ -104,8 +99,10 @@ class DeliveryTracker:
         """The proxy runs the current version of ``name``: an earlier rejection (of
         another fetch attempt of the same module) no longer stands."""
         entry = self._find(node_id, name)
-        if entry is None or entry.rejected_version is None:
-            return
+        if entry is not None and entry.rejected_version is not None:
+            self._drop_rejection(node_id, name, entry)
+
+    def _drop_rejection(self, node_id: str, name: str, entry: _Entry) -> None:
         entry.rejected_version = None
         entry.rejection = ""
         names = self._rejecting.get(node_id, set())
