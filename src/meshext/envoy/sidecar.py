@@ -40,7 +40,8 @@ anchor on: its HTTP stats come from the connection manager itself).
 
 Each extension is its own filter whose config comes from ECDS (``config_discovery``,
 type ``Wasm`` only; no default config, except with remote delivery where Envoy
-rejects a module until fetched: then the stand-in of :mod:`meshext.envoy.standin`): the filter's name is the ECDS resource name
+rejects a module until fetched: then the stand-in of :mod:`meshext.envoy.standin`):
+the filter's name is the ECDS resource name
 (:func:`~meshext.envoy.names.extension_config_name`). Changing an extension's config
 changes only its ECDS resource, which Envoy applies in place: the listener does not
 drain and other extensions are untouched. Adding or removing an extension changes
