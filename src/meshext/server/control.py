@@ -528,7 +528,7 @@ class ControlPlane:
     ) -> _Generated:
         """The proxy's resources and snapshot, with every version it rejected replaced by
         the last one it accepted, or left out when it accepted none. A proxy that rejects
-        remote modules until fetched gets the pass-through stand-in instead of nothing,
+        remote modules until fetched gets the stand-in of its failure policy instead of nothing,
         and each module at its current fetch attempt (:mod:`meshext.server.fetch_retries`)."""
 
         stands_in = self._delivery.stands_in(self._delivery.mode_for(proxy))
