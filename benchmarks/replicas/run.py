@@ -320,12 +320,7 @@ def main() -> None:
             print(f"work folder kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h"],
-        check=False,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout.strip()
+    commit = bench.head_commit()
     text = json.dumps(
         {
             "commit": commit,

@@ -496,6 +496,16 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def head_commit() -> str:
+    """The short hash of the checkout's HEAD, to tell results apart ("" outside git)."""
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h"],
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout.strip()
+
+
 def main() -> None:
     stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -540,12 +550,7 @@ def main() -> None:
             print(f"work folder kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h"],
-        check=False,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout.strip()
+    commit = head_commit()
     text = json.dumps(
         {
             "scenario": scenario.name,

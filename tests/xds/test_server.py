@@ -4,66 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grpc
 import pytest
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
-from meshext.xds.server import AdsServer, ConnectionInfo, ServerError, StreamDenied
+from meshext.xds.server import AdsServer, ServerError, StreamDenied
 from meshext.xds.types import Node
 from tests.xds.builders import contents, delta_request, snapshot, sotw_request
 from tests.xds.recorder import Recorder
+from tests.xds.served import WAIT_SECONDS, Harness, read, serving
 
 LDS, CDS, ECDS = types.LISTENER, types.CLUSTER, types.EXTENSION_CONFIG
-WAIT_SECONDS = 30.0
-
-
-class Harness:
-    def __init__(self, server: AdsServer, recorder: Recorder, port: int) -> None:
-        self.server = server
-        self.recorder = recorder
-        self.cache = recorder.cache
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-
-    async def until(self, condition: Callable[[], bool], what: str) -> None:
-        async def poll() -> None:
-            while not condition():
-                await asyncio.sleep(0.01)
-
-        try:
-            await asyncio.wait_for(poll(), WAIT_SECONDS)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}") from None
-
-    def connection(self, node_id: str = "node-1") -> ConnectionInfo | None:
-        found = [info for info in self.server.connections() if info.node_id == node_id]
-        return found[-1] if found else None
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.server.registry.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    cache = SnapshotCache()
-    recorder = Recorder(cache)
-    server = AdsServer(cache, recorder)
-    port = await server.start()
-    ready = Harness(server, recorder, port)
-    try:
-        yield ready
-    finally:
-        await ready.channel.close()
-        await server.stop(0)
-
-
-async def read(call: Any) -> Any:
-    return await asyncio.wait_for(call.read(), WAIT_SECONDS)
 
 
 async def test_a_stream_is_answered_only_once_its_node_has_a_snapshot(harness: Harness) -> None:
@@ -234,19 +188,16 @@ async def test_a_first_request_without_node_is_refused_as_invalid(harness: Harne
 
 
 async def test_stop_ends_every_stream_and_reports_the_disconnects() -> None:
-    cache = SnapshotCache()
-    recorder = Recorder(cache)
+    recorder = Recorder(SnapshotCache())
     recorder.snapshots["node-1"] = snapshot({})
-    server = AdsServer(cache, recorder)
-    port = await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    async with serving(recorder) as served:
+        call = served.stub.StreamAggregatedResources()
         await call.write(sotw_request(LDS))
         await read(call)
-        await server.stop(5)
+        await served.server.stop(5)
         assert await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.OK
     assert recorder.disconnected == ["node-1"]
-    assert server.connections() == []
+    assert served.server.connections() == []
 
 
 async def test_metrics_count_responses_acks_and_nacks_per_type(harness: Harness) -> None:
@@ -276,23 +227,17 @@ class Failing(Recorder):
 
 
 async def test_a_failing_callback_does_not_break_the_stream() -> None:
-    cache = SnapshotCache()
-    recorder = Failing(cache)
+    recorder = Failing(SnapshotCache())
     recorder.snapshots["node-1"] = snapshot({ECDS: {"x": "1", "y": "1"}})
-    server = AdsServer(cache, recorder)
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-            await call.write(sotw_request(ECDS, ["x", "y"]))
-            first = await read(call)
-            await call.write(
-                sotw_request(ECDS, ["x", "y"], version=first.version_info, nonce=first.nonce)
-            )
-            assert contents(await read(call)) == {"y": "1"}
-            call.cancel()
-    finally:
-        await server.stop(0)
+    async with serving(recorder) as served:
+        call = served.stub.StreamAggregatedResources()
+        await call.write(sotw_request(ECDS, ["x", "y"]))
+        first = await read(call)
+        await call.write(
+            sotw_request(ECDS, ["x", "y"], version=first.version_info, nonce=first.nonce)
+        )
+        assert contents(await read(call)) == {"y": "1"}
+        call.cancel()
 
 
 async def test_starting_on_a_port_in_use_is_a_server_error() -> None:
@@ -314,26 +259,20 @@ class Refusing(Recorder):
 
 
 async def test_on_connect_may_refuse_a_stream_with_permission_denied() -> None:
-    cache = SnapshotCache()
-    recorder = Refusing(cache)
+    recorder = Refusing(SnapshotCache())
     recorder.snapshots["node-1"] = snapshot({LDS: {"a": "1"}})
-    server = AdsServer(cache, recorder)
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-            await call.write(sotw_request(LDS))
-            code = await asyncio.wait_for(call.code(), WAIT_SECONDS)
-            assert code == grpc.StatusCode.PERMISSION_DENIED
-            assert "not welcome" in await call.details()
+    async with serving(recorder) as served:
+        call = served.stub.StreamAggregatedResources()
+        await call.write(sotw_request(LDS))
+        code = await asyncio.wait_for(call.code(), WAIT_SECONDS)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "not welcome" in await call.details()
         await recorder.wait_for(lambda: recorder.disconnected == ["node-1"], "the disconnect")
-        assert server.connections() == []
-        denied = server.registry.get_sample_value(
+        assert served.server.connections() == []
+        denied = served.server.registry.get_sample_value(
             "meshext_xds_denied_streams_total", {"reason": "refused by the control plane"}
         )
         assert denied == 1.0
-    finally:
-        await server.stop(0)
 
 
 async def test_streams_coming_and_going_are_summed_up_in_one_info_line(

@@ -3,70 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
-from meshext.xds.server import AdsServer
 from tests.xds.builders import contents, delta_request, snapshot, sotw_request
-from tests.xds.recorder import Recorder
+from tests.xds.recorder import WAIT_SECONDS, Recorder
+from tests.xds.served import Harness, read, serving
 
 LDS, ECDS = types.LISTENER, types.EXTENSION_CONFIG
-WAIT_SECONDS = 60.0
 
 
-class Served:
-    def __init__(self, server: AdsServer, recorder: Recorder, port: int) -> None:
-        self.server = server
-        self.recorder = recorder
-        self.cache = recorder.cache
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    cache = SnapshotCache()
-    recorder = Recorder(cache)
-    server = AdsServer(cache, recorder)
-    port = await server.start()
-    ready = Served(server, recorder, port)
-    try:
-        yield ready
-    finally:
-        await ready.channel.close()
-        await server.stop(0)
-
-
-async def read(call: Any) -> Any:
-    return await asyncio.wait_for(call.read(), WAIT_SECONDS)
-
-
-async def eventually(condition: Any, what: str) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(poll(), WAIT_SECONDS)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-async def one_stream(served: Served, index: int) -> None:
+async def one_stream(harness: Harness, index: int) -> None:
     """Open a stream, get the listener, ACK it, then end it one of three ways."""
     node = f"node-{index}"
     delta = index % 2 == 1
     if delta:
-        call = served.stub.DeltaAggregatedResources()
+        call = harness.stub.DeltaAggregatedResources()
         await call.write(delta_request(LDS, node=node))
     else:
-        call = served.stub.StreamAggregatedResources()
+        call = harness.stub.StreamAggregatedResources()
         await call.write(sotw_request(LDS, node=node))
     response = await read(call)
     assert contents(response) == {"a": "1"}
@@ -84,35 +43,39 @@ async def one_stream(served: Served, index: int) -> None:
         assert await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.OK
     else:
         # A newer snapshot on its way while the client goes away.
-        served.cache.set_snapshot(node, snapshot({LDS: {"a": str(index)}}))
+        harness.cache.set_snapshot(node, snapshot({LDS: {"a": str(index)}}))
         call.cancel()
 
 
 async def test_a_thousand_streams_opened_and_closed_leave_no_task_waiter_or_stream_behind(
-    served: Served,
+    harness: Harness,
 ) -> None:
     count = 1000
     for index in range(count):
-        served.recorder.snapshots[f"node-{index}"] = snapshot({LDS: {"a": "1"}})
+        harness.recorder.snapshots[f"node-{index}"] = snapshot({LDS: {"a": "1"}})
     # gRPC starts a task of its own with the first call: count from the second batch.
     tasks_before = 0
     for first in range(0, count, 50):
-        await asyncio.gather(*(one_stream(served, index) for index in range(first, first + 50)))
+        await asyncio.gather(*(one_stream(harness, index) for index in range(first, first + 50)))
         if not first:
-            await eventually(lambda: len(served.recorder.disconnected) == 50, "disconnects")
+            await harness.recorder.wait_for(
+                lambda: len(harness.recorder.disconnected) == 50, "disconnects"
+            )
             await asyncio.sleep(0.1)
             tasks_before = len(asyncio.all_tasks())
-    await eventually(lambda: len(served.recorder.disconnected) == count, "every disconnect")
-    assert sorted(served.recorder.disconnected) == sorted(f"node-{i}" for i in range(count))
-    assert served.server.connections() == []
-    assert repr(served.server) == "AdsServer(serving, streams=0, nodes=0)"
-    assert repr(served.cache) == f"SnapshotCache(nodes={count}, waiting=0)"
+    await harness.recorder.wait_for(
+        lambda: len(harness.recorder.disconnected) == count, "every disconnect"
+    )
+    assert sorted(harness.recorder.disconnected) == sorted(f"node-{i}" for i in range(count))
+    assert harness.server.connections() == []
+    assert repr(harness.server) == "AdsServer(serving, streams=0, nodes=0)"
+    assert repr(harness.cache) == f"SnapshotCache(nodes={count}, waiting=0)"
     for protocol in ("sotw", "delta"):
-        value = served.server.registry.get_sample_value(
+        value = harness.server.registry.get_sample_value(
             "meshext_xds_streams", {"protocol": protocol}
         )
         assert value == 0
-    assert served.server.registry.get_sample_value("meshext_xds_connected_proxies") == 0
+    assert harness.server.registry.get_sample_value("meshext_xds_connected_proxies") == 0
     # Polled here rather than through wait_for, which would add a task of its own.
     for _ in range(int(WAIT_SECONDS * 10)):
         if len(asyncio.all_tasks()) <= tasks_before:
@@ -122,35 +85,35 @@ async def test_a_thousand_streams_opened_and_closed_leave_no_task_waiter_or_stre
 
 
 async def test_snapshots_published_in_a_burst_reach_the_stream_as_the_latest_only(
-    served: Served,
+    harness: Harness,
 ) -> None:
-    served.recorder.snapshots["node-1"] = snapshot({ECDS: {"x": "0"}})
-    call = served.stub.StreamAggregatedResources()
+    harness.recorder.snapshots["node-1"] = snapshot({ECDS: {"x": "0"}})
+    call = harness.stub.StreamAggregatedResources()
     await call.write(sotw_request(ECDS, ["x"]))
     first = await read(call)
     await call.write(sotw_request(ECDS, ["x"], version=first.version_info, nonce=first.nonce))
-    await served.recorder.wait_for(lambda: served.recorder.acks != [], "the first ACK")
+    await harness.recorder.wait_for(lambda: harness.recorder.acks != [], "the first ACK")
     for value in ("1", "2", "3"):
-        served.cache.set_snapshot("node-1", snapshot({ECDS: {"x": value}}))
+        harness.cache.set_snapshot("node-1", snapshot({ECDS: {"x": value}}))
     latest = await read(call)
     assert contents(latest) == {"x": "3"}
     await call.write(sotw_request(ECDS, ["x"], version=latest.version_info, nonce=latest.nonce))
-    await served.recorder.wait_for(lambda: len(served.recorder.acks) == 2, "the second ACK")
+    await harness.recorder.wait_for(lambda: len(harness.recorder.acks) == 2, "the second ACK")
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(call.read(), 0.3)
-    info = served.server.connections()[0]
+    info = harness.server.connections()[0]
     assert info.types[ECDS].responses_sent == 2
     call.cancel()
 
 
-async def test_a_change_reaches_a_stream_waiting_for_its_next_request(served: Served) -> None:
-    served.recorder.snapshots["node-1"] = snapshot({LDS: {"a": "1"}})
-    call = served.stub.DeltaAggregatedResources()
+async def test_a_change_reaches_a_stream_waiting_for_its_next_request(harness: Harness) -> None:
+    harness.recorder.snapshots["node-1"] = snapshot({LDS: {"a": "1"}})
+    call = harness.stub.DeltaAggregatedResources()
     await call.write(delta_request(LDS))
     first = await read(call)
     await call.write(delta_request(LDS, nonce=first.nonce))
-    await served.recorder.wait_for(lambda: served.recorder.acks != [], "the ACK")
-    served.cache.set_snapshot("node-1", snapshot({LDS: {"a": "2"}}))
+    await harness.recorder.wait_for(lambda: harness.recorder.acks != [], "the ACK")
+    harness.cache.set_snapshot("node-1", snapshot({LDS: {"a": "2"}}))
     changed = await read(call)
     assert contents(changed) == {"a": "2"}
     assert changed.nonce != first.nonce
@@ -158,23 +121,20 @@ async def test_a_change_reaches_a_stream_waiting_for_its_next_request(served: Se
 
 
 async def test_stop_ends_streams_that_have_responses_still_to_write() -> None:
-    cache = SnapshotCache()
-    recorder = Recorder(cache)
+    recorder = Recorder(SnapshotCache())
     recorder.snapshots["node-1"] = snapshot({ECDS: {"x": "0"}})
-    server = AdsServer(cache, recorder)
-    port = await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    async with serving(recorder) as served:
+        call = served.stub.StreamAggregatedResources()
         await call.write(sotw_request(ECDS, ["x"]))
         first = await read(call)
         await call.write(sotw_request(ECDS, ["x"], version=first.version_info, nonce=first.nonce))
         await recorder.wait_for(lambda: recorder.acks != [], "the ACK")
-        cache.set_snapshot("node-1", snapshot({ECDS: {"x": "1"}}))
-        await server.stop(5)
+        served.cache.set_snapshot("node-1", snapshot({ECDS: {"x": "1"}}))
+        await served.server.stop(5)
         assert await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.OK
     assert recorder.disconnected == ["node-1"]
-    assert repr(server) == "AdsServer(stopped, streams=0, nodes=0)"
-    assert repr(cache) == "SnapshotCache(nodes=1, waiting=0)"
+    assert repr(served.server) == "AdsServer(stopped, streams=0, nodes=0)"
+    assert repr(served.cache) == "SnapshotCache(nodes=1, waiting=0)"
 
 
 class SlowConnect(Recorder):
@@ -194,19 +154,16 @@ class SlowConnect(Recorder):
 
 
 async def test_stop_lets_a_running_on_connect_finish_before_ending_its_stream() -> None:
-    cache = SnapshotCache()
-    events = SlowConnect(cache)
-    server = AdsServer(cache, events)
-    port = await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    events = SlowConnect(SnapshotCache())
+    async with serving(events) as served:
+        call = served.stub.StreamAggregatedResources()
         await call.write(sotw_request(LDS))
         await asyncio.wait_for(events.entered.wait(), WAIT_SECONDS)
-        stopping = asyncio.create_task(server.stop(5))
+        stopping = asyncio.create_task(served.server.stop(5))
         await asyncio.sleep(0.1)
         events.release.set()
         await asyncio.wait_for(stopping, WAIT_SECONDS)
         assert await asyncio.wait_for(call.code(), WAIT_SECONDS) == grpc.StatusCode.OK
     assert events.finished
     assert events.disconnected == ["node-1"]
-    assert repr(cache) == "SnapshotCache(nodes=0, waiting=0)"
+    assert repr(served.cache) == "SnapshotCache(nodes=0, waiting=0)"

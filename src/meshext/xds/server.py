@@ -419,6 +419,11 @@ class AdsServer:
         infos = (stream.info() for stream in self._streams.values())
         return [info for info in infos if info is not None]
 
+    def identity_of(self, node_id: str) -> str | None:
+        """The peer identity the open streams of ``node_id`` proved (set before
+        ``on_connect``), or ``None`` (no such stream, or no :class:`StreamSecurity`)."""
+        return self._node_identities.get(node_id)
+
     async def _serve(self, kind: StreamProtocol, context: grpc.aio.ServicerContext) -> None:
         """Serve one stream until the client or :meth:`stop` ends it."""
         machine: SotwStream | DeltaStream = SotwStream() if kind == "sotw" else DeltaStream()

@@ -159,7 +159,6 @@ class ClaimAwareSecurity:
     def __init__(self, inner: StreamSecurity) -> None:
         self.inner = inner
         self.claims: dict[str, str] = {}
-        self.last_identity = ""
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return self.inner.server_credentials()
@@ -172,8 +171,6 @@ class ClaimAwareSecurity:
                 f"node {node.id!r} is connected as {holder}; {identity} may not claim it",
                 "node id held by another identity",
             )
-        # The server calls on_connect right after, without yielding in between.
-        self.last_identity = identity
         return identity
 
 
@@ -286,7 +283,7 @@ class _Worker:
     # --- StreamEvents -----------------------------------------------------------------
 
     async def on_connect(self, node: Node) -> None:
-        identity = self.security.last_identity if self.security is not None else ""
+        identity = self.ads.identity_of(node.id) or ""
         self.present.add(node.id)
         request = next(self.requests)
         verdict: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
