@@ -11,8 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from meshext.cli.describe import describe
 from meshext.cli.image import image as image_cli
@@ -40,18 +38,11 @@ from tests.images.conftest import (
 from tests.images.cosign import Cosign, KeyPair
 from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.registry import Registry
+from tests.images.signed_images import by_digest, imported_ed25519_key, push_image, trust_folder
 from tests.images.wasm import proxy_wasm_module
 from tests.server.mesh import CONTROL_PLANE
 
 pytestmark = pytest.mark.e2e
-
-
-def trust_folder(tmp_path: Path, *keys: KeyPair) -> Path:
-    folder = tmp_path / "trusted"
-    folder.mkdir(exist_ok=True)
-    for number, key in enumerate(keys):
-        shutil.copy(key.public, folder / f"key{number}.pub")
-    return folder
 
 
 def resolver(
@@ -84,22 +75,6 @@ async def resolve(
         return await image_resolver.resolve(extension(image, policy="Always"))
     finally:
         await image_resolver.aclose()
-
-
-def push_image(
-    tmp_path: Path, registry: Registry, repository: str, marker: str, *extra: str
-) -> tuple[str, str]:
-    """An istio-compat image with a module unique to ``marker``; (tag reference, digest)."""
-    layout = Layout(tmp_path / f"layout-{marker}")
-    module = proxy_wasm_module(marker)
-    layout.image("v1", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", module)]))])
-    skopeo_push(layout.root, "v1", registry, f"{repository}:v1", *extra)
-    reference = f"{registry.host}/{repository}:v1"
-    return reference, skopeo_manifest_digest(registry, reference)
-
-
-def by_digest(reference: str, digest: str) -> str:
-    return reference.rsplit(":", 1)[0] + "@" + digest
 
 
 def tags(registry: Registry, repository: str) -> set[str]:
@@ -247,16 +222,7 @@ async def test_a_signature_stored_as_an_oci_referrer_is_found_through_the_referr
 async def test_an_ed25519_key_imported_into_cosign_signs_images_meshext_verifies(
     tmp_path: Path, cache: ModuleCache, plain_registry: Registry, cosign: Cosign
 ) -> None:
-    private = ed25519.Ed25519PrivateKey.generate()
-    pem = tmp_path / "ed25519.pem"
-    pem.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key = cosign.import_key_pair(pem, tmp_path / "imported")
+    key = imported_ed25519_key(cosign, tmp_path)
     reference, digest = push_image(tmp_path, plain_registry, unique("ed25519"), "ed25519")
     cosign.sign(key, by_digest(reference, digest), plain_registry)
     trusted = trust_folder(tmp_path, key)

@@ -18,23 +18,15 @@ from tests.images.conftest import (
     FAST_RETRIES,
     extension,
     registry_config,
-    skopeo_manifest_digest,
-    skopeo_push,
     unique,
 )
-from tests.images.cosign import Cosign, KeyPair, find_cosign
-from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
+from tests.images.cosign import Cosign, KeyPair
 from tests.images.registry import Registry
-from tests.images.wasm import proxy_wasm_module
+from tests.images.signed_images import by_digest, push_image
 
 pytestmark = pytest.mark.e2e
 
 MESH = "istio-system"
-
-
-@pytest.fixture(scope="module")
-def cosign(tmp_path_factory: pytest.TempPathFactory) -> Cosign:
-    return Cosign(find_cosign(), tmp_path_factory.mktemp("cosign-home"))
 
 
 def keys_of(key: KeyPair, name: str) -> KeySet:
@@ -47,13 +39,8 @@ async def test_concurrent_resolves_in_two_namespaces_each_get_their_own_verdict(
     mesh_key = cosign.generate_key_pair(tmp_path / "mesh-key")
     team_key = cosign.generate_key_pair(tmp_path / "team-key")
     repository = unique("scoped")
-    layout = Layout(tmp_path / "layout")
-    module = proxy_wasm_module("scoped")
-    layout.image("v1", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", module)]))])
-    skopeo_push(layout.root, "v1", plain_registry, f"{repository}:v1")
-    reference = f"{plain_registry.host}/{repository}:v1"
-    digest = skopeo_manifest_digest(plain_registry, reference)
-    cosign.sign(team_key, f"{plain_registry.host}/{repository}@{digest}", plain_registry)
+    reference, digest = push_image(tmp_path, plain_registry, repository, "scoped")
+    cosign.sign(team_key, by_digest(reference, digest), plain_registry)
 
     mesh = MeshSignatures(
         "ServiceMeshControlPlane istio-system/basic", "enforce", keys_of(mesh_key, "mesh")

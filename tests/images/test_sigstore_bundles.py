@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
 import ssl
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,6 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from meshext.cli.image import image as image_cli
 from meshext.cli.trust_options import signature_policy
@@ -32,20 +29,17 @@ from tests.images.conftest import (
     CountingTransport,
     extension,
     registry_config,
-    skopeo_manifest_digest,
-    skopeo_push,
     unique,
 )
 from tests.images.cosign import Cosign, KeyPair
-from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.registry import Registry
+from tests.images.signed_images import by_digest, imported_ed25519_key, push_image, trust_folder
 from tests.images.signing_certificates import (
     ISSUER,
     SigningAuthority,
     identities_yaml,
     trusted_root_json,
 )
-from tests.images.wasm import proxy_wasm_module
 
 pytestmark = pytest.mark.e2e
 
@@ -56,29 +50,6 @@ SIGNER_EMAIL = "release@ci.example"
 @pytest.fixture(scope="session")
 def authority() -> SigningAuthority:
     return SigningAuthority.generate("release CA", intermediate=True)
-
-
-def push_image(tmp_path: Path, registry: Registry, repository: str, marker: str) -> tuple[str, str]:
-    """An istio-compat image with a module unique to ``marker``; (tag reference, digest)."""
-    layout = Layout(tmp_path / f"layout-{marker}")
-    layout.image(
-        "v1", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", proxy_wasm_module(marker))]))]
-    )
-    skopeo_push(layout.root, "v1", registry, f"{repository}:v1")
-    reference = f"{registry.host}/{repository}:v1"
-    return reference, skopeo_manifest_digest(registry, reference)
-
-
-def by_digest(reference: str, digest: str) -> str:
-    return reference.rsplit(":", 1)[0] + "@" + digest
-
-
-def keys_folder(tmp_path: Path, *keys: KeyPair) -> Path:
-    folder = tmp_path / "trusted"
-    folder.mkdir(exist_ok=True)
-    for number, key in enumerate(keys):
-        shutil.copy(key.public, folder / f"key{number}.pub")
-    return folder
 
 
 def certificate_folder(
@@ -200,7 +171,7 @@ async def test_a_bundle_signed_by_a_trusted_key_is_found_by_referrers_and_names_
     reference, digest = push_image(tmp_path, oci_registry, repository, "bundle by key")
     cosign.sign_bundle(ci_key, by_digest(reference, digest), oci_registry)
     assert tags(oci_registry, repository) == {"v1"}
-    trusted = keys_folder(tmp_path, ci_key)
+    trusted = trust_folder(tmp_path, ci_key)
     counting = CountingTransport(httpx.AsyncHTTPTransport(verify=trusting(oci_registry)))
     resolution = await resolve(cache, oci_registry, trusted, reference, counting)
     assert resolution.state is ResolutionState.READY, resolution.message
@@ -222,7 +193,7 @@ async def test_a_bundle_signed_by_another_key_is_refused(
     repository = unique("bundle-rogue")
     reference, digest = push_image(tmp_path, oci_registry, repository, "bundle rogue")
     cosign.sign_bundle(rogue_key, by_digest(reference, digest), oci_registry)
-    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, ci_key), reference)
+    resolution = await resolve(cache, oci_registry, trust_folder(tmp_path, ci_key), reference)
     assert resolution.state is ResolutionState.FAILED
     assert f"image {digest} has no valid signature by a trusted key" in resolution.message
     assert "referrers API sha256:" in resolution.message
@@ -319,13 +290,7 @@ async def test_a_bundle_for_another_digest_does_not_count(
     reference, signed_digest = push_image(tmp_path, oci_registry, repository, "genuine bundle")
     cosign.sign_bundle(ci_key, by_digest(reference, signed_digest), oci_registry)
     # The genuine bundle re-attached, unchanged, to another image of the repository.
-    layout = Layout(tmp_path / "evil")
-    layout.image(
-        "v2", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", proxy_wasm_module("evil"))]))]
-    )
-    skopeo_push(layout.root, "v2", oci_registry, f"{repository}:v2")
-    evil_ref = f"{oci_registry.host}/{repository}:v2"
-    evil_digest = skopeo_manifest_digest(oci_registry, evil_ref)
+    evil_ref, evil_digest = push_image(tmp_path, oci_registry, repository, "evil", tag="v2")
     copied = bundle_manifest(oci_registry, repository, signed_digest)
     copied["subject"] = {
         "mediaType": OCI_MANIFEST,
@@ -333,7 +298,7 @@ async def test_a_bundle_for_another_digest_does_not_count(
         "size": len(blob_manifest(oci_registry, repository, evil_digest)),
     }
     push_manifest(oci_registry, repository, copied)
-    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, ci_key), evil_ref)
+    resolution = await resolve(cache, oci_registry, trust_folder(tmp_path, ci_key), evil_ref)
     assert resolution.state is ResolutionState.FAILED
     assert f"image {evil_digest} has no valid signature" in resolution.message
     assert f"a DSSE envelope for {signed_digest}, not this image" in resolution.message
@@ -369,7 +334,7 @@ async def test_a_bundle_with_a_tampered_payload_is_refused(
             if entry["digest"] != tampered:
                 http.delete(f"/v2/{repository}/manifests/{entry['digest']}").raise_for_status()
     assert [e["digest"] for e in referrers(oci_registry, repository, digest)] == [tampered]
-    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, ci_key), reference)
+    resolution = await resolve(cache, oci_registry, trust_folder(tmp_path, ci_key), reference)
     assert resolution.state is ResolutionState.FAILED
     assert "signed by no trusted key" in resolution.message
 
@@ -380,7 +345,7 @@ async def test_moving_the_tag_after_signing_with_a_bundle_refuses_the_new_image(
     repository = unique("bundle-moved")
     reference, signed_digest = push_image(tmp_path, oci_registry, repository, "bundle before")
     cosign.sign_bundle(ci_key, by_digest(reference, signed_digest), oci_registry)
-    trusted = keys_folder(tmp_path, ci_key)
+    trusted = trust_folder(tmp_path, ci_key)
     before = await resolve(cache, oci_registry, trusted, reference)
     assert before.state is ResolutionState.READY, before.message
     _, moved_digest = push_image(tmp_path, oci_registry, repository, "bundle after")
@@ -411,7 +376,7 @@ async def test_classic_signatures_are_found_by_tag_or_by_the_referrers_api(
         ]
     else:
         assert f"sha256-{digest[7:]}.sig" in present
-    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, ci_key), reference)
+    resolution = await resolve(cache, oci_registry, trust_folder(tmp_path, ci_key), reference)
     assert resolution.state is ResolutionState.READY, resolution.message
     assert resolution.module is not None
     assert resolution.module.signer is not None
@@ -426,7 +391,7 @@ async def test_a_bundle_on_a_registry_without_the_referrers_api_is_found_by_the_
     cosign.sign_bundle(ci_key, by_digest(reference, digest), tls_registry)
     # distribution 2.8 has no referrers API: cosign wrote the fallback index tag
     assert f"sha256-{digest[7:]}" in tags(tls_registry, repository)
-    resolution = await resolve(cache, tls_registry, keys_folder(tmp_path, ci_key), reference)
+    resolution = await resolve(cache, tls_registry, trust_folder(tmp_path, ci_key), reference)
     assert resolution.state is ResolutionState.READY, resolution.message
     assert resolution.module is not None
     assert str(resolution.module.signer).endswith(", sigstore bundle")
@@ -499,7 +464,7 @@ async def test_at_most_32_referrers_are_read_whatever_the_registry_lists(
             },
         )  # fmt: skip
     assert len(referrers(oci_registry, repository, digest)) == 40
-    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, ci_key), reference)
+    resolution = await resolve(cache, oci_registry, trust_folder(tmp_path, ci_key), reference)
     assert resolution.state is ResolutionState.FAILED
     assert resolution.message.count("unreadable bundle") == 32
 
@@ -511,13 +476,7 @@ async def test_a_referrer_whose_manifest_names_another_subject_is_ignored(
     reference, signed_digest = push_image(tmp_path, tls_registry, repository, "subject a")
     cosign.sign_bundle(ci_key, by_digest(reference, signed_digest), tls_registry)
     # A referrers tag for another image that lists the first image's bundle.
-    layout = Layout(tmp_path / "other")
-    layout.image(
-        "v2", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", proxy_wasm_module("other"))]))]
-    )
-    skopeo_push(layout.root, "v2", tls_registry, f"{repository}:v2")
-    other_ref = f"{tls_registry.host}/{repository}:v2"
-    other_digest = skopeo_manifest_digest(tls_registry, other_ref)
+    other_ref, other_digest = push_image(tmp_path, tls_registry, repository, "other", tag="v2")
     index_type = "application/vnd.oci.image.index.v1+json"
     with client(tls_registry) as http:
         index = http.get(
@@ -531,7 +490,7 @@ async def test_a_referrer_whose_manifest_names_another_subject_is_ignored(
             headers={"Content-Type": index_type},
         ).raise_for_status()
     listed = json.loads(index.content)["manifests"][0]["digest"]
-    resolution = await resolve(cache, tls_registry, keys_folder(tmp_path, ci_key), other_ref)
+    resolution = await resolve(cache, tls_registry, trust_folder(tmp_path, ci_key), other_ref)
     assert resolution.state is ResolutionState.FAILED
     assert (
         f"referrers tag sha256-{other_digest[7:]} {listed}: its subject is not this image"
@@ -542,19 +501,10 @@ async def test_a_referrer_whose_manifest_names_another_subject_is_ignored(
 async def test_a_bundle_signed_by_an_imported_ed25519_key_verifies(
     tmp_path: Path, cache: ModuleCache, oci_registry: Registry, cosign: Cosign
 ) -> None:
-    private = ed25519.Ed25519PrivateKey.generate()
-    pem = tmp_path / "ed25519.pem"
-    pem.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key = cosign.import_key_pair(pem, tmp_path / "imported")
+    key = imported_ed25519_key(cosign, tmp_path)
     reference, digest = push_image(tmp_path, oci_registry, unique("bundle-ed"), "bundle ed25519")
     cosign.sign_bundle(key, by_digest(reference, digest), oci_registry)
-    resolution = await resolve(cache, oci_registry, keys_folder(tmp_path, key), reference)
+    resolution = await resolve(cache, oci_registry, trust_folder(tmp_path, key), reference)
     assert resolution.state is ResolutionState.READY, resolution.message
     assert str(resolution.module.signer if resolution.module else None).endswith(
         ", sigstore bundle"

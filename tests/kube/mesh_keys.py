@@ -9,14 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshext.images.config import RegistryConfig
 from meshext.images.trust import parse_public_keys
 from meshext.kube.signature_trust import TRUSTED_KEYS_LABEL
 from tests.images.cosign import Cosign, KeyPair
 from tests.images.registry import Registry
-from tests.kube.support import Cluster, Mesh, control_plane, eventually, push_image, wasm_file
+from tests.kube.support import (
+    Cluster,
+    Mesh,
+    control_plane,
+    eventually,
+    push_image,
+    status_of,
+    wasm_file,
+)
 
-INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
 REFUSED = "refused by the signature policy"
 Status = dict[str, Any]
 
@@ -66,12 +72,6 @@ def signed_image(
     for key in keys:
         cosign.sign(key, f"{registry.host}/extensions/{name}@{digest}", registry)
     return image, digest
-
-
-def status_of(cluster: Cluster, name: str, namespace: str) -> Status | None:
-    found = cluster.get("sme", name, namespace) or {}
-    status = found.get("status")
-    return status if isinstance(status, dict) and "deployment" in status else None
 
 
 async def settled(

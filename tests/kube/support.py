@@ -59,6 +59,8 @@ DEADLINE = 90.0
 SME_CRD = "servicemeshextensions.maistra.io"
 WASM_PLUGINS = "wasmplugins.extensions.istio.io"
 ENVOY_FILTERS = "envoyfilters.networking.istio.io"
+# The test registries serve plain HTTP on loopback.
+INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
 
 
 extension = sme_document
@@ -205,9 +207,16 @@ def wasm_file(directory: Path, marker: str) -> Path:
     return path
 
 
-def push_image(module: Path, image: str) -> str:
+def status_of(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
+    """The status of extension ``namespace/name`` once it has a deployment part."""
+    found = cluster.get("sme", name, namespace) or {}
+    status = found.get("status")
+    return status if isinstance(status, dict) and "deployment" in status else None
+
+
+def push_image(module: Path, image: str, *extra: str) -> str:
     """``meshext image build`` of ``module`` pushed as ``image`` (an insecure loopback
-    registry); returns the manifest digest."""
+    registry), with ``extra`` options; returns the manifest digest."""
     result = subprocess.run(
         [
             str(MESHEXT),
@@ -218,6 +227,7 @@ def push_image(module: Path, image: str) -> str:
             "--phase=PreAuthZ",
             f"--tag={image}",
             "--insecure-registry=127.0.0.1",
+            *extra,
             "--quiet",
         ],
         capture_output=True,

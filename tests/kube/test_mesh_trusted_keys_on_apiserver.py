@@ -16,7 +16,6 @@ import pytest
 from tests.images.cosign import Cosign
 from tests.images.registry import Registry
 from tests.kube.mesh_keys import (
-    INSECURE,
     fingerprint,
     key_pair,
     ready,
@@ -27,6 +26,7 @@ from tests.kube.mesh_keys import (
     trusted_keys,
 )
 from tests.kube.support import (
+    INSECURE,
     Cluster,
     Mesh,
     control_plane,

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshext.images.config import RegistryConfig
 from tests.images.registry import PASSWORD, USERNAME, Registry, start_registry
 from tests.kube.support import (
-    MESHEXT,
+    INSECURE,
     Cluster,
     Mesh,
     eventually,
     extension,
+    push_image,
     running_controller,
     settings,
+    status_of,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
 
 pytestmark = pytest.mark.e2e
-
-INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +50,7 @@ def _push(registry: Registry, module: Path, image: str, tmp_path: Path) -> str:
     """Build a Maistra image with phase and priority in manifest.yaml; push it."""
     credentials = tmp_path / "docker-config.json"
     credentials.write_bytes(_docker_config(registry))
-    result = subprocess.run(
-        [
-            str(MESHEXT),
-            "image",
-            "build",
-            f"--wasm={module}",
-            "--name=header",
-            "--phase=PreAuthZ",
-            "--priority=7",
-            f"--tag={image}",
-            "--insecure-registry=127.0.0.1",
-            f"--registry-config={credentials}",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    digest: str = result.stdout.split()[0]
-    return digest
+    return push_image(module, image, "--priority=7", f"--registry-config={credentials}")
 
 
 def _pull_secret(registry: Registry, namespace: str) -> dict[str, Any]:
@@ -82,12 +61,6 @@ def _pull_secret(registry: Registry, namespace: str) -> dict[str, Any]:
         "metadata": {"name": "regcred", "namespace": namespace},
         "data": {".dockerconfigjson": base64.b64encode(_docker_config(registry)).decode()},
     }
-
-
-def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
-    found = cluster.get("sme", name, namespace) or {}
-    status = found.get("status")
-    return status if isinstance(status, dict) and "deployment" in status else None
 
 
 async def test_a_private_image_is_pulled_with_the_secret_of_the_extensions_namespace(
@@ -114,10 +87,10 @@ async def test_a_private_image_is_pulled_with_the_secret_of_the_extensions_names
         kube_apiserver, tmp_path / "cache", settings(istio=None), registry=INSECURE
     ):
         private = await eventually(
-            lambda: _status(cluster, "private", with_secret), "status of the private image"
+            lambda: status_of(cluster, "private", with_secret), "status of the private image"
         )
         borrower = await eventually(
-            lambda: _status(cluster, "borrower", without_secret), "status of the borrower"
+            lambda: status_of(cluster, "borrower", without_secret), "status of the borrower"
         )
     assert private["deployment"]["ready"] is True, private
     assert private["deployment"]["containerSha256"] == digest

@@ -26,7 +26,6 @@ from tests.envoy.support import build_examples
 from tests.images.cosign import Cosign
 from tests.images.registry import Registry
 from tests.kube.mesh_keys import (
-    INSECURE,
     REFUSED,
     fingerprint,
     key_pair,
@@ -37,7 +36,7 @@ from tests.kube.mesh_keys import (
     signed_image,
     trusted_keys,
 )
-from tests.kube.support import Cluster, Mesh, extension
+from tests.kube.support import INSECURE, Cluster, Mesh, extension
 from tests.kube_harness import KubeApiServer
 from tests.server.mesh import Mesh as Sidecars
 from tests.server.mesh import mesh_of, serve_options

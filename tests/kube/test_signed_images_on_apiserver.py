@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from meshext.images.config import RegistryConfig
 from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
-from tests.images.cosign import Cosign, KeyPair, find_cosign
+from tests.images.cosign import Cosign, KeyPair
 from tests.images.registry import Registry
 from tests.kube.support import (
+    INSECURE,
     Cluster,
     Mesh,
     eventually,
@@ -21,13 +21,12 @@ from tests.kube.support import (
     push_image,
     running_controller,
     settings,
+    status_of,
     wasm_file,
 )
 from tests.kube_harness import KubeApiServer
 
 pytestmark = pytest.mark.e2e
-
-INSECURE = RegistryConfig(insecure_registries=frozenset({"127.0.0.1"}))
 
 
 @pytest.fixture
@@ -35,21 +34,15 @@ def mesh_members() -> int:
     return 1
 
 
-def _status(cluster: Cluster, name: str, namespace: str) -> dict[str, Any] | None:
-    found = cluster.get("sme", name, namespace) or {}
-    status = found.get("status")
-    return status if isinstance(status, dict) and "deployment" in status else None
-
-
 async def test_status_names_the_signer_of_a_signed_image_and_refuses_an_unsigned_one(
     kube_apiserver: KubeApiServer,
     cluster: Cluster,
     mesh: Mesh,
     registry: Registry,
+    cosign: Cosign,
     tmp_path: Path,
 ) -> None:
     (namespace,) = mesh.members
-    cosign = Cosign(find_cosign(), tmp_path / "cosign-home")
     key: KeyPair = cosign.generate_key_pair(tmp_path / "ci-key")
     trusted = tmp_path / "trusted"
     trusted.mkdir()
@@ -73,10 +66,10 @@ async def test_status_names_the_signer_of_a_signed_image_and_refuses_an_unsigned
         signatures=policy,
     ):
         signed = await eventually(
-            lambda: _status(cluster, "signed", namespace), "status of the signed image"
+            lambda: status_of(cluster, "signed", namespace), "status of the signed image"
         )
         unsigned = await eventually(
-            lambda: _status(cluster, "unsigned", namespace), "status of the unsigned image"
+            lambda: status_of(cluster, "unsigned", namespace), "status of the unsigned image"
         )
     assert signed["deployment"]["ready"] is True, signed
     assert signed["deployment"]["containerSha256"] == signed_digest
@@ -93,10 +86,10 @@ async def test_an_always_tag_moved_to_an_unsigned_image_keeps_the_verified_modul
     cluster: Cluster,
     mesh: Mesh,
     registry: Registry,
+    cosign: Cosign,
     tmp_path: Path,
 ) -> None:
     (namespace,) = mesh.members
-    cosign = Cosign(find_cosign(), tmp_path / "cosign-home")
     key = cosign.generate_key_pair(tmp_path / "ci-key")
     trusted = tmp_path / "trusted"
     trusted.mkdir()
@@ -115,14 +108,14 @@ async def test_an_always_tag_moved_to_an_unsigned_image_keeps_the_verified_modul
     ):
         await eventually(
             lambda: (
-                (_status(cluster, "moving", namespace) or {}).get("deployment", {}).get("signer")
+                (status_of(cluster, "moving", namespace) or {}).get("deployment", {}).get("signer")
             ),
             "the signer in status",
         )
         moved_digest = push_image(wasm_file(tmp_path / "modules", "after"), image)
 
         def refused() -> dict[str, Any] | None:
-            status = _status(cluster, "moving", namespace)
+            status = status_of(cluster, "moving", namespace)
             message = (status or {}).get("deployment", {}).get("message") or ""
             return status if moved_digest in message else None
 

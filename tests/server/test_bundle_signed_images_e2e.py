@@ -17,12 +17,10 @@ from meshext.cli.status import status
 from meshext.cli.trust_options import signature_policy
 from meshext.images.config import RegistryConfig
 from meshext.server.control import ExtensionReport
-from tests.envoy.support import build_examples
-from tests.images.conftest import skopeo_manifest_digest, skopeo_push
 from tests.images.cosign import Cosign, KeyPair, find_cosign
-from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.oci_registry import start_oci_registry
 from tests.images.registry import Registry, make_ca
+from tests.images.signed_images import push_header_append
 from tests.images.signing_certificates import ISSUER, SigningAuthority, identities_yaml
 from tests.server.mesh import Mesh, running_mesh, serve_options
 
@@ -74,18 +72,6 @@ async def mesh(
     async with running_mesh(tmp_path, options) as running:
         running.control_plane()
         yield running
-
-
-def push_header_append(
-    tmp_path: Path, registry: Registry, repository: str, *extra: str
-) -> tuple[str, str]:
-    """The header-append example as an istio-compat image; (reference, digest)."""
-    layout = Layout(tmp_path / f"layout-{repository}")
-    module = (build_examples() / "header-append.wasm").read_bytes()
-    layout.image("v1", [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", module)]))])
-    skopeo_push(layout.root, "v1", registry, f"{repository}:v1", *extra)
-    reference = f"{registry.host}/{repository}:v1"
-    return reference, skopeo_manifest_digest(registry, reference)
 
 
 def image_sme(name: str, image: str, value: str, priority: int) -> str:

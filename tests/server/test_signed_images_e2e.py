@@ -17,11 +17,9 @@ from meshext.cli.status import status
 from meshext.images.config import RegistryConfig
 from meshext.images.trust import SignatureMode, SignaturePolicy, load_trusted_keys
 from meshext.server.control import ExtensionReport
-from tests.envoy.support import build_examples
-from tests.images.conftest import skopeo_manifest_digest, skopeo_push
 from tests.images.cosign import Cosign, KeyPair, find_cosign
-from tests.images.layouts import OCI_LAYER_GZIP, Entry, Layout, tar_layer
 from tests.images.registry import Registry, start_registry
+from tests.images.signed_images import push_header_append
 from tests.server.mesh import Mesh, running_mesh, serve_options
 
 pytestmark = pytest.mark.e2e
@@ -61,18 +59,6 @@ async def mesh(tmp_path: Path, ci_key: KeyPair) -> AsyncIterator[Mesh]:
         yield running
 
 
-def push_header_append(
-    tmp_path: Path, registry: Registry, repository: str, tag: str, *extra: str
-) -> tuple[str, str]:
-    """The header-append example as an istio-compat image; (reference, digest)."""
-    layout = Layout(tmp_path / f"layout-{repository}-{tag}")
-    module = (build_examples() / "header-append.wasm").read_bytes()
-    layout.image(tag, [(OCI_LAYER_GZIP, tar_layer([Entry("plugin.wasm", module)]))])
-    skopeo_push(layout.root, tag, registry, f"{repository}:{tag}", *extra)
-    reference = f"{registry.host}/{repository}:{tag}"
-    return reference, skopeo_manifest_digest(registry, reference)
-
-
 def image_sme(name: str, image: str, value: str) -> str:
     return json.dumps(
         {
@@ -92,10 +78,10 @@ def image_sme(name: str, image: str, value: str) -> str:
 async def test_only_the_signed_image_reaches_envoy_and_status_names_signer_and_refusal(
     tmp_path: Path, mesh: Mesh, registry: Registry, cosign: Cosign, ci_key: KeyPair
 ) -> None:
-    signed_ref, signed_digest = push_header_append(tmp_path, registry, "ext-signed", "v1")
+    signed_ref, signed_digest = push_header_append(tmp_path, registry, "ext-signed")
     cosign.sign(ci_key, f"{registry.host}/ext-signed@{signed_digest}", registry)
     unsigned_ref, unsigned_digest = push_header_append(
-        tmp_path, registry, "ext-unsigned", "v1", "--format", "v2s2"
+        tmp_path, registry, "ext-unsigned", "--format", "v2s2"
     )
     mesh.write(
         "ext.yaml",

@@ -134,11 +134,6 @@ def decode_signature(signature_b64: str) -> bytes:
         raise PayloadError("the signature is not base64") from exc
 
 
-def signature_is_valid(key: TrustedKey, message: bytes, signature: bytes) -> bool:
-    """Whether ``signature`` over ``message`` verifies with ``key``."""
-    return public_key_signature_is_valid(key.key, message, signature)
-
-
 def public_key_signature_is_valid(key: PublicKey, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` over ``message`` verifies with ``key`` (ECDSA with SHA-256,
     or Ed25519 pure or prehashed)."""
@@ -177,7 +172,7 @@ def signing_key(
 ) -> TrustedKey | None:
     """The first trusted key under which ``signature`` over ``message`` verifies."""
     for key in keys:
-        if signature_is_valid(key, message, signature):
+        if public_key_signature_is_valid(key.key, message, signature):
             return key
     return None
 

@@ -9,8 +9,9 @@ only if the policy allows it.
   verified, the signer reported; an image without a trusted signature still runs.
 * ``enforce``: the image runs only with a valid signature by a trusted key over its
   digest (a cosign signature or a Sigstore bundle; a bundle may instead be signed
-  with a certificate naming a trusted identity); anything else raises :class:`SignatureRefused`, naming the digest, what
-  was found and why it did not count. A ``file:`` module needs a detached
+  with a certificate naming a trusted identity); anything else raises
+  :class:`SignatureRefused`, naming the digest, what was found and why it did not
+  count. A ``file:`` module needs a detached
   signature next to it (``<file>.sig``, base64, as ``cosign sign-blob
   --output-signature`` writes) over the module bytes.
 
