@@ -1,29 +1,31 @@
 """Who is on the other end of an xDS stream, and whether it may speak for its node.
 
-gRPC has already verified the peer's chain against the trust bundle (and its validity
-dates) when a stream starts; :class:`MeshStreamSecurity` reads the verified leaf
+The TLS handshake has already verified the peer's chain against the trust bundle (and
+its validity dates) when a stream starts; :class:`MeshStreamSecurity` reads the verified leaf
 certificate from the stream's auth context, takes its SPIFFE id, and accepts the node
 only if the node's ``NAMESPACE`` metadata is that id's namespace. The namespace is
 what decides which extensions a proxy receives, so it is the claim that must be proven.
 
-It also serves the control plane's own certificate, renewed at half its lifetime:
-gRPC asks for the current one at each new handshake (``dynamic_ssl_server_credentials``).
+It also serves the control plane's own certificate, renewed at half its lifetime: the
+server calls :meth:`MeshStreamSecurity.renew` periodically, which loads a reissued
+certificate into the TLS context for the handshakes that follow.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 
-import grpc
 from cryptography import x509
 
 from meshext.envoy.node import NAMESPACE
 from meshext.identity.ca import CertificateAuthority, IssuedCertificate
 from meshext.identity.errors import IdentityError
 from meshext.identity.spiffe import SpiffeId, control_plane_id, parse_spiffe_id
+from meshext.rpc.tls import add_trust, load_certificate, server_context
 from meshext.xds.server import StreamDenied
 from meshext.xds.types import Node
 
@@ -88,25 +90,34 @@ class MeshStreamSecurity:
     def __init__(self, server: ServerCertificate) -> None:
         self.server = server
         self.trust_domain = server.ca.trust_domain
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+        self._served: IssuedCertificate | None = None
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        served: list[IssuedCertificate] = [self.server.current()]
+    def ssl_context(self) -> ssl.SSLContext:
+        """The server's TLS context: the current serving certificate, client
+        certificates required and verified against the mesh's trust bundle."""
+        with self._lock:
+            if self._context is None:
+                issued = self.server.current()
+                self._context = server_context(issued.cert_pem, issued.key_pem, issued.bundle_pem)
+                self._served = issued
+            return self._context
 
-        def configuration(issued: IssuedCertificate) -> grpc.ServerCertificateConfiguration:
-            return grpc.ssl_server_certificate_configuration(
-                [(issued.key_pem, issued.cert_pem)], root_certificates=issued.bundle_pem
-            )
-
-        def fetch() -> grpc.ServerCertificateConfiguration | None:
+    def renew(self) -> None:
+        """Present the serving certificate reissued at half its lifetime, from the next
+        handshake on (the server calls this periodically)."""
+        with self._lock:
+            context = self._context
+            if context is None:
+                return
             issued = self.server.current()
-            if issued is served[0]:
-                return None
-            served[0] = issued
-            return configuration(issued)
-
-        return grpc.dynamic_ssl_server_credentials(
-            configuration(served[0]), fetch, require_client_authentication=True
-        )
+            if issued is self._served:
+                return
+            load_certificate(context, issued.cert_pem, issued.key_pem)
+            if self._served is None or issued.bundle_pem != self._served.bundle_pem:
+                add_trust(context, issued.bundle_pem)
+            self._served = issued
 
     def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
         peer = peer_spiffe_id(auth_context)

@@ -7,13 +7,12 @@ server's event loop, with as little around it as a stream needs:
   responses it returns;
 * once the stream has named its node it watches the node in the cache
   (:meth:`SnapshotCache.watch`); a newer snapshot schedules one callback (snapshots
-  arriving in a burst are coalesced into the latest) that feeds it to the machine;
-* responses go out in the order the machine made them, through one outbox per
-  stream; the RPC's task writes them after a request, and a short-lived writer task
-  only when a snapshot made some while the RPC's task waits for the next request.
+  arriving in a burst are coalesced into the latest) that feeds it to the machine
+  and writes what it returns, in that callback: a write is a socket write (see
+  :mod:`meshext.rpc`), so a change costs no task per stream.
 
 Responses are sent as bytes assembled from parts encoded once for every stream (see
-:mod:`meshext.xds.wire`); gRPC does not serialize them again.
+:mod:`meshext.xds.wire`); the transport does not serialize them again.
 
 The control plane plugs in through :class:`StreamEvents`. When a stream names its node
 the server awaits ``on_connect(node)`` (the control plane computes and sets the node's
@@ -39,18 +38,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol
 
-import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
 from meshext.errors import MeshextError
+from meshext.rpc import EOF, CallClosed, Method, RpcServer, RpcServerError, ServerCall
+from meshext.rpc import Status as GrpcStatus
 from meshext.xds.cache import SnapshotCache
 from meshext.xds.protocol import (
     Ack,
@@ -68,18 +69,6 @@ _log = logging.getLogger(__name__)
 
 StreamProtocol = Literal["sotw", "delta"]
 
-_SERVER_OPTIONS: Final = (
-    # Two servers must never share a port silently.
-    ("grpc.so_reuseport", 0),
-    # Find proxies that vanished without closing their connection.
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Bandwidth probing pings cost a write and a read per message received; xDS
-    # streams carry little data and proxies do not need it.
-    ("grpc.http2.bdp_probe", 0),
-)
-
 
 class ServerError(MeshextError):
     """The ADS server could not start (a permanent error for the given address)."""
@@ -96,13 +85,17 @@ class StreamDenied(MeshextError):
 class StreamSecurity(Protocol):
     """How the server authenticates its peers and authorizes the nodes they claim."""
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """TLS credentials that require and verify a client certificate."""
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS context that requires and verifies a client certificate."""
+        ...
+
+    def renew(self) -> None:
+        """Called every few seconds: load a renewed serving certificate, if any."""
         ...
 
     def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
-        """The identity of the peer (from ``auth_context``, gRPC's view of the verified
-        certificate) if it may speak for ``node``; raises :class:`StreamDenied` if not."""
+        """The identity of the peer (from ``auth_context``: ``x509_pem_cert``, the verified
+        client certificate, as gRPC names it) if it may speak for ``node``; raises :class:`StreamDenied` if not."""
         ...
 
 
@@ -300,16 +293,10 @@ class _Stream:
     machine: SotwStream | DeltaStream
     peer: str
     connected_since: datetime
-    context: grpc.aio.ServicerContext
+    context: ServerCall
     task: asyncio.Task[Any] | None
     node_id: str | None = None
     identity: str = ""
-    # Responses made and not yet written, oldest first (rarely more than a few: a
-    # list, 56 bytes empty, where a deque takes 600 per stream).
-    outbox: list[bytes] = field(default_factory=list)
-    # Whether some coroutine is writing the outbox (the RPC's task or ``writer``).
-    writing: bool = False
-    writer: asyncio.Task[None] | None = None
     # Whether a newer snapshot is already scheduled to be taken.
     wake_scheduled: bool = False
     unwatch: Callable[[], None] | None = None
@@ -361,7 +348,7 @@ class AdsServer:
         self.security = security
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._metrics = _Metrics(self.registry)
-        self._server: grpc.aio.Server | None = None
+        self._server: RpcServer | None = None
         self._streams: dict[int, _Stream] = {}
         self._node_streams: dict[str, int] = {}
         self._node_identities: dict[str, str] = {}
@@ -372,22 +359,17 @@ class AdsServer:
         """Listen on ``address`` (``host:port``, port 0 for any); returns the bound port."""
         if self._server is not None:
             raise ServerError("the ADS server is already started")
-        options = _SERVER_OPTIONS
-        if self.reuse_port:
-            options = (("grpc.so_reuseport", 1), *options[1:])
-        server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((_handlers(self),))
+        security = self.security
+        server = RpcServer(
+            _methods(self),
+            ssl_context=None if security is None else security.ssl_context(),
+            reuse_port=self.reuse_port,
+            on_housekeeping=None if security is None else security.renew,
+        )
         try:
-            if self.security is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, self.security.server_credentials())
-        except RuntimeError as exc:
-            raise ServerError(f"cannot listen on {address}: {exc}") from exc
-        if not port:
-            raise ServerError(f"cannot listen on {address}")
-        port = int(port)
-        await server.start()
+            port = await server.start(address)
+        except RpcServerError as exc:
+            raise ServerError(str(exc)) from exc
         self._server = server
         if self.security is None:
             _log.warning(
@@ -424,7 +406,7 @@ class AdsServer:
         ``on_connect``), or ``None`` (no such stream, or no :class:`StreamSecurity`)."""
         return self._node_identities.get(node_id)
 
-    async def _serve(self, kind: StreamProtocol, context: grpc.aio.ServicerContext) -> None:
+    async def _serve(self, kind: StreamProtocol, context: ServerCall) -> None:
         """Serve one stream until the client or :meth:`stop` ends it."""
         machine: SotwStream | DeltaStream = SotwStream() if kind == "sotw" else DeltaStream()
         stream = _Stream(
@@ -441,12 +423,12 @@ class AdsServer:
         try:
             while True:
                 request = await context.read()
-                if request is grpc.aio.EOF:
+                if request is EOF:
                     return
                 try:
                     events = machine.receive_request(request)
                 except ProtocolError as exc:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    await context.abort(GrpcStatus.INVALID_ARGUMENT, str(exc))
                     return
                 # Not kept while waiting for the next one (the first carries the whole
                 # node, which the machine keeps converted).
@@ -454,14 +436,14 @@ class AdsServer:
                 if stream.node_id is None and machine.node is not None:
                     denied = self._authorize(stream, machine.node, context)
                     if denied is not None:
-                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied)
+                        await context.abort(GrpcStatus.PERMISSION_DENIED, denied)
                         return
                     stream.connecting = True
                     try:
                         await self._identified(stream, machine.node)
                     except StreamDenied as exc:
                         self._metrics.denied.labels(exc.reason).inc()
-                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                        await context.abort(GrpcStatus.PERMISSION_DENIED, str(exc))
                         return
                     finally:
                         stream.connecting = False
@@ -474,8 +456,7 @@ class AdsServer:
                     self._take_snapshot(stream)
                 else:
                     self._dispatch(stream, events)
-                if stream.outbox and not stream.writing:
-                    await self._write(stream)
+                await context.conn.drained()
         except asyncio.CancelledError:
             if not stream.stopping:
                 raise
@@ -495,49 +476,26 @@ class AdsServer:
     def _snapshot_changed(self, stream: _Stream) -> None:
         """Scheduled when the cache holds a newer snapshot for the stream's node."""
         stream.wake_scheduled = False
-        if stream.closed:
+        if stream.closed or stream.stopping:
             return
         self._take_snapshot(stream)
-        if stream.outbox and not stream.writing:
-            # The RPC's task is waiting for a request: a writer task sends these.
-            stream.writing = True
-            stream.writer = asyncio.get_running_loop().create_task(self._write_detached(stream))
 
     def _dispatch(self, stream: _Stream, events: list[Event]) -> None:
+        """Write the responses (in order) and report the verdicts among ``events``."""
         for event in events:
             if isinstance(event, Response):
+                if stream.closed:
+                    continue
                 self._metrics.sent(event.type_url, stream.protocol)
-                stream.outbox.append(event.payload)
+                try:
+                    stream.context.write_nowait(event.payload)
+                except CallClosed:
+                    # The client reset the stream; its task is being cancelled.
+                    stream.closed = True
             else:
                 self._report(stream, event)
 
-    async def _write(self, stream: _Stream) -> None:
-        """Write the stream's outbox until it is empty (the only writer meanwhile)."""
-        stream.writing = True
-        try:
-            outbox, write = stream.outbox, stream.context.write
-            while outbox:
-                await write(outbox.pop(0))
-        finally:
-            stream.writing = False
-
-    async def _write_detached(self, stream: _Stream) -> None:
-        try:
-            await self._write(stream)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Usually the RPC has ended and its task is closing the stream already; in
-            # any case a stream that lost a response cannot go on, so end it.
-            _log.debug("stream %d: write failed: %s", stream.stream_id, exc)
-            if not stream.closed and stream.task is not None:
-                stream.task.cancel()
-        finally:
-            stream.writer = None
-
-    def _authorize(
-        self, stream: _Stream, node: Node, context: grpc.aio.ServicerContext
-    ) -> str | None:
+    def _authorize(self, stream: _Stream, node: Node, context: ServerCall) -> str | None:
         """Why the stream may not speak for ``node``, or ``None`` (then its identity is set)."""
         if self.security is None:
             return None
@@ -610,10 +568,6 @@ class AdsServer:
         if stream.unwatch is not None:
             stream.unwatch()
             stream.unwatch = None
-        if stream.writer is not None:
-            stream.writer.cancel()
-            stream.writer = None
-        stream.outbox.clear()
         del self._streams[stream.stream_id]
         self._metrics.closed(stream.protocol)
         node_id = stream.node_id
@@ -655,26 +609,23 @@ def _stream_waker(server: AdsServer, stream: _Stream) -> Callable[[], None]:
 _SERVICE: Final = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
-def _handlers(server: AdsServer) -> grpc.GenericRpcHandler:
+def _methods(server: AdsServer) -> dict[str, Method]:
     """The ADS service's two methods; responses are bytes already (no serializer)."""
 
-    async def sotw(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        await server._serve("sotw", context)
+    async def sotw(call: ServerCall) -> None:
+        await server._serve("sotw", call)
 
-    async def delta(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
-        await server._serve("delta", context)
+    async def delta(call: ServerCall) -> None:
+        await server._serve("delta", call)
 
-    return grpc.method_handlers_generic_handler(
-        _SERVICE,
-        {
-            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                sotw, request_deserializer=discovery_pb2.DiscoveryRequest.FromString
-            ),
-            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                delta, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString
-            ),
-        },
-    )
+    return {
+        f"/{_SERVICE}/StreamAggregatedResources": Method(
+            sotw, discovery_pb2.DiscoveryRequest.FromString
+        ),
+        f"/{_SERVICE}/DeltaAggregatedResources": Method(
+            delta, discovery_pb2.DeltaDiscoveryRequest.FromString
+        ),
+    }
 
 
 def _short(type_url: str) -> str:

@@ -25,13 +25,13 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from meshext.identity.authority import CaSettings
@@ -160,8 +160,11 @@ class ClaimAwareSecurity:
         self.inner = inner
         self.claims: dict[str, str] = {}
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        return self.inner.server_credentials()
+    def ssl_context(self) -> ssl.SSLContext:
+        return self.inner.ssl_context()
+
+    def renew(self) -> None:
+        self.inner.renew()
 
     def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
         identity = self.inner.authorize(auth_context, node)
