@@ -25,7 +25,7 @@ import ssl
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import hpack
 from hpack.exceptions import HPACKError
@@ -131,7 +131,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TLS transport is not an asyncio.Transport subclass; it has its methods.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.peer = _peer_name(transport.get_extra_info("peername"))
         ssl_object = transport.get_extra_info("ssl_object")
