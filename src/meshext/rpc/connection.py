@@ -13,8 +13,8 @@ the peer): frames of at most 16 KiB, header blocks of at most :attr:`Limits.head
 bytes (decoded and encoded), requests of at most :attr:`Limits.max_message` bytes,
 at most :attr:`Limits.concurrent_streams` calls at a time, unread requests of at most
 :attr:`Limits.inbox_bytes` per connection, flow control on both sides, and a budget
-of control frames (SETTINGS, PING, PRIORITY, RST_STREAM, new streams, empty DATA) per
-housekeeping period, beyond which the client is told ``ENHANCE_YOUR_CALM``.
+of control frames (SETTINGS, PING, PRIORITY, RST_STREAM, new streams, empty DATA; a PING after the server sent data is
+free) per housekeeping period, beyond which the client is told ``ENHANCE_YOUR_CALM``.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ class Connection(asyncio.Protocol):
         self.blocked: dict[int, ServerCall] = {}
         self.inbox_bytes = 0
         self.strikes = 0
+        self.sent_data = False
         self.last_read = self.loop.time()
         self.ping_sent_at: float | None = None
         self.paused = False
@@ -497,7 +498,12 @@ class Connection(asyncio.Protocol):
             if payload == _KEEPALIVE_OPAQUE:
                 self.ping_sent_at = None
             return
-        self._strike()
+        # gRPC clients probe bandwidth with a PING after receiving data: those are
+        # free; a PING with no data sent since the last one counts against the budget.
+        if self.sent_data:
+            self.sent_data = False
+        else:
+            self._strike()
         self._write(ping_ack(bytes(payload)))
 
     def _settings(self, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
@@ -556,6 +562,7 @@ class Connection(asyncio.Protocol):
         if not call.headers_sent:
             call.headers_sent = True
             transport.write(_RESPONSE_HEADERS_FRAME(call.stream_id))
+        self.sent_data = True
         size = len(message) + 5
         if (
             not call.pending
