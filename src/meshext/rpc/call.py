@@ -135,6 +135,12 @@ class ServerCall:
             raise CallClosed(f"stream {self.stream_id} has ended")
         self.conn.send_message(self, message)
 
+    def write_many_nowait(self, messages: Sequence[bytes]) -> None:
+        """:meth:`write_nowait` for each of ``messages``, in one socket write."""
+        if self.ended or self.reset:
+            raise CallClosed(f"stream {self.stream_id} has ended")
+        self.conn.send_messages(self, messages)
+
     async def write(self, message: bytes) -> None:
         """Send one serialized response; waits while the socket's buffer is full."""
         self.write_nowait(message)

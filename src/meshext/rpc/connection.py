@@ -123,6 +123,7 @@ class Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         self.ping_sent_at: float | None = None
         self.paused = False
+        self.corked: list[bytes] | None = None
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.going_away = False
         self.closed = False
@@ -159,6 +160,15 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        # What the frames of one read make the server send goes out in one write.
+        corked = self.cork()
+        try:
+            self._received(data)
+        finally:
+            if corked:
+                self.uncork()
+
+    def _received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
         buffer = self.buffer
         view: bytes | bytearray
@@ -550,18 +560,44 @@ class Connection(asyncio.Protocol):
     # -- frames out -------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        corked = self.corked
+        if corked is not None:
+            corked.append(data)
+            return
         transport = self.transport
         if transport is not None and not self.closed:
             transport.write(data)
 
+    def cork(self) -> bool:
+        """Hold writes until :meth:`uncork` (then one socket write); ``False`` if they
+        are held already (the caller must not uncork then)."""
+        if self.corked is not None:
+            return False
+        self.corked = []
+        return True
+
+    def uncork(self) -> None:
+        corked, self.corked = self.corked, None
+        if not corked:
+            return
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def send_messages(self, call: ServerCall, messages: Sequence[bytes]) -> None:
+        """:meth:`send_message` for each of ``messages``, in one socket write."""
+        corked = self.cork()
+        try:
+            for message in messages:
+                self.send_message(call, message)
+        finally:
+            if corked:
+                self.uncork()
+
     def send_message(self, call: ServerCall, message: bytes) -> None:
         """Frame one serialized response and send what flow control allows now."""
-        transport = self.transport
-        if transport is None or self.closed:
+        if self.transport is None or self.closed:
             return
-        if not call.headers_sent:
-            call.headers_sent = True
-            transport.write(_RESPONSE_HEADERS_FRAME(call.stream_id))
         self.sent_data = True
         size = len(message) + 5
         if (
@@ -572,17 +608,21 @@ class Connection(asyncio.Protocol):
         ):
             call.send_window -= size
             self.send_window -= size
-            transport.write(
-                _DATA_AND_PREFIX.pack(size << 8, 0, call.stream_id, 0, len(message)) + message
-            )
+            frame = _DATA_AND_PREFIX.pack(size << 8, 0, call.stream_id, 0, len(message)) + message
+            if not call.headers_sent:
+                call.headers_sent = True
+                frame = _RESPONSE_HEADERS_FRAME(call.stream_id) + frame
+            self._write(frame)
             return
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._write(_RESPONSE_HEADERS_FRAME(call.stream_id))
         call.pending.append(memoryview(b"\x00" + len(message).to_bytes(4, "big") + message))
         self._flush(call)
 
     def _flush(self, call: ServerCall) -> None:
         """Send as much of ``call``'s waiting responses as the windows allow."""
-        transport = self.transport
-        if transport is None or self.closed:
+        if self.transport is None or self.closed:
             return
         pending = call.pending
         max_frame = self.peer_max_frame
@@ -594,8 +634,7 @@ class Connection(asyncio.Protocol):
                 return
             head = pending[0]
             size = min(len(head), max_frame, window)
-            transport.write(frame_header(size, FrameType.DATA, 0, call.stream_id))
-            transport.write(head[:size])
+            self._write(frame_header(size, FrameType.DATA, 0, call.stream_id) + head[:size])
             call.send_window -= size
             self.send_window -= size
             if size == len(head):
@@ -701,6 +740,8 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        if self.corked:
+            self.uncork()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()

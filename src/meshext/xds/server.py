@@ -482,18 +482,23 @@ class AdsServer:
 
     def _dispatch(self, stream: _Stream, events: list[Event]) -> None:
         """Write the responses (in order) and report the verdicts among ``events``."""
+        payloads: list[bytes] = []
         for event in events:
             if isinstance(event, Response):
-                if stream.closed:
-                    continue
                 self._metrics.sent(event.type_url, stream.protocol)
-                try:
-                    stream.context.write_nowait(event.payload)
-                except CallClosed:
-                    # The client reset the stream; its task is being cancelled.
-                    stream.closed = True
+                payloads.append(event.payload)
             else:
                 self._report(stream, event)
+        if not payloads or stream.closed:
+            return
+        try:
+            if len(payloads) == 1:
+                stream.context.write_nowait(payloads[0])
+            else:
+                stream.context.write_many_nowait(payloads)
+        except CallClosed:
+            # The client reset the stream; its task is being cancelled.
+            stream.closed = True
 
     def _authorize(self, stream: _Stream, node: Node, context: ServerCall) -> str | None:
         """Why the stream may not speak for ``node``, or ``None`` (then its identity is set)."""
