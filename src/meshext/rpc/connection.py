@@ -754,7 +754,16 @@ class Connection(asyncio.Protocol):
     def _fail(self, code: ErrorCode, message: str) -> None:
         _log.warning("HTTP/2 connection from %s closed: %s (%s)", self.peer, message, code.name)
         self._write(goaway(self.last_stream_id, code, message.encode()[:256]))
-        self.close()
+        transport = self.transport
+        if transport is None or self.closed or not transport.can_write_eof():
+            self.close()
+            return
+        # Closing a socket whose input has not all been read makes the kernel reset the
+        # connection, and the client may never see the GOAWAY: stop writing, drop what
+        # still arrives, and close once the client does (or after a second).
+        self.closed = True
+        transport.write_eof()
+        self.loop.call_later(1.0, transport.abort)
 
     def _preface_late(self) -> None:
         self._preface_timer = None
