@@ -19,6 +19,7 @@ WAIT_SECONDS = 30.0
 class Harness:
     def __init__(self, server: AdsServer, recorder: Recorder, port: int) -> None:
         self.server = server
+        self.port = port
         self.recorder = recorder
         self.cache = recorder.cache
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -1,0 +1,393 @@
+"""Hostile and malformed HTTP/2 input against the real gRPC server, on loopback.
+
+Each test connects with a raw socket, sends what a broken or hostile client might
+(hand-made frames, header blocks from ``hpack.Encoder``), and checks what the server
+answers: GOAWAY with its error code and a closed connection, RST_STREAM, the
+``grpc-status`` of the call's trailers, or an HTTP error status. Then a well-behaved
+gRPC client (grpcio) on the same server must still be served.
+
+Most tests run against the ADS server with its production limits; those that need a
+limit shortened (the preface timeout, the unread-requests budget) run against an
+:class:`~meshext.rpc.RpcServer` serving small test methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from meshext.rpc import EOF, Limits, Method, RpcServer, ServerCall, Status
+from meshext.rpc.connection import Connection
+from meshext.xds import types
+from meshext.xds.cache import SnapshotCache
+from tests.rpc import raw_client as h2
+from tests.rpc.raw_client import connected
+from tests.xds.builders import contents, snapshot, sotw_request
+from tests.xds.recorder import Recorder
+from tests.xds.served import Harness, read, serving
+
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+CDS = types.CLUSTER
+
+
+@pytest.fixture
+async def ads() -> AsyncIterator[Harness]:
+    async with serving(Recorder(SnapshotCache())) as ready:
+        yield ready
+
+
+async def assert_ads_still_serves(harness: Harness, node: str = "bystander") -> None:
+    """A grpcio ADS client on the same server gets its snapshot."""
+    harness.recorder.snapshots[node] = snapshot({CDS: {"c": node}})
+    call = harness.stub.StreamAggregatedResources()
+    await call.write(sotw_request(CDS, node=node))
+    response = await read(call)
+    assert contents(response) == {"c": node}
+    call.cancel()
+
+
+def ads_request(node: str = "hostile") -> bytes:
+    return h2.grpc_message(sotw_request(CDS, node=node).SerializeToString())
+
+
+# -- connection-level errors ---------------------------------------------------------
+
+
+async def test_an_http1_request_gets_goaway_protocol_error_and_a_closed_connection(
+    ads: Harness,
+) -> None:
+    http1 = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n"
+    async with connected(ads.port, preface=http1) as client:
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.PROTOCOL_ERROR
+    assert b"not an HTTP/2 client" in goaway.debug
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_frame_over_16_kib_ends_the_connection_with_frame_size_error(
+    ads: Harness,
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.frame(h2.DATA, 0, 1, b"x" * 16_385))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.FRAME_SIZE_ERROR
+    await assert_ads_still_serves(ads)
+
+
+async def test_an_hpack_bomb_is_stopped_at_the_header_list_limit(ads: Harness) -> None:
+    # One 4000-byte header enters the dynamic table; each 1-byte reference to it decodes
+    # to 4 KiB again: a 6 KiB block that would decode to 8 MiB.
+    async with connected(ads.port) as client:
+        header = [("bomb", "b" * 4000)]
+        first = client.header_block(header)
+        again = client.header_block(header)
+        assert again == b"\xbe"  # index 62: the newest dynamic table entry
+        bomb = first + again * 2000
+        client.send(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, bomb))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.COMPRESSION_ERROR
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_header_block_growing_over_continuation_frames_is_cut_off(
+    ads: Harness,
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.frame(h2.HEADERS, 0, 1, client.header_block([(":method", "POST")])))
+        client.send(*[h2.frame(h2.CONTINUATION, 0, 1, b"\x00" * 1000) for _ in range(64)])
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await assert_ads_still_serves(ads)
+
+
+async def test_endless_empty_continuation_frames_exhaust_the_control_frame_budget(
+    ads: Harness,
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.frame(h2.HEADERS, 0, 1, client.header_block([(":method", "POST")])))
+        client.send(h2.frame(h2.CONTINUATION, 0, 1) * 5000)
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await assert_ads_still_serves(ads)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"\x80", b"\xff\xff\xff\xff\xff\xff\x7f", b"\x00\x85garbage"],
+    ids=["index-zero", "index-overflow", "truncated-literal"],
+)
+async def test_an_undecodable_header_block_ends_the_connection_with_compression_error(
+    ads: Harness, block: bytes
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.COMPRESSION_ERROR
+    await assert_ads_still_serves(ads)
+
+
+async def test_push_promise_from_a_client_is_a_protocol_error(ads: Harness) -> None:
+    async with connected(ads.port) as client:
+        promise = struct.pack(">I", 2) + client.header_block([(":method", "GET")])
+        client.send(h2.frame(h2.PUSH_PROMISE, h2.END_HEADERS, 1, promise))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.PROTOCOL_ERROR
+    await assert_ads_still_serves(ads)
+
+
+@pytest.mark.parametrize("stream_id", [0, 7], ids=["stream-0", "idle-stream"])
+async def test_data_outside_any_open_stream_is_a_protocol_error(
+    ads: Harness, stream_id: int
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.frame(h2.DATA, 0, stream_id, b"hello"))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.PROTOCOL_ERROR
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_connection_window_update_past_2_31_is_a_flow_control_error(
+    ads: Harness,
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.window_update(0, 2**31 - 1))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.FLOW_CONTROL_ERROR
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_connection_window_update_of_zero_is_a_protocol_error(ads: Harness) -> None:
+    async with connected(ads.port) as client:
+        client.send(h2.window_update(0, 0))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.PROTOCOL_ERROR
+    await assert_ads_still_serves(ads)
+
+
+@pytest.mark.parametrize("increment", [0, 2**31 - 1], ids=["zero", "overflow"])
+async def test_a_bad_stream_window_update_ends_only_that_call(ads: Harness, increment: int) -> None:
+    async with connected(ads.port) as client:
+        client.send(client.request(1, ADS), h2.window_update(1, increment))
+        outcome = await client.stream_outcome(1)
+        assert outcome.grpc_status == Status.INTERNAL
+        assert outcome.reset_code in (None, h2.NO_ERROR)
+        # The connection itself is still good: another call on it is answered.
+        client.send(client.request(3, "/no.Such/Method", end_stream=True))
+        assert (await client.stream_outcome(3)).grpc_status == Status.UNIMPLEMENTED
+        assert client.goaway is None
+    await assert_ads_still_serves(ads)
+
+
+# -- floods --------------------------------------------------------------------------
+
+
+async def test_rapid_reset_gets_enhance_your_calm(ads: Harness) -> None:
+    async with connected(ads.port) as client:
+        for stream_id in range(1, 2 * 3000, 2):
+            client.send(client.request(stream_id, ADS), h2.rst_stream(stream_id))
+        await client.flush()
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    assert goaway.last_stream_id < 2 * 3000
+    assert ads.server.connections() == []
+    await assert_ads_still_serves(ads)
+
+
+@pytest.mark.parametrize(
+    "flood",
+    [h2.ping(), h2.settings(), h2.frame(h2.PRIORITY, 0, 1, b"\x00\x00\x00\x00\x10")],
+    ids=["ping", "settings", "priority"],
+)
+async def test_a_control_frame_flood_gets_enhance_your_calm(ads: Harness, flood: bytes) -> None:
+    async with connected(ads.port) as client:
+        client.send(flood * 5000)
+        await client.flush()
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_stream_beyond_the_concurrency_limit_is_refused(ads: Harness) -> None:
+    async with connected(ads.port) as client:
+        client.send(*[client.request(2 * n + 1, ADS) for n in range(101)])
+        refused = await client.stream_outcome(201)
+        assert refused.reset_code == h2.REFUSED_STREAM
+        # The first hundred are open calls: one of them is served.
+        ads.recorder.snapshots["hostile"] = snapshot({CDS: {"c": "open"}})
+        client.send(h2.data(199, ads_request()))
+        await ads.until(lambda: len(ads.server.connections()) == 1, "the call on stream 199")
+        assert client.goaway is None
+    await assert_ads_still_serves(ads)
+
+
+# -- calls ---------------------------------------------------------------------------
+
+
+async def call_outcome(harness: Harness, *frames_after_headers: bytes) -> h2.StreamOutcome:
+    async with connected(harness.port) as client:
+        client.send(client.request(1, ADS), *frames_after_headers)
+        outcome = await client.stream_outcome(1)
+        assert client.goaway is None
+    return outcome
+
+
+async def test_a_5_mib_request_gets_resource_exhausted(ads: Harness) -> None:
+    declared = h2.grpc_message(b"\x0a" * 16_000, length=5 * 1024 * 1024)
+    outcome = await call_outcome(ads, h2.data(1, declared))
+    assert outcome.grpc_status == Status.RESOURCE_EXHAUSTED
+    assert "larger than the limit" in outcome.fields["grpc-message"]
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_compressed_request_gets_unimplemented(ads: Harness) -> None:
+    message = h2.grpc_message(b"\x1f\x8b", compressed=True)
+    outcome = await call_outcome(ads, h2.data(1, message, end_stream=True))
+    assert outcome.grpc_status == Status.UNIMPLEMENTED
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_request_that_is_not_protobuf_gets_invalid_argument(ads: Harness) -> None:
+    message = h2.grpc_message(b"\xff\xff\xff\xff")
+    outcome = await call_outcome(ads, h2.data(1, message, end_stream=True))
+    assert outcome.grpc_status == Status.INVALID_ARGUMENT
+    await assert_ads_still_serves(ads)
+
+
+async def test_an_unknown_method_gets_unimplemented(ads: Harness) -> None:
+    async with connected(ads.port) as client:
+        client.send(client.request(1, "/envoy.Nope/Nothing", end_stream=True))
+        outcome = await client.stream_outcome(1)
+    assert outcome.fields[":status"] == "200"
+    assert outcome.grpc_status == Status.UNIMPLEMENTED
+    assert "/envoy.Nope/Nothing" in outcome.fields["grpc-message"]
+    await assert_ads_still_serves(ads)
+
+
+@pytest.mark.parametrize(
+    ("method", "content_type", "http_status"),
+    [("GET", "application/grpc", "405"), ("POST", "text/plain", "415")],
+    ids=["get", "text-plain"],
+)
+async def test_a_request_that_is_not_grpc_gets_an_http_error_status(
+    ads: Harness, method: str, content_type: str, http_status: str
+) -> None:
+    async with connected(ads.port) as client:
+        client.send(client.request(1, ADS, method=method, content_type=content_type))
+        outcome = await client.stream_outcome(1)
+        await client.read_quiet(0.05)
+    assert outcome.fields[":status"] == http_status
+    assert "grpc-status" not in outcome.fields
+    assert outcome.reset_code == h2.NO_ERROR
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_client_that_never_reads_is_sent_no_more_than_its_window(ads: Harness) -> None:
+    big = {f"c{n}": "x" * 40_000 for n in range(5)}  # about 200 KiB of clusters
+    ads.recorder.snapshots["sleeper"] = snapshot({CDS: big})
+    async with connected(ads.port) as client:
+        client.send(client.request(1, ADS), h2.data(1, ads_request("sleeper")))
+        await client.read_quiet(0.3)
+        assert client.data_received == 65_535  # the default windows, never updated
+        conn = ads_connection(ads)
+        waiting = pending_bytes(conn)
+        assert 130_000 < waiting < 150_000
+        # New versions of the configuration do not pile up behind the window.
+        for version in range(20):
+            ads.cache.set_snapshot("sleeper", snapshot({CDS: {**big, "c0": f"v{version}"}}))
+            await asyncio.sleep(0)
+        await client.read_quiet(0.1)
+        assert client.data_received == 65_535
+        assert pending_bytes(conn) == waiting
+        await assert_ads_still_serves(ads)
+        # Once the client opens its window, the rest of the response arrives.
+        client.send(h2.window_update(0, 1 << 20), h2.window_update(1, 1 << 20))
+        await client.read_quiet(0.3)
+        assert client.data_received == 65_535 + waiting
+
+
+def ads_connection(harness: Harness) -> Connection:
+    """The server's side of the one connection that has calls open."""
+    rpc_server = harness.server._server
+    assert rpc_server is not None
+    [conn] = [c for c in rpc_server.connections if c.calls]
+    return conn
+
+
+def pending_bytes(conn: Connection) -> int:
+    """Response bytes the server holds for ``conn``'s calls, waiting for window."""
+    return sum(len(chunk) for call in conn.calls.values() for chunk in call.pending)
+
+
+# -- limits shortened: an RpcServer with test methods ------------------------------------
+
+LIMITS = Limits(preface_timeout=0.3, inbox_bytes=256 * 1024)
+
+
+async def echo(call: ServerCall) -> None:
+    while (request := await call.read()) is not EOF:
+        await call.write(request)
+
+
+async def hold(call: ServerCall) -> None:
+    """Never reads; ends when the client does."""
+    while not call.remote_closed:
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class Served:
+    server: RpcServer
+    port: int
+    channel: grpc.aio.Channel
+
+    async def assert_still_serves(self) -> None:
+        call = self.channel.stream_stream("/test.Echo/Echo")()
+        await call.write(b"ping")
+        assert await asyncio.wait_for(call.read(), 10) == b"ping"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+
+
+@pytest.fixture
+async def rpc() -> AsyncIterator[Served]:
+    server = RpcServer(
+        {"/test.Echo/Echo": Method(echo, bytes), "/test.Hold/Hold": Method(hold, bytes)},
+        limits=LIMITS,
+    )
+    port = await server.start("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Served(server, port, channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_truncated_preface_then_silence_is_closed_after_the_preface_timeout(
+    rpc: Served,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with connected(rpc.port, preface=h2.PREFACE[:10]) as client:
+        await client.until_closed(timeout=5)
+    waited = loop.time() - started
+    assert LIMITS.preface_timeout <= waited + 0.05 < 3
+    assert rpc.server.connections == set()
+    await rpc.assert_still_serves()
+
+
+async def test_requests_the_handler_does_not_read_are_bounded_by_the_inbox_limit(
+    rpc: Served,
+) -> None:
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/test.Hold/Hold"))
+        client.send(*[h2.data(1, h2.grpc_message(b"r" * 10_000)) for _ in range(40)])
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    assert b"not read yet" in goaway.debug
+    await rpc.assert_still_serves()
