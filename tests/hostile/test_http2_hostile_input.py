@@ -391,3 +391,20 @@ async def test_requests_the_handler_does_not_read_are_bounded_by_the_inbox_limit
     assert goaway.code == h2.ENHANCE_YOUR_CALM
     assert b"not read yet" in goaway.debug
     await rpc.assert_still_serves()
+
+
+async def test_requests_left_unread_by_calls_that_ended_are_not_held_against_the_connection(
+    rpc: Served,
+) -> None:
+    # Each call ends with 100 KiB unread; only one is open at a time, so the connection
+    # never has more than 100 KiB of unread requests, well under the 256 KiB limit.
+    async with connected(rpc.port) as client:
+        for stream_id in range(1, 12, 2):
+            client.send(
+                client.request(stream_id, "/test.Hold/Hold"),
+                h2.data(stream_id, h2.grpc_message(b"r" * 100_000), end_stream=True),
+            )
+            outcome = await client.stream_outcome(stream_id)
+            assert outcome.grpc_status == Status.OK
+        assert client.goaway is None
+    await rpc.assert_still_serves()

@@ -672,6 +672,10 @@ class Connection(asyncio.Protocol):
             self._write(rst_stream(stream_id, ErrorCode.NO_ERROR))
         self.calls.pop(stream_id, None)
         self.blocked.pop(stream_id, None)
+        if call.inbox:
+            # Requests the handler left unread no longer count against the connection.
+            self.inbox_bytes -= sum(size for _, size in call.inbox)
+            call.inbox.clear()
         if self.going_away and not self.calls:
             self.close()
 
