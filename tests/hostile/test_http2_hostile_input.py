@@ -408,3 +408,17 @@ async def test_requests_left_unread_by_calls_that_ended_are_not_held_against_the
             assert outcome.grpc_status == Status.OK
         assert client.goaway is None
     await rpc.assert_still_serves()
+
+
+async def test_requests_sent_in_part_on_many_streams_count_against_the_inbox_limit(
+    rpc: Served,
+) -> None:
+    # Ten calls, each with 60 KiB of a 100 KiB request that never completes: 600 KiB
+    # the server would hold, more than the 256 KiB it allows a connection.
+    async with connected(rpc.port) as client:
+        for stream_id in range(1, 21, 2):
+            head = h2.grpc_message(b"p" * 60_000, length=100_000)
+            client.send(client.request(stream_id, "/test.Hold/Hold"), h2.data(stream_id, head))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await rpc.assert_still_serves()

@@ -75,7 +75,8 @@ class Limits:
     """Largest header block, compressed or decoded."""
     concurrent_streams: int = 100
     inbox_bytes: int = 16 * 1024 * 1024
-    """Requests received and not yet read by their handlers, over all calls."""
+    """Requests received and not yet read by their handlers, over all calls, with the
+    parts of requests still arriving (so at least :attr:`max_message`)."""
     stream_window: int = 1024 * 1024
     connection_window: int = 16 * 1024 * 1024
     control_frames: int = 2000
@@ -311,6 +312,9 @@ class Connection(asyncio.Protocol):
         """Cut gRPC messages (5-byte prefix, then the message) out of a call's DATA."""
         partial = call.partial
         if partial is not None:
+            # Counted as unread while it waits; what is left is counted again below.
+            self.inbox_bytes -= len(partial)
+            call.partial = None
             partial += payload
             data: bytes | bytearray = partial
         else:
@@ -342,8 +346,16 @@ class Connection(asyncio.Protocol):
             call.partial = None
         elif partial is not None:
             del partial[:offset]
+            call.partial = partial
         else:
             call.partial = bytearray(data[offset:])
+        if rest:
+            self.inbox_bytes += rest
+            if self.inbox_bytes > self.limits.inbox_bytes:
+                raise _ConnectionError(
+                    ErrorCode.ENHANCE_YOUR_CALM,
+                    f"more than {self.limits.inbox_bytes} bytes of requests not read yet",
+                )
 
     def _deliver(self, call: ServerCall, message: bytes, size: int) -> None:
         try:
@@ -672,10 +684,11 @@ class Connection(asyncio.Protocol):
             self._write(rst_stream(stream_id, ErrorCode.NO_ERROR))
         self.calls.pop(stream_id, None)
         self.blocked.pop(stream_id, None)
-        if call.inbox:
+        if call.inbox or call.partial:
             # Requests the handler left unread no longer count against the connection.
-            self.inbox_bytes -= sum(size for _, size in call.inbox)
+            self.inbox_bytes -= sum(size for _, size in call.inbox) + len(call.partial or b"")
             call.inbox.clear()
+            call.partial = None
         if self.going_away and not self.calls:
             self.close()
 
@@ -683,8 +696,9 @@ class Connection(asyncio.Protocol):
         """The call is gone (client reset, connection lost): stop its handler."""
         call.reset = True
         call.pending.clear()
-        self.inbox_bytes -= sum(size for _, size in call.inbox)
+        self.inbox_bytes -= sum(size for _, size in call.inbox) + len(call.partial or b"")
         call.inbox.clear()
+        call.partial = None
         self.blocked.pop(call.stream_id, None)
         waiter = call.waiter
         if waiter is not None and not waiter.done():
