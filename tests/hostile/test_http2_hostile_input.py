@@ -422,3 +422,21 @@ async def test_requests_sent_in_part_on_many_streams_count_against_the_inbox_lim
         goaway = await client.goaway_and_close()
     assert goaway.code == h2.ENHANCE_YOUR_CALM
     await rpc.assert_still_serves()
+
+
+async def test_a_handler_writing_to_a_client_that_never_reads_waits_for_its_window(
+    rpc: Served,
+) -> None:
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/test.Echo/Echo"))
+        client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(10)])
+        await client.read_quiet(0.3)
+        assert client.data_received == 65_535  # the default windows, never updated
+        [conn] = rpc.server.connections
+        # The echo handler waits for window with one response: the other requests stay
+        # unread (and count against the inbox limit), not queued as responses.
+        assert pending_bytes(conn) <= 16_005
+        client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(30)])
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await rpc.assert_still_serves()

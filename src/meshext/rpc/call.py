@@ -4,7 +4,8 @@ A handler reads with :meth:`ServerCall.read` (which returns :data:`EOF` once the
 client has half-closed) and writes responses that are already serialized:
 :meth:`ServerCall.write_nowait` frames and sends them at once (what a server pushing
 the same bytes to thousands of calls wants), :meth:`ServerCall.write` also waits while
-the connection's socket buffer is full. :meth:`ServerCall.abort` ends the call with a
+the client's flow-control window holds the response back or the connection's socket
+buffer is full. :meth:`ServerCall.abort` ends the call with a
 status and raises :class:`CallAborted`, which the server catches.
 """
 
@@ -46,6 +47,7 @@ class ServerCall:
         "conn",
         "deserialize",
         "ended",
+        "flushed",
         "headers_sent",
         "inbox",
         "partial",
@@ -82,6 +84,8 @@ class ServerCall:
         # Response bytes (gRPC-framed) waiting for flow-control window, oldest first.
         self.pending: list[memoryview] = []
         self.trailers_pending: bytes | None = None
+        # Set while write() waits for the client's window to take its response.
+        self.flushed: asyncio.Future[None] | None = None
         self.recv_unacked = 0
         self.headers_sent = False
         self.remote_closed = False
@@ -142,8 +146,17 @@ class ServerCall:
         self.conn.send_messages(self, messages)
 
     async def write(self, message: bytes) -> None:
-        """Send one serialized response; waits while the socket's buffer is full."""
+        """Send one serialized response; waits until the client's flow-control window has
+        taken it (a client that does not read gets no queue of responses without end),
+        then while the socket's buffer is full."""
         self.write_nowait(message)
+        if self.pending:
+            flushed = self.conn.loop.create_future()
+            self.flushed = flushed
+            try:
+                await flushed
+            finally:
+                self.flushed = None
         await self.conn.drained()
 
     async def abort(self, status: Status | Any, details: str = "") -> NoReturn:

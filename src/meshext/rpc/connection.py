@@ -653,6 +653,8 @@ class Connection(asyncio.Protocol):
                 pending.pop(0)
             else:
                 pending[0] = head[size:]
+        if call.flushed is not None and not call.flushed.done():
+            call.flushed.set_result(None)
         if call.trailers_pending is not None:
             block, call.trailers_pending = call.trailers_pending, None
             self._send_trailers(call, block)
