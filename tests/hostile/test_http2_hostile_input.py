@@ -194,7 +194,9 @@ async def test_rapid_reset_gets_enhance_your_calm(ads: Harness) -> None:
         goaway = await client.goaway_and_close()
     assert goaway.code == h2.ENHANCE_YOUR_CALM
     assert goaway.last_stream_id < 2 * 3000
-    assert ads.server.connections() == []
+    rpc_server = ads.server._server
+    assert rpc_server is not None
+    await ads.until(lambda: not rpc_server.connections, "the connection to be closed")
     await assert_ads_still_serves(ads)
 
 
@@ -339,6 +341,14 @@ async def hold(call: ServerCall) -> None:
         await asyncio.sleep(0.005)
 
 
+async def sink(call: ServerCall) -> None:
+    """Reads every request; answers with how many bytes they held."""
+    total = 0
+    while (request := await call.read()) is not EOF:
+        total += len(request)
+    await call.write(str(total).encode())
+
+
 @dataclass
 class Served:
     server: RpcServer
@@ -356,7 +366,11 @@ class Served:
 @pytest.fixture
 async def rpc() -> AsyncIterator[Served]:
     server = RpcServer(
-        {"/test.Echo/Echo": Method(echo, bytes), "/test.Hold/Hold": Method(hold, bytes)},
+        {
+            "/test.Echo/Echo": Method(echo, bytes),
+            "/test.Hold/Hold": Method(hold, bytes),
+            "/test.Sink/Sink": Method(sink, bytes),
+        },
         limits=LIMITS,
     )
     port = await server.start("127.0.0.1:0")
@@ -390,6 +404,40 @@ async def test_requests_the_handler_does_not_read_are_bounded_by_the_inbox_limit
         goaway = await client.goaway_and_close()
     assert goaway.code == h2.ENHANCE_YOUR_CALM
     assert b"not read yet" in goaway.debug
+    await rpc.assert_still_serves()
+
+
+async def test_a_client_sending_within_its_windows_is_granted_more_as_it_goes(
+    rpc: Served,
+) -> None:
+    # 20 MiB on one call: past the 16 MiB connection window and the 1 MiB stream window
+    # the server first grants, so the client must wait for its WINDOW_UPDATEs.
+    message = h2.grpc_message(b"s" * 100_000)
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/test.Sink/Sink"))
+        waits = await client.send_within_windows(1, message * 210)
+        client.send(h2.data(1, b"", end_stream=True))
+        outcome = await client.stream_outcome(1)
+    assert waits > 0
+    assert outcome.grpc_status == Status.OK
+    assert outcome.data[5:] == str(100_000 * 210).encode()
+    await rpc.assert_still_serves()
+
+
+async def test_a_client_that_keeps_its_socket_open_after_goaway_is_disconnected(
+    rpc: Served,
+) -> None:
+    async with connected(rpc.port) as client:
+        client.send(h2.ping() * 5000)
+        goaway = await client.goaway_and_close()
+        assert goaway.code == h2.ENHANCE_YOUR_CALM
+        # The client neither closes nor stops sending: the server lets go of it anyway.
+        client.send(h2.ping() * 100)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while rpc.server.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert rpc.server.connections == set()
     await rpc.assert_still_serves()
 
 

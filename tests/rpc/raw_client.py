@@ -112,6 +112,11 @@ class RawClient:
         self.outcomes: dict[int, StreamOutcome] = {}
         self.goaway: GoAway | None = None
         self.data_received = 0
+        # Flow control of what this client sends, as the server's frames grant it.
+        self.initial_window = 65_535
+        self.connection_window = 65_535
+        self.stream_sent: dict[int, int] = {}
+        self.stream_granted: dict[int, int] = {}
 
     def send(self, *chunks: bytes) -> None:
         self.writer.write(b"".join(chunks))
@@ -172,10 +177,48 @@ class RawClient:
             outcome.ended = outcome.ended or bool(received.flags & END_STREAM)
         elif received.type == RST_STREAM:
             outcome.reset_code = int.from_bytes(received.payload, "big")
+        elif received.type == SETTINGS and not received.flags & ACK:
+            for at in range(0, len(received.payload), 6):
+                key, value = struct.unpack_from(">HI", received.payload, at)
+                if key == INITIAL_WINDOW_SIZE:
+                    self.initial_window = value
+        elif received.type == WINDOW_UPDATE:
+            increment = int.from_bytes(received.payload, "big") & 0x7FFF_FFFF
+            if received.stream_id == 0:
+                self.connection_window += increment
+            else:
+                granted = self.stream_granted.get(received.stream_id, 0)
+                self.stream_granted[received.stream_id] = granted + increment
         elif received.type == GOAWAY:
             last, code = struct.unpack_from(">II", received.payload)
             self.goaway = GoAway(last & 0x7FFF_FFFF, code, received.payload[8:])
         return received
+
+    def send_window(self, stream_id: int) -> int:
+        """What this client may still send on ``stream_id``, as granted so far."""
+        stream = (
+            self.initial_window
+            + self.stream_granted.get(stream_id, 0)
+            - self.stream_sent.get(stream_id, 0)
+        )
+        return min(stream, self.connection_window)
+
+    async def send_within_windows(self, stream_id: int, payload: bytes) -> int:
+        """Send ``payload`` in DATA frames, waiting for window as a polite client does;
+        returns how many times it had to wait."""
+        waits = 0
+        for at in range(0, len(payload), 16_384):
+            chunk = payload[at : at + 16_384]
+            while self.send_window(stream_id) < len(chunk):
+                waits += 1
+                await self.flush()
+                if await self.read_frame() is None:
+                    raise AssertionError("connection closed while waiting for window")
+            self.send(frame(DATA, 0, stream_id, chunk))
+            self.connection_window -= len(chunk)
+            self.stream_sent[stream_id] = self.stream_sent.get(stream_id, 0) + len(chunk)
+        await self.flush()
+        return waits
 
     async def until_closed(self, timeout: float = READ_SECONDS) -> None:
         """Read (and record) every frame until the server closes the connection."""
