@@ -26,7 +26,7 @@ from meshext.rpc.connection import Connection
 from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
 from tests.rpc import raw_client as h2
-from tests.rpc.raw_client import connected
+from tests.rpc.raw_client import RawClient, connected
 from tests.xds.builders import contents, snapshot, sotw_request
 from tests.xds.recorder import Recorder
 from tests.xds.served import Harness, read, serving
@@ -341,6 +341,11 @@ async def hold(call: ServerCall) -> None:
         await asyncio.sleep(0.005)
 
 
+async def wait(call: ServerCall) -> None:
+    """Neither reads nor ends (until it is cancelled)."""
+    await asyncio.get_running_loop().create_future()
+
+
 async def sink(call: ServerCall) -> None:
     """Reads every request; answers with how many bytes they held."""
     total = 0
@@ -370,6 +375,7 @@ async def rpc() -> AsyncIterator[Served]:
             "/test.Echo/Echo": Method(echo, bytes),
             "/test.Hold/Hold": Method(hold, bytes),
             "/test.Sink/Sink": Method(sink, bytes),
+            "/test.Wait/Wait": Method(wait, bytes),
         },
         limits=LIMITS,
     )
@@ -487,4 +493,45 @@ async def test_a_handler_writing_to_a_client_that_never_reads_waits_for_its_wind
         client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(30)])
         goaway = await client.goaway_and_close()
     assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await rpc.assert_still_serves()
+
+
+async def answers_after(client: RawClient) -> list[h2.Frame]:
+    """Every frame the server sends until it acknowledges a PING sent now."""
+    client.send(h2.ping(b"lastping"))
+    await client.flush()
+    frames: list[h2.Frame] = []
+    while True:
+        received = await client.read_frame()
+        assert received is not None, "the server closed the connection"
+        if received.type == h2.PING and received.payload == b"lastping":
+            return frames
+        frames.append(received)
+
+
+async def test_data_flooding_a_closed_stream_gets_no_answer_per_frame(rpc: Served) -> None:
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/no.Such/Method", end_stream=True))
+        assert (await client.stream_outcome(1)).grpc_status == Status.UNIMPLEMENTED
+        client.send(h2.frame(h2.DATA, h2.END_STREAM, 1) * 50_000)
+        client.send(h2.frame(h2.DATA, 0, 1, b"x") * 50_000)
+        answers = await answers_after(client)
+    resets = [a for a in answers if a.type == h2.RST_STREAM]
+    assert len(resets) <= 1
+    await rpc.assert_still_serves()
+
+
+async def test_data_after_the_clients_end_of_stream_resets_the_call_once(rpc: Served) -> None:
+    async with connected(rpc.port) as client:
+        client.send(
+            client.request(1, "/test.Wait/Wait"),
+            h2.data(1, h2.grpc_message(b"last"), end_stream=True),
+            h2.frame(h2.DATA, 0, 1, b"x") * 10_000,
+        )
+        answers = await answers_after(client)
+        resets = [a for a in answers if a.type == h2.RST_STREAM]
+        assert [client.outcomes[1].reset_code] == [h2.STREAM_CLOSED]
+        assert len(resets) == 1
+        [conn] = rpc.server.connections
+        assert conn.calls == {}
     await rpc.assert_still_serves()

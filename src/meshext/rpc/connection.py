@@ -296,8 +296,12 @@ class Connection(asyncio.Protocol):
         if call is None or call.remote_closed:
             if stream_id > self.last_stream_id:
                 raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream")
-            # A call that has ended: the client may not know yet.
-            self._write(rst_stream(stream_id, ErrorCode.STREAM_CLOSED))
+            if call is not None:
+                # DATA after the client's END_STREAM: the stream is reset, once.
+                self._write(rst_stream(stream_id, ErrorCode.STREAM_CLOSED))
+                self._reset_call(self.calls.pop(stream_id))
+            # A call that has ended (the client may not know yet): its DATA is ignored,
+            # never answered frame by frame.
             return
         call.recv_unacked += size
         if call.recv_unacked >= self.limits.stream_window // 2 and not flags & Flag.END_STREAM:
