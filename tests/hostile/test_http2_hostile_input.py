@@ -535,3 +535,65 @@ async def test_data_after_the_clients_end_of_stream_resets_the_call_once(rpc: Se
         [conn] = rpc.server.connections
         assert conn.calls == {}
     await rpc.assert_still_serves()
+
+
+# -- housekeeping shortened: keepalive and the control-frame budget --------------------
+
+FAST_LIMITS = Limits(keepalive_time=0.3, keepalive_timeout=0.8)
+
+
+@pytest.fixture
+async def fast(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Served]:
+    """An echo server whose housekeeping runs every 0.1 s (not every 10 s)."""
+    monkeypatch.setattr("meshext.rpc.server.HOUSEKEEPING_PERIOD", 0.1)
+    server = RpcServer({"/test.Echo/Echo": Method(echo, bytes)}, limits=FAST_LIMITS)
+    port = await server.start("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Served(server, port, channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_client_that_does_not_answer_keepalive_pings_is_disconnected(
+    fast: Served,
+) -> None:
+    async with connected(fast.port) as client:
+        await client.until_closed(timeout=5)
+        pings = [f for f in client.frames if f.type == h2.PING and not f.flags & h2.ACK]
+    assert len(pings) == 1
+    await fast.assert_still_serves()
+
+
+async def test_a_client_that_answers_keepalive_pings_stays_connected(fast: Served) -> None:
+    async with connected(fast.port) as client:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        answered = 0
+        while loop.time() < deadline:
+            received = await client.read_frame(timeout=deadline - loop.time() + 0.5)
+            assert received is not None, "the server closed a connection that answers pings"
+            if received.type == h2.PING and not received.flags & h2.ACK:
+                client.send(h2.frame(h2.PING, h2.ACK, 0, received.payload))
+                answered += 1
+        assert answered >= 2
+        [conn] = fast.server.connections
+        assert not conn.closed
+
+
+async def test_the_control_frame_budget_is_renewed_every_housekeeping_period(
+    fast: Served,
+) -> None:
+    async with connected(fast.port) as client:
+        for _ in range(3):
+            client.send(h2.ping() * 1500)  # 4500 in all, 1500 a period
+            await client.flush()
+            await asyncio.sleep(0.25)
+        client.send(h2.ping(b"lastping"))
+        async with asyncio.timeout(10):
+            while (received := await client.read_frame()) is not None:
+                if received.payload == b"lastping":
+                    break
+        assert received is not None
+        assert client.goaway is None

@@ -112,6 +112,7 @@ class RawClient:
         self.outcomes: dict[int, StreamOutcome] = {}
         self.goaway: GoAway | None = None
         self.data_received = 0
+        self.frames: list[Frame] = []
         # Flow control of what this client sends, as the server's frames grant it.
         self.initial_window = 65_535
         self.connection_window = 65_535
@@ -165,6 +166,7 @@ class RawClient:
         return self._record(Frame(head[3], head[4], stream_id, payload))
 
     def _record(self, received: Frame) -> Frame:
+        self.frames.append(received)
         outcome = self.outcomes.setdefault(received.stream_id, StreamOutcome())
         if received.type == HEADERS:
             outcome.headers.append(
