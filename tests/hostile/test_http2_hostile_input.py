@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from hpack.hpack import encode_integer
 
 from meshext.rpc import EOF, Limits, Method, RpcServer, ServerCall, Status
 from meshext.rpc.connection import Connection
@@ -128,6 +129,85 @@ async def test_an_undecodable_header_block_ends_the_connection_with_compression_
         client.send(h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block))
         goaway = await client.goaway_and_close()
     assert goaway.code == h2.COMPRESSION_ERROR
+    await assert_ads_still_serves(ads)
+
+
+def _table_size_update(size: int) -> bytes:
+    encoded = bytearray(encode_integer(size, 5))
+    encoded[0] |= 0x20
+    return bytes(encoded)
+
+
+def _headers_then(client: RawClient, *after: bytes) -> bytes:
+    """An ADS call's HEADERS (without END_HEADERS), then ``after``."""
+    block = client.header_block([(":method", "POST"), (":path", ADS)])
+    return h2.frame(h2.HEADERS, 0, 1, block) + b"".join(after)
+
+
+MISPLACED: dict[str, tuple[int, Callable[[RawClient], bytes]]] = {
+    "headers-on-even-stream": (h2.PROTOCOL_ERROR, lambda c: c.request(2, ADS)),
+    "continuation-without-headers": (
+        h2.PROTOCOL_ERROR,
+        lambda c: h2.frame(h2.CONTINUATION, h2.END_HEADERS, 1, b"\x82"),
+    ),
+    "continuation-on-another-stream": (
+        h2.PROTOCOL_ERROR,
+        lambda c: _headers_then(c, h2.frame(h2.CONTINUATION, h2.END_HEADERS, 3, b"\x82")),
+    ),
+    "header-block-interrupted": (h2.PROTOCOL_ERROR, lambda c: _headers_then(c, h2.ping())),
+    "table-size-over-the-limit": (
+        h2.COMPRESSION_ERROR,
+        lambda c: h2.frame(h2.HEADERS, h2.END_HEADERS, 1, _table_size_update(1 << 20)),
+    ),
+    "rst-stream-on-stream-0": (h2.PROTOCOL_ERROR, lambda c: h2.rst_stream(0)),
+    "rst-stream-on-an-idle-stream": (h2.PROTOCOL_ERROR, lambda c: h2.rst_stream(9)),
+    "window-update-on-an-idle-stream": (h2.PROTOCOL_ERROR, lambda c: h2.window_update(9, 1)),
+    "ping-on-a-stream": (h2.PROTOCOL_ERROR, lambda c: h2.frame(h2.PING, 0, 1, b"12345678")),
+    "ping-of-7-bytes": (h2.FRAME_SIZE_ERROR, lambda c: h2.frame(h2.PING, 0, 0, b"1234567")),
+    "settings-on-a-stream": (h2.PROTOCOL_ERROR, lambda c: h2.frame(h2.SETTINGS, 0, 1)),
+    "settings-of-5-bytes": (h2.FRAME_SIZE_ERROR, lambda c: h2.frame(h2.SETTINGS, 0, 0, b"12345")),
+    "settings-ack-with-payload": (
+        h2.FRAME_SIZE_ERROR,
+        lambda c: h2.frame(h2.SETTINGS, h2.ACK, 0, b"\x00\x01\x00\x00\x00\x00"),
+    ),
+    "enable-push-2": (h2.PROTOCOL_ERROR, lambda c: h2.settings((0x2, 2))),
+    "max-frame-size-too-small": (h2.PROTOCOL_ERROR, lambda c: h2.settings((0x5, 16_383))),
+    "initial-window-over-2-31": (
+        h2.FLOW_CONTROL_ERROR,
+        lambda c: h2.settings((h2.INITIAL_WINDOW_SIZE, 2**31)),
+    ),
+    "window-update-of-3-bytes": (
+        h2.FRAME_SIZE_ERROR,
+        lambda c: h2.frame(h2.WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"),
+    ),
+    "priority-of-4-bytes": (
+        h2.FRAME_SIZE_ERROR,
+        lambda c: h2.frame(h2.PRIORITY, 0, 1, b"\x00\x00\x00\x00"),
+    ),
+    "padding-longer-than-the-frame": (
+        h2.PROTOCOL_ERROR,
+        lambda c: c.request(1, ADS) + h2.frame(h2.DATA, 0x8, 1, b"\x09abc"),
+    ),
+    "trailers-without-end-stream": (
+        h2.PROTOCOL_ERROR,
+        lambda c: c.request(1, ADS) + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, b"\x40\x01a\x01b"),
+    ),
+    "a-lower-stream-id-after-a-higher-one": (
+        h2.STREAM_CLOSED,
+        lambda c: c.request(5, ADS) + c.request(3, ADS),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MISPLACED)
+async def test_a_frame_out_of_place_ends_the_connection_with_its_error_code(
+    ads: Harness, case: str
+) -> None:
+    code, frames = MISPLACED[case]
+    async with connected(ads.port) as client:
+        client.send(frames(client))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == code
     await assert_ads_still_serves(ads)
 
 
