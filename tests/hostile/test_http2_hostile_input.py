@@ -677,3 +677,15 @@ async def test_the_control_frame_budget_is_renewed_every_housekeeping_period(
                     break
         assert received is not None
         assert client.goaway is None
+
+
+async def test_an_unknown_method_with_a_long_non_ascii_name_still_gets_unimplemented(
+    rpc: Served,
+) -> None:
+    # The method's name comes back in grpc-message, percent-encoded: 12 bytes for each
+    # of these characters, which must not make the trailers too big for the client.
+    path = "/" + "\U0001f600" * 3900
+    call = rpc.channel.stream_stream(path)()
+    assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert (await call.details()).startswith("unknown method /\U0001f600")
+    await rpc.assert_still_serves()

@@ -109,7 +109,18 @@ def test_a_percent_encoded_message_is_printable_ascii_and_decodes_back(message: 
 
 def test_a_long_grpc_message_is_cut() -> None:
     block = h.trailers(Status.INTERNAL, "y" * 10_000)
-    assert dict(decoded(block))["grpc-message"] == "y" * h.MAX_MESSAGE_CHARS
+    assert dict(decoded(block))["grpc-message"] == "y" * h.MAX_MESSAGE_BYTES
+
+
+@pytest.mark.parametrize("char", ["%", "\u00e9", "\u20ac", "\U0001f600"])
+def test_a_long_grpc_message_is_cut_to_whole_characters_within_the_byte_limit(
+    char: str,
+) -> None:
+    encoded = h.percent_encode(char * 5000)
+    assert len(encoded) <= h.MAX_MESSAGE_BYTES
+    escaped = h.percent_encode(char)
+    assert encoded == escaped * (h.MAX_MESSAGE_BYTES // len(escaped))
+    assert unquote_to_bytes(encoded).decode("utf-8") == char * (h.MAX_MESSAGE_BYTES // len(escaped))
 
 
 def test_an_http_error_block_has_the_status_and_a_text_content_type() -> None:

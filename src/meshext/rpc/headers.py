@@ -15,8 +15,10 @@ from typing import Final
 
 from meshext.rpc.status import Status
 
-MAX_MESSAGE_CHARS: Final = 4096
-"""A ``grpc-message`` longer than this is cut (it travels in one frame)."""
+MAX_MESSAGE_BYTES: Final = 4096
+"""A ``grpc-message`` is cut to whole characters that take at most this many bytes once
+percent-encoded, so that trailers stay one frame and within a client's metadata limit
+(a character can take 12 bytes)."""
 
 
 class BadRequest(Exception):
@@ -96,13 +98,15 @@ RESPONSE_HEADERS: Final = _STATUS_200 + literal_indexed_name(_CONTENT_TYPE, b"ap
 
 def percent_encode(message: str) -> bytes:
     """``grpc-message``'s encoding: UTF-8, with bytes outside printable ASCII and ``%``
-    percent-encoded."""
+    percent-encoded; cut to :data:`MAX_MESSAGE_BYTES`."""
     out = bytearray()
-    for byte in message[:MAX_MESSAGE_CHARS].encode("utf-8", "replace"):
-        if 0x20 <= byte <= 0x7E and byte != 0x25:
-            out.append(byte)
-        else:
-            out += b"%%%02X" % byte
+    for char in message:
+        piece = char.encode("utf-8", "replace")
+        if len(piece) > 1 or not 0x20 <= piece[0] <= 0x7E or piece == b"%":
+            piece = b"".join(b"%%%02X" % byte for byte in piece)
+        if len(out) + len(piece) > MAX_MESSAGE_BYTES:
+            break
+        out += piece
     return bytes(out)
 
 
