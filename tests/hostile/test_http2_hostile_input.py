@@ -6,9 +6,8 @@ answers: GOAWAY with its error code and a closed connection, RST_STREAM, the
 ``grpc-status`` of the call's trailers, or an HTTP error status. Then a well-behaved
 gRPC client (grpcio) on the same server must still be served.
 
-Most tests run against the ADS server with its production limits; those that need a
-limit shortened (the preface timeout, the unread-requests budget) run against an
-:class:`~meshext.rpc.RpcServer` serving small test methods.
+These run against the ADS server with its production limits; the tests of limits
+that need shortening (timeouts, budgets) are in ``test_http2_hostile_limits``.
 """
 
 from __future__ import annotations
@@ -16,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 import pytest
 from hpack.hpack import encode_integer
 
-from meshext.rpc import EOF, Limits, Method, RpcServer, ServerCall, Status
+from meshext.rpc import Status
 from meshext.rpc.connection import Connection
 from meshext.xds import types
 from meshext.xds.cache import SnapshotCache
 from tests.rpc import raw_client as h2
 from tests.rpc.raw_client import RawClient, connected
+from tests.rpc.served import pending_bytes
 from tests.xds.builders import contents, snapshot, sotw_request
 from tests.xds.recorder import Recorder
 from tests.xds.served import Harness, read, serving
@@ -319,10 +318,18 @@ async def call_outcome(harness: Harness, *frames_after_headers: bytes) -> h2.Str
 
 
 async def test_a_5_mib_request_gets_resource_exhausted(ads: Harness) -> None:
-    declared = h2.grpc_message(b"\x0a" * 16_000, length=5 * 1024 * 1024)
-    outcome = await call_outcome(ads, h2.data(1, declared))
+    message = h2.grpc_message(b"\x0a" * (5 * 1024 * 1024))
+    outcome = await call_outcome(ads, h2.data(1, message, end_stream=True))
     assert outcome.grpc_status == Status.RESOURCE_EXHAUSTED
     assert "larger than the limit" in outcome.fields["grpc-message"]
+    await assert_ads_still_serves(ads)
+
+
+async def test_a_grpcio_client_sending_5_mib_gets_resource_exhausted(ads: Harness) -> None:
+    call = ads.stub.StreamAggregatedResources()
+    await call.write(sotw_request(CDS, node="n" * (5 * 1024 * 1024)))
+    assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than the limit of 4194304" in await call.details()
     await assert_ads_still_serves(ads)
 
 
@@ -400,292 +407,13 @@ def ads_connection(harness: Harness) -> Connection:
     return conn
 
 
-def pending_bytes(conn: Connection) -> int:
-    """Response bytes the server holds for ``conn``'s calls, waiting for window."""
-    return sum(len(chunk) for call in conn.calls.values() for chunk in call.pending)
-
-
-# -- limits shortened: an RpcServer with test methods ------------------------------------
-
-LIMITS = Limits(preface_timeout=0.3, inbox_bytes=256 * 1024)
-
-
-async def echo(call: ServerCall) -> None:
-    while (request := await call.read()) is not EOF:
-        await call.write(request)
-
-
-async def hold(call: ServerCall) -> None:
-    """Never reads; ends when the client does."""
-    while not call.remote_closed:
-        await asyncio.sleep(0.005)
-
-
-async def wait(call: ServerCall) -> None:
-    """Neither reads nor ends (until it is cancelled)."""
-    await asyncio.get_running_loop().create_future()
-
-
-async def sink(call: ServerCall) -> None:
-    """Reads every request; answers with how many bytes they held."""
-    total = 0
-    while (request := await call.read()) is not EOF:
-        total += len(request)
-    await call.write(str(total).encode())
-
-
-@dataclass
-class Served:
-    server: RpcServer
-    port: int
-    channel: grpc.aio.Channel
-
-    async def assert_still_serves(self) -> None:
-        call = self.channel.stream_stream("/test.Echo/Echo")()
-        await call.write(b"ping")
-        assert await asyncio.wait_for(call.read(), 10) == b"ping"
-        await call.done_writing()
-        assert await call.code() == grpc.StatusCode.OK
-
-
-@pytest.fixture
-async def rpc() -> AsyncIterator[Served]:
-    server = RpcServer(
-        {
-            "/test.Echo/Echo": Method(echo, bytes),
-            "/test.Hold/Hold": Method(hold, bytes),
-            "/test.Sink/Sink": Method(sink, bytes),
-            "/test.Wait/Wait": Method(wait, bytes),
-        },
-        limits=LIMITS,
-    )
-    port = await server.start("127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Served(server, port, channel)
-    finally:
-        await channel.close()
-        await server.stop(0)
-
-
-async def test_a_truncated_preface_then_silence_is_closed_after_the_preface_timeout(
-    rpc: Served,
-) -> None:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with connected(rpc.port, preface=h2.PREFACE[:10]) as client:
-        await client.until_closed(timeout=5)
-    waited = loop.time() - started
-    assert LIMITS.preface_timeout <= waited + 0.05 < 3
-    assert rpc.server.connections == set()
-    await rpc.assert_still_serves()
-
-
-async def test_requests_the_handler_does_not_read_are_bounded_by_the_inbox_limit(
-    rpc: Served,
-) -> None:
-    async with connected(rpc.port) as client:
-        client.send(client.request(1, "/test.Hold/Hold"))
-        client.send(*[h2.data(1, h2.grpc_message(b"r" * 10_000)) for _ in range(40)])
-        goaway = await client.goaway_and_close()
-    assert goaway.code == h2.ENHANCE_YOUR_CALM
-    assert b"not read yet" in goaway.debug
-    await rpc.assert_still_serves()
-
-
-async def test_a_client_sending_within_its_windows_is_granted_more_as_it_goes(
-    rpc: Served,
-) -> None:
-    # 20 MiB on one call: past the 16 MiB connection window and the 1 MiB stream window
-    # the server first grants, so the client must wait for its WINDOW_UPDATEs.
-    message = h2.grpc_message(b"s" * 100_000)
-    async with connected(rpc.port) as client:
-        client.send(client.request(1, "/test.Sink/Sink"))
-        waits = await client.send_within_windows(1, message * 210)
-        client.send(h2.data(1, b"", end_stream=True))
-        outcome = await client.stream_outcome(1)
-    assert waits > 0
-    assert outcome.grpc_status == Status.OK
-    assert outcome.data[5:] == str(100_000 * 210).encode()
-    await rpc.assert_still_serves()
-
-
-async def test_a_client_that_keeps_its_socket_open_after_goaway_is_disconnected(
-    rpc: Served,
-) -> None:
-    async with connected(rpc.port) as client:
-        client.send(h2.ping() * 5000)
-        goaway = await client.goaway_and_close()
-        assert goaway.code == h2.ENHANCE_YOUR_CALM
-        # The client neither closes nor stops sending: the server lets go of it anyway.
-        client.send(h2.ping() * 100)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while rpc.server.connections and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        assert rpc.server.connections == set()
-    await rpc.assert_still_serves()
-
-
-async def test_requests_left_unread_by_calls_that_ended_are_not_held_against_the_connection(
-    rpc: Served,
-) -> None:
-    # Each call ends with 100 KiB unread; only one is open at a time, so the connection
-    # never has more than 100 KiB of unread requests, well under the 256 KiB limit.
-    async with connected(rpc.port) as client:
-        for stream_id in range(1, 12, 2):
-            client.send(
-                client.request(stream_id, "/test.Hold/Hold"),
-                h2.data(stream_id, h2.grpc_message(b"r" * 100_000), end_stream=True),
-            )
-            outcome = await client.stream_outcome(stream_id)
-            assert outcome.grpc_status == Status.OK
-        assert client.goaway is None
-    await rpc.assert_still_serves()
-
-
-async def test_requests_sent_in_part_on_many_streams_count_against_the_inbox_limit(
-    rpc: Served,
-) -> None:
-    # Ten calls, each with 60 KiB of a 100 KiB request that never completes: 600 KiB
-    # the server would hold, more than the 256 KiB it allows a connection.
-    async with connected(rpc.port) as client:
-        for stream_id in range(1, 21, 2):
-            head = h2.grpc_message(b"p" * 60_000, length=100_000)
-            client.send(client.request(stream_id, "/test.Hold/Hold"), h2.data(stream_id, head))
-        goaway = await client.goaway_and_close()
-    assert goaway.code == h2.ENHANCE_YOUR_CALM
-    await rpc.assert_still_serves()
-
-
-async def test_a_handler_writing_to_a_client_that_never_reads_waits_for_its_window(
-    rpc: Served,
-) -> None:
-    async with connected(rpc.port) as client:
-        client.send(client.request(1, "/test.Echo/Echo"))
-        client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(10)])
-        await client.read_quiet(0.3)
-        assert client.data_received == 65_535  # the default windows, never updated
-        [conn] = rpc.server.connections
-        # The echo handler waits for window with one response: the other requests stay
-        # unread (and count against the inbox limit), not queued as responses.
-        assert pending_bytes(conn) <= 16_005
-        client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(30)])
-        goaway = await client.goaway_and_close()
-    assert goaway.code == h2.ENHANCE_YOUR_CALM
-    await rpc.assert_still_serves()
-
-
-async def answers_after(client: RawClient) -> list[h2.Frame]:
-    """Every frame the server sends until it acknowledges a PING sent now."""
-    client.send(h2.ping(b"lastping"))
-    await client.flush()
-    frames: list[h2.Frame] = []
-    while True:
-        received = await client.read_frame()
-        assert received is not None, "the server closed the connection"
-        if received.type == h2.PING and received.payload == b"lastping":
-            return frames
-        frames.append(received)
-
-
-async def test_data_flooding_a_closed_stream_gets_no_answer_per_frame(rpc: Served) -> None:
-    async with connected(rpc.port) as client:
-        client.send(client.request(1, "/no.Such/Method", end_stream=True))
-        assert (await client.stream_outcome(1)).grpc_status == Status.UNIMPLEMENTED
-        client.send(h2.frame(h2.DATA, h2.END_STREAM, 1) * 50_000)
-        client.send(h2.frame(h2.DATA, 0, 1, b"x") * 50_000)
-        answers = await answers_after(client)
-    resets = [a for a in answers if a.type == h2.RST_STREAM]
-    assert len(resets) <= 1
-    await rpc.assert_still_serves()
-
-
-async def test_data_after_the_clients_end_of_stream_resets_the_call_once(rpc: Served) -> None:
-    async with connected(rpc.port) as client:
-        client.send(
-            client.request(1, "/test.Wait/Wait"),
-            h2.data(1, h2.grpc_message(b"last"), end_stream=True),
-            h2.frame(h2.DATA, 0, 1, b"x") * 10_000,
-        )
-        answers = await answers_after(client)
-        resets = [a for a in answers if a.type == h2.RST_STREAM]
-        assert [client.outcomes[1].reset_code] == [h2.STREAM_CLOSED]
-        assert len(resets) == 1
-        [conn] = rpc.server.connections
-        assert conn.calls == {}
-    await rpc.assert_still_serves()
-
-
-# -- housekeeping shortened: keepalive and the control-frame budget --------------------
-
-FAST_LIMITS = Limits(keepalive_time=0.3, keepalive_timeout=0.8)
-
-
-@pytest.fixture
-async def fast(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Served]:
-    """An echo server whose housekeeping runs every 0.1 s (not every 10 s)."""
-    monkeypatch.setattr("meshext.rpc.server.HOUSEKEEPING_PERIOD", 0.1)
-    server = RpcServer({"/test.Echo/Echo": Method(echo, bytes)}, limits=FAST_LIMITS)
-    port = await server.start("127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Served(server, port, channel)
-    finally:
-        await channel.close()
-        await server.stop(0)
-
-
-async def test_a_client_that_does_not_answer_keepalive_pings_is_disconnected(
-    fast: Served,
-) -> None:
-    async with connected(fast.port) as client:
-        await client.until_closed(timeout=5)
-        pings = [f for f in client.frames if f.type == h2.PING and not f.flags & h2.ACK]
-    assert len(pings) == 1
-    await fast.assert_still_serves()
-
-
-async def test_a_client_that_answers_keepalive_pings_stays_connected(fast: Served) -> None:
-    async with connected(fast.port) as client:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.5
-        answered = 0
-        while loop.time() < deadline:
-            received = await client.read_frame(timeout=deadline - loop.time() + 0.5)
-            assert received is not None, "the server closed a connection that answers pings"
-            if received.type == h2.PING and not received.flags & h2.ACK:
-                client.send(h2.frame(h2.PING, h2.ACK, 0, received.payload))
-                answered += 1
-        assert answered >= 2
-        [conn] = fast.server.connections
-        assert not conn.closed
-
-
-async def test_the_control_frame_budget_is_renewed_every_housekeeping_period(
-    fast: Served,
-) -> None:
-    async with connected(fast.port) as client:
-        for _ in range(3):
-            client.send(h2.ping() * 1500)  # 4500 in all, 1500 a period
-            await client.flush()
-            await asyncio.sleep(0.25)
-        client.send(h2.ping(b"lastping"))
-        async with asyncio.timeout(10):
-            while (received := await client.read_frame()) is not None:
-                if received.payload == b"lastping":
-                    break
-        assert received is not None
-        assert client.goaway is None
-
-
 async def test_an_unknown_method_with_a_long_non_ascii_name_still_gets_unimplemented(
-    rpc: Served,
+    ads: Harness,
 ) -> None:
     # The method's name comes back in grpc-message, percent-encoded: 12 bytes for each
     # of these characters, which must not make the trailers too big for the client.
     path = "/" + "\U0001f600" * 3900
-    call = rpc.channel.stream_stream(path)()
+    call = ads.channel.stream_stream(path)()
     assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
     assert (await call.details()).startswith("unknown method /\U0001f600")
-    await rpc.assert_still_serves()
+    await assert_ads_still_serves(ads)

@@ -1,0 +1,233 @@
+"""Hostile HTTP/2 clients against the gRPC server's resource limits, on loopback.
+
+The server here is an :class:`~meshext.rpc.RpcServer` serving small test methods
+(``tests.rpc.served``) with limits shortened so that each test takes well under a
+second: the preface timeout, the unread-requests budget, keepalive and the
+housekeeping period. Each test checks what the server answers a raw client, and
+that a grpcio client on the same server is still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshext.rpc import Limits, Status
+from tests.rpc import raw_client as h2
+from tests.rpc.raw_client import RawClient, connected
+from tests.rpc.served import Served, pending_bytes, serving
+
+LIMITS = Limits(preface_timeout=0.3, inbox_bytes=256 * 1024)
+
+
+@pytest.fixture
+async def rpc() -> AsyncIterator[Served]:
+    async with serving(LIMITS) as served:
+        yield served
+
+
+async def test_a_truncated_preface_then_silence_is_closed_after_the_preface_timeout(
+    rpc: Served,
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with connected(rpc.port, preface=h2.PREFACE[:10]) as client:
+        await client.until_closed(timeout=5)
+    waited = loop.time() - started
+    assert LIMITS.preface_timeout <= waited + 0.05 < 3
+    assert rpc.server.connections == set()
+    await rpc.assert_still_serves()
+
+
+async def test_requests_the_handler_does_not_read_are_bounded_by_the_inbox_limit(
+    rpc: Served,
+) -> None:
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/test.Hold/Hold"))
+        client.send(*[h2.data(1, h2.grpc_message(b"r" * 10_000)) for _ in range(40)])
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    assert b"not read yet" in goaway.debug
+    await rpc.assert_still_serves()
+
+
+async def test_a_client_sending_within_its_windows_is_granted_more_as_it_goes(
+    rpc: Served,
+) -> None:
+    # 20 MiB on one call: past the 16 MiB connection window and the 1 MiB stream window
+    # the server first grants, so the client must wait for its WINDOW_UPDATEs.
+    message = h2.grpc_message(b"s" * 100_000)
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/test.Sink/Sink"))
+        waits = await client.send_within_windows(1, message * 210)
+        client.send(h2.data(1, b"", end_stream=True))
+        outcome = await client.stream_outcome(1)
+    assert waits > 0
+    assert outcome.grpc_status == Status.OK
+    assert outcome.data[5:] == str(100_000 * 210).encode()
+    await rpc.assert_still_serves()
+
+
+async def test_a_client_that_keeps_its_socket_open_after_goaway_is_disconnected(
+    rpc: Served,
+) -> None:
+    async with connected(rpc.port) as client:
+        client.send(h2.ping() * 5000)
+        goaway = await client.goaway_and_close()
+        assert goaway.code == h2.ENHANCE_YOUR_CALM
+        # The client neither closes nor stops sending: the server lets go of it anyway.
+        client.send(h2.ping() * 100)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while rpc.server.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        assert rpc.server.connections == set()
+    await rpc.assert_still_serves()
+
+
+async def test_requests_left_unread_by_calls_that_ended_are_not_held_against_the_connection(
+    rpc: Served,
+) -> None:
+    # Each call ends with 100 KiB unread; only one is open at a time, so the connection
+    # never has more than 100 KiB of unread requests, well under the 256 KiB limit.
+    async with connected(rpc.port) as client:
+        for stream_id in range(1, 12, 2):
+            client.send(
+                client.request(stream_id, "/test.Hold/Hold"),
+                h2.data(stream_id, h2.grpc_message(b"r" * 100_000), end_stream=True),
+            )
+            outcome = await client.stream_outcome(stream_id)
+            assert outcome.grpc_status == Status.OK
+        assert client.goaway is None
+    await rpc.assert_still_serves()
+
+
+async def test_requests_sent_in_part_on_many_streams_count_against_the_inbox_limit(
+    rpc: Served,
+) -> None:
+    # Ten calls, each with 60 KiB of a 100 KiB request that never completes: 600 KiB
+    # the server would hold, more than the 256 KiB it allows a connection.
+    async with connected(rpc.port) as client:
+        for stream_id in range(1, 21, 2):
+            head = h2.grpc_message(b"p" * 60_000, length=100_000)
+            client.send(client.request(stream_id, "/test.Hold/Hold"), h2.data(stream_id, head))
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await rpc.assert_still_serves()
+
+
+async def test_a_handler_writing_to_a_client_that_never_reads_waits_for_its_window(
+    rpc: Served,
+) -> None:
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/test.Echo/Echo"))
+        client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(10)])
+        await client.read_quiet(0.3)
+        assert client.data_received == 65_535  # the default windows, never updated
+        [conn] = rpc.server.connections
+        # The echo handler waits for window with one response: the other requests stay
+        # unread (and count against the inbox limit), not queued as responses.
+        assert pending_bytes(conn) <= 16_005
+        client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(30)])
+        goaway = await client.goaway_and_close()
+    assert goaway.code == h2.ENHANCE_YOUR_CALM
+    await rpc.assert_still_serves()
+
+
+async def answers_after(client: RawClient) -> list[h2.Frame]:
+    """Every frame the server sends until it acknowledges a PING sent now."""
+    client.send(h2.ping(b"lastping"))
+    await client.flush()
+    frames: list[h2.Frame] = []
+    while True:
+        received = await client.read_frame()
+        assert received is not None, "the server closed the connection"
+        if received.type == h2.PING and received.payload == b"lastping":
+            return frames
+        frames.append(received)
+
+
+async def test_data_flooding_a_closed_stream_gets_no_answer_per_frame(rpc: Served) -> None:
+    async with connected(rpc.port) as client:
+        client.send(client.request(1, "/no.Such/Method", end_stream=True))
+        assert (await client.stream_outcome(1)).grpc_status == Status.UNIMPLEMENTED
+        client.send(h2.frame(h2.DATA, h2.END_STREAM, 1) * 50_000)
+        client.send(h2.frame(h2.DATA, 0, 1, b"x") * 50_000)
+        answers = await answers_after(client)
+    resets = [a for a in answers if a.type == h2.RST_STREAM]
+    assert len(resets) <= 1
+    await rpc.assert_still_serves()
+
+
+async def test_data_after_the_clients_end_of_stream_resets_the_call_once(rpc: Served) -> None:
+    async with connected(rpc.port) as client:
+        client.send(
+            client.request(1, "/test.Wait/Wait"),
+            h2.data(1, h2.grpc_message(b"last"), end_stream=True),
+            h2.frame(h2.DATA, 0, 1, b"x") * 10_000,
+        )
+        answers = await answers_after(client)
+        resets = [a for a in answers if a.type == h2.RST_STREAM]
+        assert [client.outcomes[1].reset_code] == [h2.STREAM_CLOSED]
+        assert len(resets) == 1
+        [conn] = rpc.server.connections
+        assert conn.calls == {}
+    await rpc.assert_still_serves()
+
+
+# -- housekeeping shortened: keepalive and the control-frame budget --------------------
+
+FAST_LIMITS = Limits(keepalive_time=0.3, keepalive_timeout=0.8)
+
+
+@pytest.fixture
+async def fast(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Served]:
+    """The test server with housekeeping every 0.1 s (not every 10 s)."""
+    monkeypatch.setattr("meshext.rpc.server.HOUSEKEEPING_PERIOD", 0.1)
+    async with serving(FAST_LIMITS) as served:
+        yield served
+
+
+async def test_a_client_that_does_not_answer_keepalive_pings_is_disconnected(
+    fast: Served,
+) -> None:
+    async with connected(fast.port) as client:
+        await client.until_closed(timeout=5)
+        pings = [f for f in client.frames if f.type == h2.PING and not f.flags & h2.ACK]
+    assert len(pings) == 1
+    await fast.assert_still_serves()
+
+
+async def test_a_client_that_answers_keepalive_pings_stays_connected(fast: Served) -> None:
+    async with connected(fast.port) as client:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        answered = 0
+        while loop.time() < deadline:
+            received = await client.read_frame(timeout=deadline - loop.time() + 0.5)
+            assert received is not None, "the server closed a connection that answers pings"
+            if received.type == h2.PING and not received.flags & h2.ACK:
+                client.send(h2.frame(h2.PING, h2.ACK, 0, received.payload))
+                answered += 1
+        assert answered >= 2
+        [conn] = fast.server.connections
+        assert not conn.closed
+
+
+async def test_the_control_frame_budget_is_renewed_every_housekeeping_period(
+    fast: Served,
+) -> None:
+    async with connected(fast.port) as client:
+        for _ in range(3):
+            client.send(h2.ping() * 1500)  # 4500 in all, 1500 a period
+            await client.flush()
+            await asyncio.sleep(0.25)
+        client.send(h2.ping(b"lastping"))
+        async with asyncio.timeout(10):
+            while (received := await client.read_frame()) is not None:
+                if received.payload == b"lastping":
+                    break
+        assert received is not None
+        assert client.goaway is None

@@ -1,0 +1,80 @@
+"""An :class:`~meshext.rpc.RpcServer` on loopback serving small test methods, with a
+grpcio channel to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from meshext.rpc import EOF, Limits, Method, RpcServer, ServerCall
+from meshext.rpc.connection import Connection
+
+
+async def echo(call: ServerCall) -> None:
+    """Answers each request with itself."""
+    while (request := await call.read()) is not EOF:
+        await call.write(request)
+
+
+async def hold(call: ServerCall) -> None:
+    """Never reads; ends when the client does."""
+    while not call.remote_closed:
+        await asyncio.sleep(0.005)
+
+
+async def wait(call: ServerCall) -> None:
+    """Neither reads nor ends (until it is cancelled)."""
+    await asyncio.get_running_loop().create_future()
+
+
+async def sink(call: ServerCall) -> None:
+    """Reads every request; answers with how many bytes they held."""
+    total = 0
+    while (request := await call.read()) is not EOF:
+        total += len(request)
+    await call.write(str(total).encode())
+
+
+METHODS = {
+    "/test.Echo/Echo": Method(echo, bytes),
+    "/test.Hold/Hold": Method(hold, bytes),
+    "/test.Sink/Sink": Method(sink, bytes),
+    "/test.Wait/Wait": Method(wait, bytes),
+}
+
+
+@dataclass
+class Served:
+    server: RpcServer
+    port: int
+    channel: grpc.aio.Channel
+
+    async def assert_still_serves(self) -> None:
+        """A grpcio client on the same server gets its echo and an OK status."""
+        call = self.channel.stream_stream("/test.Echo/Echo")()
+        await call.write(b"ping")
+        assert await asyncio.wait_for(call.read(), 10) == b"ping"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+
+
+@contextlib.asynccontextmanager
+async def serving(limits: Limits) -> AsyncIterator[Served]:
+    """The test methods served with ``limits`` on 127.0.0.1, and a grpcio channel."""
+    server = RpcServer(METHODS, limits=limits)
+    port = await server.start("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Served(server, port, channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def pending_bytes(conn: Connection) -> int:
+    """Response bytes the server holds for ``conn``'s calls, waiting for window."""
+    return sum(len(chunk) for call in conn.calls.values() for chunk in call.pending)
