@@ -17,7 +17,7 @@ import pytest
 from meshext.rpc import Limits, Status
 from tests.rpc import raw_client as h2
 from tests.rpc.raw_client import RawClient, connected
-from tests.rpc.served import Served, pending_bytes, serving
+from tests.rpc.served import Served, assert_unread_counted, pending_bytes, serving
 
 LIMITS = Limits(
     preface_timeout=0.3,
@@ -108,6 +108,8 @@ async def test_requests_left_unread_by_calls_that_ended_are_not_held_against_the
             outcome = await client.stream_outcome(stream_id)
             assert outcome.grpc_status == Status.OK
         assert client.goaway is None
+        [conn] = rpc.server.connections
+        assert conn.inbox_bytes == 0
     await rpc.assert_still_serves()
 
 
@@ -137,6 +139,8 @@ async def test_a_handler_writing_to_a_client_that_never_reads_waits_for_its_wind
         # The echo handler waits for window with one response: the other requests stay
         # unread (and count against the inbox limit), not queued as responses.
         assert pending_bytes(conn) <= 16_005
+        assert conn.inbox_bytes > 0
+        assert_unread_counted(conn)
         client.send(*[h2.data(1, h2.grpc_message(b"e" * 16_000)) for _ in range(30)])
         goaway = await client.goaway_and_close()
     assert goaway.code == h2.ENHANCE_YOUR_CALM

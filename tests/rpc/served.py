@@ -70,6 +70,8 @@ async def serving(limits: Limits) -> AsyncIterator[Served]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Served(server, port, channel)
+        for conn in server.connections:
+            assert_unread_counted(conn)
     finally:
         await channel.close()
         await server.stop(0)
@@ -78,3 +80,12 @@ async def serving(limits: Limits) -> AsyncIterator[Served]:
 def pending_bytes(conn: Connection) -> int:
     """Response bytes the server holds for ``conn``'s calls, waiting for window."""
     return sum(len(chunk) for call in conn.calls.values() for chunk in call.pending)
+
+
+def assert_unread_counted(conn: Connection) -> None:
+    """The connection's count of unread request bytes is what its calls hold."""
+    held = sum(
+        sum(size for _, size in call.inbox) + len(call.partial or b"")
+        for call in conn.calls.values()
+    )
+    assert conn.inbox_bytes == held
