@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -258,10 +259,14 @@ class RawClient:
 
 
 @contextlib.asynccontextmanager
-async def connected(port: int, *, preface: bytes = PREFACE) -> AsyncIterator[RawClient]:
-    """A raw connection to 127.0.0.1:``port`` that has sent ``preface`` (and, for the
-    real preface, an empty SETTINGS frame)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def connected(
+    port: int, *, preface: bytes = PREFACE, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RawClient]:
+    """A raw connection to 127.0.0.1:``port`` (over TLS with ``tls``) that has sent
+    ``preface`` (and, for the real preface, an empty SETTINGS frame)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None
+    )
     client = RawClient(reader, writer)
     if preface == PREFACE:
         client.send(PREFACE, settings())

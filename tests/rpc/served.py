@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -63,11 +64,22 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(limits: Limits) -> AsyncIterator[Served]:
-    """The test methods served with ``limits`` on 127.0.0.1, and a grpcio channel."""
-    server = RpcServer(METHODS, limits=limits)
+async def serving(
+    limits: Limits,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> AsyncIterator[Served]:
+    """The test methods served with ``limits`` on 127.0.0.1 (over TLS with
+    ``ssl_context``), and a grpcio channel (with ``credentials``)."""
+    server = RpcServer(METHODS, limits=limits, ssl_context=ssl_context)
     port = await server.start("127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    target = f"127.0.0.1:{port}"
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
     try:
         yield Served(server, port, channel)
         for conn in server.connections:
