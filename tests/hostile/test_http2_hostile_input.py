@@ -417,3 +417,35 @@ async def test_an_unknown_method_with_a_long_non_ascii_name_still_gets_unimpleme
     assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
     assert (await call.details()).startswith("unknown method /\U0001f600")
     await assert_ads_still_serves(ads)
+
+
+async def test_a_client_with_a_zero_window_gets_headers_but_no_data_until_it_opens_it(
+    ads: Harness,
+) -> None:
+    ads.recorder.snapshots["closed-window"] = snapshot({CDS: {"c": "1"}})
+    async with connected(ads.port) as client:
+        client.send(h2.settings((h2.INITIAL_WINDOW_SIZE, 0)))
+        client.send(client.request(1, ADS), h2.data(1, ads_request("closed-window")))
+        await client.read_quiet(0.3)
+        assert client.outcomes[1].fields[":status"] == "200"
+        assert client.data_received == 0
+        client.send(h2.window_update(1, 1 << 20))
+        await client.read_quiet(0.3)
+        assert client.data_received > 0
+        assert client.goaway is None
+    await assert_ads_still_serves(ads)
+
+
+async def test_after_a_clients_goaway_new_streams_are_refused_and_open_ones_go_on(
+    ads: Harness,
+) -> None:
+    ads.recorder.snapshots["leaving"] = snapshot({CDS: {"c": "1"}})
+    async with connected(ads.port) as client:
+        client.send(client.request(1, ADS))
+        client.send(h2.frame(h2.GOAWAY, 0, 0, b"\x00\x00\x00\x00\x00\x00\x00\x00"))
+        client.send(client.request(3, ADS), h2.data(1, ads_request("leaving")))
+        refused = await client.stream_outcome(3)
+        assert refused.reset_code == h2.REFUSED_STREAM
+        await client.read_quiet(0.3)
+        assert len(client.outcomes[1].data) > 5  # the response to the open call
+    await assert_ads_still_serves(ads)
