@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import ssl
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import hpack
@@ -114,6 +114,8 @@ class RawClient:
         self.goaway: GoAway | None = None
         self.data_received = 0
         self.frames: list[Frame] = []
+        # Whether the server's PINGs are acknowledged as they are read (keepalive).
+        self.answer_pings = False
         # Flow control of what this client sends, as the server's frames grant it.
         self.initial_window = 65_535
         self.connection_window = 65_535
@@ -192,6 +194,8 @@ class RawClient:
             else:
                 granted = self.stream_granted.get(received.stream_id, 0)
                 self.stream_granted[received.stream_id] = granted + increment
+        elif received.type == PING and not received.flags & ACK and self.answer_pings:
+            self.send(frame(PING, ACK, 0, received.payload))
         elif received.type == GOAWAY:
             last, code = struct.unpack_from(">II", received.payload)
             self.goaway = GoAway(last & 0x7FFF_FFFF, code, received.payload[8:])
@@ -244,6 +248,15 @@ class RawClient:
                     return outcome
                 if await self.read_frame() is None:
                     raise AssertionError(f"connection closed before stream {stream_id} ended")
+
+    async def read_until(
+        self, condition: Callable[[], bool], timeout: float = READ_SECONDS
+    ) -> None:
+        """Read (and record) frames until ``condition()`` holds."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                if await self.read_frame() is None:
+                    raise AssertionError("the server closed the connection")
 
     async def read_quiet(self, seconds: float) -> None:
         """Read (and record) whatever arrives within ``seconds``."""
