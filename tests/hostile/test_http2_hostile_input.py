@@ -175,6 +175,14 @@ MISPLACED: dict[str, tuple[int, Callable[[RawClient], bytes]]] = {
         h2.FLOW_CONTROL_ERROR,
         lambda c: h2.settings((h2.INITIAL_WINDOW_SIZE, 2**31)),
     ),
+    "initial-window-raising-a-stream-window-past-2-31": (
+        h2.FLOW_CONTROL_ERROR,
+        lambda c: (
+            c.request(1, ADS)
+            + h2.window_update(1, 2**31 - 1 - 65_535)
+            + h2.settings((h2.INITIAL_WINDOW_SIZE, 65_536))
+        ),
+    ),
     "window-update-of-3-bytes": (
         h2.FRAME_SIZE_ERROR,
         lambda c: h2.frame(h2.WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"),

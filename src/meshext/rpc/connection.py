@@ -550,6 +550,8 @@ class Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for call in self.calls.values():
                     call.send_window += delta
+                    if call.send_window > MAX_WINDOW:
+                        raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "window over 2^31-1")
             elif key == Setting.MAX_FRAME_SIZE:
                 if not DEFAULT_MAX_FRAME_SIZE <= value <= 16_777_215:
                     raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
