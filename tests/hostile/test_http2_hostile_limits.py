@@ -10,6 +10,8 @@ that a grpcio client on the same server is still served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -244,3 +246,44 @@ async def test_the_control_frame_budget_is_renewed_every_housekeeping_period(
                     break
         assert received is not None
         assert client.goaway is None
+
+
+async def test_a_client_that_asks_for_answers_and_reads_none_is_dropped() -> None:
+    # A budget of control frames so large that only the frames written to a client
+    # that reads nothing stop it: 100,000 PINGs would queue 1.7 MB of PING ACKs (with
+    # the default budget, 34 KB more every 10 s, for as long as the client stays).
+    limits = Limits(control_frames=1_000_000, frames_while_full=1000)
+    async with serving(limits) as served:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.port))
+        _reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(h2.PREFACE + h2.settings())
+            await writer.drain()
+            # Small socket buffers on both sides, so that the kernel does not absorb
+            # megabytes before the server's own buffer fills.
+            while not served.server.connections:
+                await asyncio.sleep(0.005)
+            [conn] = served.server.connections
+            assert conn.transport is not None
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            most_queued = 0
+            for _ in range(10):
+                if writer.is_closing():
+                    break  # the server has dropped the connection
+                writer.write(h2.ping() * 10_000)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                await asyncio.sleep(0.01)
+                for conn in served.server.connections:
+                    if conn.transport is not None:
+                        most_queued = max(most_queued, conn.transport.get_write_buffer_size())
+            assert served.server.connections == set()
+            assert most_queued < 200_000
+        finally:
+            writer.close()
+        await served.assert_still_serves()

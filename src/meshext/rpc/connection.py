@@ -15,6 +15,8 @@ at most :attr:`Limits.concurrent_streams` calls at a time, unread requests of at
 :attr:`Limits.inbox_bytes` per connection, flow control on both sides, and a budget
 of control frames (SETTINGS, PING, PRIORITY, RST_STREAM, new streams, empty DATA; a PING after the server sent data is
 free) per housekeeping period, beyond which the client is told ``ENHANCE_YOUR_CALM``.
+A client that reads nothing while it keeps asking for answers is dropped once
+:attr:`Limits.frames_while_full` of them wait in the socket's full buffer.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ class Limits:
     """Idle time after which the server pings the client."""
     keepalive_timeout: float = 20.0
     """How long the client has to answer that ping."""
+    frames_while_full: int = 10_000
+    """Frames other than DATA (acknowledgements, resets, trailers) the server may write
+    while the socket's buffer is full, that is while the client reads nothing; past
+    this the connection is dropped."""
 
 
 class _ConnectionError(Exception):
@@ -125,6 +131,7 @@ class Connection(asyncio.Protocol):
         self.ping_sent_at: float | None = None
         self.paused = False
         self.corked: list[bytes] | None = None
+        self.frames_while_full = 0
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.going_away = False
         self.closed = False
@@ -234,6 +241,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.frames_while_full = 0
         self._wake_drainers()
 
     # -- frames in --------------------------------------------------------------
@@ -578,6 +586,14 @@ class Connection(asyncio.Protocol):
     # -- frames out -------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        if self.paused and data[3] != FrameType.DATA:
+            # A client that reads nothing while it keeps asking for answers (PINGs,
+            # SETTINGS, new streams) would make them pile up here without end.
+            self.frames_while_full += 1
+            if self.frames_while_full > self.limits.frames_while_full:
+                _log.warning("%s reads nothing of what it asks for; closing", self.peer)
+                self.abort()
+                return
         corked = self.corked
         if corked is not None:
             corked.append(data)
