@@ -796,6 +796,8 @@ class Connection(asyncio.Protocol):
     def _fail(self, code: ErrorCode, message: str) -> None:
         _log.warning("HTTP/2 connection from %s closed: %s (%s)", self.peer, message, code.name)
         self._write(goaway(self.last_stream_id, code, message.encode()[:256]))
+        if self.corked:
+            self.uncork()  # the GOAWAY goes out before the connection is half-closed
         transport = self.transport
         if transport is None or self.closed or not transport.can_write_eof():
             self.close()
