@@ -14,7 +14,7 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> Mapping[str, LoopFactory] | None:
+) -> Mapping[str, LoopFactory]:
     if not item.nodeid.startswith("tests/hostile/test_http2_hostile_"):
-        return None
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
