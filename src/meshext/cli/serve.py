@@ -41,10 +41,10 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop (libuv) when uvloop is installed, unless
     ``MESHEXT_EVENT_LOOP=asyncio``; ``None`` (asyncio's own loop) otherwise.
 
-    grpc.aio runs on it (its completion queue is polled through the loop's readers),
-    and it costs less per callback, timer and socket event than asyncio's own loop:
-    benchmarks/xds_vs_go_control_plane measured about a tenth less server CPU to
-    connect 10,000 proxies and to push them a change."""
+    It costs less per callback, timer and socket event than asyncio's own loop, which
+    is most of what the ADS server does (benchmarks/xds_vs_go_control_plane measured
+    about a tenth less server CPU to connect 10,000 proxies and to push them a
+    change)."""
     if os.environ.get("MESHEXT_EVENT_LOOP", "") == "asyncio":
         return None
     try:

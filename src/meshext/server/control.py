@@ -103,6 +103,8 @@ class ProxyRecord:
     rejections: dict[str, str] = field(default_factory=dict)
     """Last rejection per type URL, for resources other than extension configs."""
     resources: EnvoyResources | None = None
+    keys: tuple[ProxyInfo, object, object] | None = None
+    """``proxy`` with its workload key and replica key, computed once per proxy."""
 
 
 @dataclass(frozen=True)
@@ -471,7 +473,7 @@ class ControlPlane:
         """Recompute and publish every proxy's snapshot (unchanged ones send nothing).
 
         Replicas of a workload (same namespace, labels, listeners, application address
-        and module delivery; see ``_generation_key``) get the same configuration:
+        and module delivery; see ``_replica_key``) get the same configuration:
         within one round it is planned, generated and built into an immutable snapshot
         once, and shared by every such proxy that has rejected nothing (a proxy with
         rejections gets its own, see ``_generate``), including proxies that connect
@@ -487,7 +489,10 @@ class ControlPlane:
             self._cache.set_snapshot(record.node_id, Snapshot())
             return
         proxy = record.proxy
-        workload_key = _workload_key(proxy.workload)
+        keys = record.keys
+        if keys is None or keys[0] is not proxy:
+            keys = record.keys = (proxy, _workload_key(proxy.workload), _replica_key(proxy))
+        workload_key = keys[1]
         plan = round_cache.plans.get(workload_key)
         if plan is None:
             gated = round_cache.gated
@@ -500,7 +505,7 @@ class ControlPlane:
             shareable = not self._book.tracker.rejects(proxy.node_id)
             # Replicas that fetched their modules at the same attempts share too.
             key = (
-                _generation_key(proxy, self._delivery.mode_for(proxy)),
+                (keys[2], self._delivery.mode_for(proxy)),
                 self._fetches.attempts_key(proxy.node_id),
             )
             generated = round_cache.generated.get(key) if shareable else None
@@ -731,17 +736,17 @@ def _workload_key(workload: Workload) -> object:
     )
 
 
-def _generation_key(proxy: ProxyInfo, mode: DeliveryMode) -> object:
-    """What generation depends on besides the plan (every field of the proxy that
-    :func:`meshext.envoy.sidecar.proxy_resources` reads, except its node id, which
-    only error messages name): two proxies with the same key get the same resources."""
+def _replica_key(proxy: ProxyInfo) -> object:
+    """What generation depends on besides the plan and the module delivery mode (every
+    field of the proxy that :func:`meshext.envoy.sidecar.proxy_resources` reads, except
+    its node id, which only error messages name): two proxies with the same key and
+    mode get the same resources."""
     return (
         _workload_key(proxy.workload),
         proxy.inbound_ports,
         proxy.inbound_address,
         proxy.app,
         proxy.outbound,
-        mode,
     )
 
 
