@@ -50,6 +50,7 @@ class ServerCall:
         "flushed",
         "headers_sent",
         "inbox",
+        "listener",
         "partial",
         "pending",
         "recv_unacked",
@@ -79,6 +80,7 @@ class ServerCall:
         # Requests received and not read yet, with their sizes (rarely more than one).
         self.inbox: list[tuple[Any, int]] = []
         self.waiter: asyncio.Future[Any] | None = None
+        self.listener: Callable[[Any], None] | None = None
         # The bytes of a request whose end has not arrived yet.
         self.partial: bytearray | None = None
         # Response bytes (gRPC-framed) waiting for flow-control window, oldest first.
@@ -118,7 +120,30 @@ class ServerCall:
         finally:
             self.waiter = None
 
+    def listen(self, listener: Callable[[Any], None]) -> None:
+        """From now on hand each request to ``listener`` as it arrives (in the
+        connection's read callback, so responses it writes go out with the
+        connection's other answers to that read), instead of keeping it for
+        :meth:`read`, which then returns only :data:`EOF`. Requests received and not
+        read yet go to ``listener`` first. ``listener`` must not raise; to end the
+        call it uses :meth:`fail`."""
+        self.listener = listener
+        inbox, self.inbox = self.inbox, []
+        for message, size in inbox:
+            self.conn.inbox_bytes -= size
+            listener(message)
+
+    def fail(self, status: Status, details: str = "") -> None:
+        """End the call with ``status`` and stop its handler (from a listener)."""
+        self.conn.end_call(self, status, details)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
     def deliver(self, message: Any, size: int) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener(message)
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(message)

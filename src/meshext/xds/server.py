@@ -3,8 +3,11 @@
 Each stream runs one protocol machine (:mod:`meshext.xds.protocol`), all on the
 server's event loop, with as little around it as a stream needs:
 
-* the RPC's own task reads the requests, feeds each to the machine and writes the
-  responses it returns;
+* the RPC's own task reads the first request, which names the node, and waits for
+  ``on_connect``; every later request is fed to the machine as it arrives (in the
+  connection's read callback, :meth:`meshext.rpc.ServerCall.listen`) and the
+  responses it returns are written there, with the connection's other answers to
+  that read;
 * once the stream has named its node it watches the node in the cache
   (:meth:`SnapshotCache.watch`); a newer snapshot schedules one callback (snapshots
   arriving in a burst are coalesced into the latest) that feeds it to the machine
@@ -36,6 +39,7 @@ stream carries on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import ssl
@@ -454,9 +458,13 @@ class AdsServer:
                     )
                     self._dispatch(stream, events)
                     self._take_snapshot(stream)
-                else:
-                    self._dispatch(stream, events)
-                await context.conn.drained()
+                    break
+                self._dispatch(stream, events)
+            # The stream has named its node: each later request is handled as it
+            # arrives, without a turn of this task; the task waits for the end.
+            await context.conn.drained()
+            context.listen(functools.partial(self._on_request, stream))
+            await context.read()
         except asyncio.CancelledError:
             if not stream.stopping:
                 raise
@@ -465,6 +473,22 @@ class AdsServer:
                 stream.task.uncancel()
         finally:
             self._closed(stream)
+
+    def _on_request(self, stream: _Stream, request: Any) -> None:
+        """A request of a stream that has named its node (see :meth:`ServerCall.listen`)."""
+        if stream.closed:
+            return
+        context = stream.context
+        try:
+            events = stream.machine.receive_request(request)
+        except ProtocolError as exc:
+            context.fail(GrpcStatus.INVALID_ARGUMENT, str(exc))
+            return
+        except Exception:
+            _log.exception("stream %d: a request could not be handled", stream.stream_id)
+            context.fail(GrpcStatus.UNKNOWN, "unexpected error in the server")
+            return
+        self._dispatch(stream, events)
 
     def _take_snapshot(self, stream: _Stream) -> None:
         """Feed the node's current snapshot to the stream's machine, if it is new to it."""
