@@ -1,0 +1,253 @@
+"""On Linux the folder source sees changes through inotify, wherever in the tree they
+happen, and falls back to watchfiles when inotify cannot be used.
+
+Polling is set to once a minute, so an update seen within the waits below came from
+an event; watchfiles is made unusable unless a test is about the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import sys
+from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import pytest
+import watchfiles
+
+from meshext.sources.folder import LoadResult
+from meshext.sources.watch import FolderSource
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
+
+SME = """apiVersion: maistra.io/v1
+kind: ServiceMeshExtension
+metadata: {{name: {name}, namespace: bookinfo}}
+spec: {{image: "quay.io/ext/a:1", phase: PreAuthN, priority: 1}}
+"""
+WAIT = 30.0
+
+
+def manifest(*names: str) -> str:
+    return "---\n".join(SME.format(name=name) for name in names)
+
+
+def names(result: LoadResult) -> list[str]:
+    return sorted(r.key.name for r in result.resources)
+
+
+async def state_becomes(updates: AsyncGenerator[LoadResult, None], expected: list[str]) -> None:
+    """Read updates until one holds exactly the ``expected`` resources, without errors."""
+
+    async def follow() -> None:
+        while True:
+            result = await anext(updates)
+            if names(result) == expected and result.ok:
+                return
+
+    await asyncio.wait_for(follow(), WAIT)
+
+
+@pytest.fixture
+def only_inotify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """watchfiles breaks if used: an update can only come from inotify."""
+
+    def unusable(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("watchfiles was used instead of inotify")
+
+    monkeypatch.setattr(watchfiles, "awatch", unusable)
+
+
+def watching(root: Path) -> AsyncGenerator[LoadResult, None]:
+    return FolderSource(root, debounce=0.05, poll_interval=60.0).updates()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_an_edit_and_a_new_file_are_seen_from_inotify_events(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(manifest("a"))
+    updates = watching(tmp_path)
+    await state_becomes(updates, ["a"])
+    (tmp_path / "a.yaml").write_text(manifest("a", "b"))
+    await state_becomes(updates, ["a", "b"])
+    (tmp_path / "c.yml").write_text(manifest("c"))
+    await state_becomes(updates, ["a", "b", "c"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_manifest_replaced_by_renaming_another_file_over_it_is_seen(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.yaml").write_text(manifest("a"))
+    updates = watching(tmp_path)
+    await state_becomes(updates, ["a"])
+    temporary = tmp_path / ".a.yaml.swp"
+    temporary.write_text(manifest("a", "b"))
+    os.rename(temporary, tmp_path / "a.yaml")
+    await state_becomes(updates, ["a", "b"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_new_subfolder_and_then_a_file_in_it_are_seen(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(manifest("a"))
+    updates = watching(tmp_path)
+    await state_becomes(updates, ["a"])
+    (tmp_path / "team").mkdir()
+    await asyncio.sleep(0.5)  # the folder's own event is handled before the file exists
+    (tmp_path / "team" / "b.yaml").write_text(manifest("b"))
+    await state_becomes(updates, ["a", "b"])
+    # Folders created together with their file, then edited: all below are watched.
+    deep = tmp_path / "x" / "y" / "z"
+    deep.mkdir(parents=True)
+    (deep / "c.yaml").write_text(manifest("c"))
+    await state_becomes(updates, ["a", "b", "c"])
+    await asyncio.sleep(0.5)
+    (deep / "c.yaml").write_text(manifest("c", "d"))
+    await state_becomes(updates, ["a", "b", "c", "d"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_removed_or_moved_away_subfolder_does_not_break_the_watch(tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    (root / "team").mkdir(parents=True)
+    (root / "other").mkdir()
+    (root / "a.yaml").write_text(manifest("a"))
+    (root / "team" / "b.yaml").write_text(manifest("b"))
+    (root / "other" / "c.yaml").write_text(manifest("c"))
+    updates = watching(root)
+    await state_becomes(updates, ["a", "b", "c"])
+
+    shutil.rmtree(root / "team")
+    await state_becomes(updates, ["a", "c"])
+    os.rename(root / "other", tmp_path / "elsewhere")
+    await state_becomes(updates, ["a"])
+
+    (root / "d.yaml").write_text(manifest("d"))
+    await state_becomes(updates, ["a", "d"])
+    (root / "team").mkdir()
+    await asyncio.sleep(0.5)
+    (root / "team" / "b.yaml").write_text(manifest("b"))
+    await state_becomes(updates, ["a", "b", "d"])
+    # A folder moved in brings its manifests with it, without any file event.
+    os.rename(tmp_path / "elsewhere", root / "back")
+    await state_becomes(updates, ["a", "b", "c", "d"])
+    await asyncio.sleep(0.5)
+    (root / "back" / "c.yaml").write_text(manifest("c", "e"))
+    await state_becomes(updates, ["a", "b", "c", "d", "e"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_root_created_after_the_start_is_watched(tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    updates = watching(root)
+    first = await asyncio.wait_for(anext(updates), WAIT)
+    assert names(first) == []
+    root.mkdir()
+    (root / "a.yaml").write_text(manifest("a"))
+    await state_becomes(updates, ["a"])
+    await asyncio.sleep(0.5)
+    (root / "b.yaml").write_text(manifest("b"))
+    await state_becomes(updates, ["a", "b"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_root_removed_and_created_again_is_watched_again(tmp_path: Path) -> None:
+    root = tmp_path / "config"
+    root.mkdir()
+    (root / "a.yaml").write_text(manifest("a"))
+    updates = watching(root)
+    await state_becomes(updates, ["a"])
+    shutil.rmtree(root)
+    result = await asyncio.wait_for(anext(updates), WAIT)
+    assert names(result) == []
+    root.mkdir()
+    (root / "b.yaml").write_text(manifest("b"))
+    await state_becomes(updates, ["b"])
+    await updates.aclose()
+
+
+def configmap_version(root: Path, version: str, files: dict[str, str]) -> Path:
+    """A folder of one ConfigMap version, laid out as the kubelet writes it."""
+    folder = root / f"..2026_12_05_{version}"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_configmap_update_swapping_its_data_link_is_seen(tmp_path: Path) -> None:
+    first = configmap_version(tmp_path, "v1", {"a.yaml": manifest("a")})
+    (tmp_path / "..data").symlink_to(first.name)
+    (tmp_path / "a.yaml").symlink_to("..data/a.yaml")
+    updates = watching(tmp_path)
+    await state_becomes(updates, ["a"])
+
+    second = configmap_version(tmp_path, "v2", {"a.yaml": manifest("a", "b")})
+    (tmp_path / "..data_tmp").symlink_to(second.name)
+    os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
+    shutil.rmtree(first)
+    await state_becomes(updates, ["a", "b"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_root_that_is_a_link_renamed_over_by_another_is_followed(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "a.yaml").write_text(manifest("a"))
+    root = tmp_path / "current"
+    root.symlink_to("v1")
+    updates = watching(root)
+    await state_becomes(updates, ["a"])
+
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "a.yaml").write_text(manifest("a", "b"))
+    (tmp_path / "next").symlink_to("v2")
+    os.rename(tmp_path / "next", root)
+    await state_becomes(updates, ["a", "b"])
+    await asyncio.sleep(0.5)
+    (tmp_path / "v2" / "c.yaml").write_text(manifest("c"))  # the new target is watched
+    await state_becomes(updates, ["a", "b", "c"])
+    await updates.aclose()
+
+
+@pytest.mark.usefixtures("only_inotify")
+async def test_no_edit_of_a_burst_of_a_hundred_is_lost(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(manifest("a0"))
+    updates = watching(tmp_path)
+    await state_becomes(updates, ["a0"])
+    for edit in range(1, 101):
+        (tmp_path / "a.yaml").write_text(manifest(f"a{edit}"))
+    await state_becomes(updates, ["a100"])
+    await updates.aclose()
+
+
+async def test_when_inotify_cannot_be_set_up_watchfiles_takes_over_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import inotify_simple  # noqa: PLC0415 (Linux only)
+
+    def out_of_watches(*_args: object, **_kwargs: object) -> object:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(inotify_simple, "INotify", out_of_watches)
+    (tmp_path / "a.yaml").write_text(manifest("a"))
+    with caplog.at_level(logging.WARNING, logger="meshext.sources.watch"):
+        updates = watching(tmp_path)
+        await state_becomes(updates, ["a"])
+        await asyncio.sleep(0.5)  # watchfiles registers its watches
+        (tmp_path / "b.yaml").write_text(manifest("b"))
+        await state_becomes(updates, ["a", "b"])
+        await updates.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "inotify" in warnings[0].getMessage()
+    assert "No space left on device" in warnings[0].getMessage()
