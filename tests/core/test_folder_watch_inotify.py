@@ -200,6 +200,21 @@ async def test_a_root_removed_and_created_again_is_watched_again(tmp_path: Path)
         await source.state_becomes(["b", "c"])
 
 
+@pytest.mark.usefixtures("only_inotify")
+async def test_a_root_that_is_a_single_file_is_followed_through_edits_and_renames(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "mesh.yaml"
+    root.write_text(manifest("a"))
+    async with following(root) as source:
+        await source.state_becomes(["a"])
+        root.write_text(manifest("a", "b"))
+        await source.state_becomes(["a", "b"])
+        (tmp_path / ".mesh.yaml.new").write_text(manifest("c"))
+        os.rename(tmp_path / ".mesh.yaml.new", root)
+        await source.state_becomes(["c"])
+
+
 def configmap_version(root: Path, version: str, files: dict[str, str]) -> Path:
     """A folder of one ConfigMap version, laid out as the kubelet writes it."""
     folder = root / f"..2026_12_05_{version}"
