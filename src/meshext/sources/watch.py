@@ -1,12 +1,14 @@
 """A config source over a folder that reloads it whenever a file below it changes.
 
-File-system events (watchfiles, inotify on Linux) start a reload as soon as they
-arrive: there is no fixed quiet period on the way from an edit to the proxies. The
-watcher hands over the events of one burst together (a burst ends after ``step``
-milliseconds without a new event), so a ``git checkout`` touching many files is read
-once. A periodic check of a cheap fingerprint (names, sizes and modification times
-of the YAML files) catches what events miss, such as changes made before the watcher
-was registered.
+File-system events start a reload as soon as they arrive: there is no fixed quiet
+period on the way from an edit to the proxies. On Linux they come from inotify,
+read by the event loop itself (:mod:`meshext.sources.inotify_watch`): the first event
+of a burst wakes the reload, and an idle folder costs no CPU. Where inotify is not
+available or fails (another system, out of watches or descriptors), a warning is
+logged and watchfiles takes over; it hands the events of one burst over together,
+once ``step`` milliseconds pass without a new one. Either way, a periodic check of a
+cheap fingerprint (names, sizes and modification times of the YAML files) catches
+what events miss, such as changes made before the watcher was registered.
 
 What keeps a write in progress from being read half-way:
 
@@ -24,6 +26,7 @@ Every reload yields the complete state; a consumer never needs history.
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -32,9 +35,12 @@ import watchfiles
 
 from meshext.sources.folder import LoadResult, load_folder
 from meshext.sources.generations import GenerationTracker
+from meshext.sources.inotify_watch import follow_changes
 from meshext.sources.manifest_scan import YAML_SUFFIXES, scan_manifests
 
 Fingerprint = tuple[tuple[str, int, int], ...]
+
+_log = logging.getLogger(__name__)
 
 
 def fingerprint(root: Path) -> Fingerprint:
@@ -57,7 +63,9 @@ class FolderSource:
         self, root: Path, *, debounce: float = 0.1, poll_interval: float = 1.0, step: int = 10
     ) -> None:
         """``debounce``: how long a file that was just modified and does not load is
-        given to be completed; ``step``: milliseconds without events that end a burst."""
+        given to be completed; ``step``: milliseconds a read waits for a writer that
+        changed the folder under it, and, with watchfiles, without events that end a
+        burst."""
         self.root = root
         self.debounce = debounce
         self.poll_interval = poll_interval
@@ -112,9 +120,23 @@ class FolderSource:
         return True
 
     async def _watch(self, events: asyncio.Event) -> None:
-        """Set ``events`` on every burst of changes; if the folder cannot be watched (it
-        does not exist yet, or the system is out of watches), polling alone keeps the
+        """Set ``events`` on every change: with inotify, else with watchfiles (after one
+        warning). If the folder cannot be watched at all, polling alone keeps the
         source live."""
+        try:
+            await follow_changes(self.root, events.set)
+        except OSError as error:
+            _log.warning(
+                "cannot watch %s with inotify (%s); watching with watchfiles instead, "
+                "which wakes every %d ms",
+                self.root,
+                error,
+                self.step,
+            )
+        events.set()  # whatever changed while the watchers switched is read now
+        await self._watch_with_watchfiles(events)
+
+    async def _watch_with_watchfiles(self, events: asyncio.Event) -> None:
         watch_root = self.root if self.root.is_dir() else self.root.parent
         with contextlib.suppress(OSError):
             async for _ in watchfiles.awatch(
