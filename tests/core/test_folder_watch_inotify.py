@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,8 +22,6 @@ import watchfiles
 from meshext.sources.folder import LoadResult
 from meshext.sources.inotify_watch import WatchedTree
 from meshext.sources.watch import FolderSource
-
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
 
 SME = """apiVersion: maistra.io/v1
 kind: ServiceMeshExtension

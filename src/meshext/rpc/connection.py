@@ -363,11 +363,7 @@ class Connection(asyncio.Protocol):
             call.partial = bytearray(data[offset:])
         if rest:
             self.inbox_bytes += rest
-            if self.inbox_bytes > self.limits.inbox_bytes:
-                raise _ConnectionError(
-                    ErrorCode.ENHANCE_YOUR_CALM,
-                    f"more than {self.limits.inbox_bytes} bytes of requests not read yet",
-                )
+            self._check_unread()
 
     def _deliver(self, call: ServerCall, message: bytes, size: int) -> None:
         try:
@@ -376,6 +372,9 @@ class Connection(asyncio.Protocol):
             self._refuse(call, Status.INVALID_ARGUMENT, f"the request is not valid: {exc}")
             return
         call.deliver(request, size)
+        self._check_unread()
+
+    def _check_unread(self) -> None:
         if self.inbox_bytes > self.limits.inbox_bytes:
             raise _ConnectionError(
                 ErrorCode.ENHANCE_YOUR_CALM,
@@ -385,9 +384,7 @@ class Connection(asyncio.Protocol):
     def _refuse(self, call: ServerCall, status: Status, message: str) -> None:
         """End a call the client broke: its status, then the handler is stopped."""
         _log.info("%s stream %d: %s", self.peer, call.stream_id, message)
-        self.end_call(call, status, message)
-        if call.task is not None:
-            call.task.cancel()
+        call.fail(status, message)
 
     def _headers(self, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
         if stream_id == 0 or stream_id % 2 == 0:
@@ -459,31 +456,14 @@ class Connection(asyncio.Protocol):
             call_headers = h.read_call(fields)
         except h.BadRequest as exc:
             _log.debug("%s stream %d: %s", self.peer, stream_id, exc)
-            self._write(
-                frame_header(
-                    len(block := h.http_error(exc.http_status)),
-                    FrameType.HEADERS,
-                    Flag.END_HEADERS | Flag.END_STREAM,
-                    stream_id,
-                )
-                + block
-            )
-            if not end_stream:
-                self._write(rst_stream(stream_id, ErrorCode.NO_ERROR))
+            self._last_headers(stream_id, h.http_error(exc.http_status), bool(end_stream))
             return
         method = self.server.methods.get(call_headers.path)
         if method is None:
             block = h.RESPONSE_HEADERS + h.trailers(
                 Status.UNIMPLEMENTED, f"unknown method {call_headers.path}"
             )
-            self._write(
-                frame_header(
-                    len(block), FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, stream_id
-                )
-                + block
-            )
-            if not end_stream:
-                self._write(rst_stream(stream_id, ErrorCode.NO_ERROR))
+            self._last_headers(stream_id, block, bool(end_stream))
             return
         call = ServerCall(
             self, stream_id, method.deserialize, self.peer_initial_window, call_headers.user_agent
@@ -645,12 +625,12 @@ class Connection(asyncio.Protocol):
             frame = _DATA_AND_PREFIX.pack(size << 8, 0, call.stream_id, 0, len(message)) + message
             if not call.headers_sent:
                 call.headers_sent = True
-                frame = _RESPONSE_HEADERS_FRAME(call.stream_id) + frame
+                frame = _response_headers_frame(call.stream_id) + frame
             self._write(frame)
             return
         if not call.headers_sent:
             call.headers_sent = True
-            self._write(_RESPONSE_HEADERS_FRAME(call.stream_id))
+            self._write(_response_headers_frame(call.stream_id))
         call.pending.append(memoryview(b"\x00" + len(message).to_bytes(4, "big") + message))
         self._flush(call)
 
@@ -696,33 +676,38 @@ class Connection(asyncio.Protocol):
             return
         self._send_trailers(call, block)
 
-    def _send_trailers(self, call: ServerCall, block: bytes) -> None:
-        stream_id = call.stream_id
+    def _last_headers(self, stream_id: int, block: bytes, client_done: bool) -> None:
+        """The header block that ends a stream, then RST_STREAM if the client has not
+        finished its side."""
         self._write(
             frame_header(
                 len(block), FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, stream_id
             )
             + block
         )
-        if not call.remote_closed:
+        if not client_done:
             self._write(rst_stream(stream_id, ErrorCode.NO_ERROR))
-        self.calls.pop(stream_id, None)
-        self.blocked.pop(stream_id, None)
+
+    def _send_trailers(self, call: ServerCall, block: bytes) -> None:
+        self._last_headers(call.stream_id, block, call.remote_closed)
+        self.calls.pop(call.stream_id, None)
+        self.blocked.pop(call.stream_id, None)
+        self._release_unread(call)
+        if self.going_away and not self.calls:
+            self.close()
+
+    def _release_unread(self, call: ServerCall) -> None:
+        """Requests a call left unread no longer count against the connection."""
         if call.inbox or call.partial:
-            # Requests the handler left unread no longer count against the connection.
             self.inbox_bytes -= sum(size for _, size in call.inbox) + len(call.partial or b"")
             call.inbox.clear()
             call.partial = None
-        if self.going_away and not self.calls:
-            self.close()
 
     def _reset_call(self, call: ServerCall) -> None:
         """The call is gone (client reset, connection lost): stop its handler."""
         call.reset = True
         call.pending.clear()
-        self.inbox_bytes -= sum(size for _, size in call.inbox) + len(call.partial or b"")
-        call.inbox.clear()
-        call.partial = None
+        self._release_unread(call)
         self.blocked.pop(call.stream_id, None)
         waiter = call.waiter
         if waiter is not None and not waiter.done():
@@ -816,7 +801,7 @@ class Connection(asyncio.Protocol):
             self.abort()
 
 
-def _RESPONSE_HEADERS_FRAME(stream_id: int) -> bytes:  # noqa: N802 - a constant per stream
+def _response_headers_frame(stream_id: int) -> bytes:
     return _RESPONSE_HEADERS_PREFIX + stream_id.to_bytes(4, "big") + h.RESPONSE_HEADERS
 
 

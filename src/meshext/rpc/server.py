@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -159,10 +158,6 @@ def parse_address(address: str) -> tuple[str, int]:
     port = int(port_text)
     if port > 65535:
         raise RpcServerError(f"cannot listen on {address}: port out of range")
-    try:
-        socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise RpcServerError(f"cannot listen on {address}: {exc}") from exc
     return host, port
 
 

@@ -99,7 +99,8 @@ class StreamSecurity(Protocol):
 
     def authorize(self, auth_context: Mapping[str, Sequence[bytes]], node: Node) -> str:
         """The identity of the peer (from ``auth_context``: ``x509_pem_cert``, the verified
-        client certificate, as gRPC names it) if it may speak for ``node``; raises :class:`StreamDenied` if not."""
+        client certificate, as gRPC names it) if it may speak for ``node``; raises
+        :class:`StreamDenied` if not."""
         ...
 
 
@@ -425,41 +426,37 @@ class AdsServer:
         self._streams[stream.stream_id] = stream
         self._metrics.opened(kind)
         try:
-            while True:
-                request = await context.read()
-                if request is EOF:
-                    return
-                try:
-                    events = machine.receive_request(request)
-                except ProtocolError as exc:
-                    await context.abort(GrpcStatus.INVALID_ARGUMENT, str(exc))
-                    return
-                # Not kept while waiting for the next one (the first carries the whole
-                # node, which the machine keeps converted).
-                request = None
-                if stream.node_id is None and machine.node is not None:
-                    denied = self._authorize(stream, machine.node, context)
-                    if denied is not None:
-                        await context.abort(GrpcStatus.PERMISSION_DENIED, denied)
-                        return
-                    stream.connecting = True
-                    try:
-                        await self._identified(stream, machine.node)
-                    except StreamDenied as exc:
-                        self._metrics.denied.labels(exc.reason).inc()
-                        await context.abort(GrpcStatus.PERMISSION_DENIED, str(exc))
-                        return
-                    finally:
-                        stream.connecting = False
-                    if stream.stopping:
-                        return
-                    stream.unwatch = self.cache.watch(
-                        stream.node_id or "", _stream_waker(self, stream)
-                    )
-                    self._dispatch(stream, events)
-                    self._take_snapshot(stream)
-                    break
-                self._dispatch(stream, events)
+            request = await context.read()
+            if request is EOF:
+                return
+            try:
+                # The first request must name the node (the machine refuses it if not).
+                events = machine.receive_request(request)
+            except ProtocolError as exc:
+                await context.abort(GrpcStatus.INVALID_ARGUMENT, str(exc))
+                return
+            # Not kept while the stream lives (the machine keeps the node converted).
+            request = None
+            node = machine.node
+            assert node is not None
+            denied = self._authorize(stream, node, context)
+            if denied is not None:
+                await context.abort(GrpcStatus.PERMISSION_DENIED, denied)
+                return
+            stream.connecting = True
+            try:
+                await self._identified(stream, node)
+            except StreamDenied as exc:
+                self._metrics.denied.labels(exc.reason).inc()
+                await context.abort(GrpcStatus.PERMISSION_DENIED, str(exc))
+                return
+            finally:
+                stream.connecting = False
+            if stream.stopping:
+                return
+            stream.unwatch = self.cache.watch(node.id, _stream_waker(self, stream))
+            self._dispatch(stream, events)
+            self._take_snapshot(stream)
             # The stream has named its node: each later request is handled as it
             # arrives, without a turn of this task; the task waits for the end.
             await context.conn.drained()
