@@ -110,6 +110,11 @@ class CountingTracker(DeliveryTracker):
     def __init__(self) -> None:
         super().__init__()
         self.state_calls = 0
+        self.offers = 0
+
+    def offered(self, node_id: str, name: str, version: str, message: object) -> None:
+        self.offers += 1
+        super().offered(node_id, name, version, message)
 
     def phase(self, node_id: str, name: str, version: str) -> DeliveryState:
         self.state_calls += 1
@@ -122,11 +127,40 @@ def test_an_ack_costs_the_same_with_ten_proxies_as_with_a_thousand() -> None:
         book = StatusBook(tracker)
         for index in range(proxies):
             offer(book, f"p{index}")
+        book.counts(TAG)  # every offer counted
         tracker.state_calls = 0
         book.acked("p0", [TAG_NAME], "v1")
         return tracker.state_calls
 
     assert work_per_ack(10) == work_per_ack(1000) == 1
+
+
+def test_a_push_to_every_proxy_is_counted_when_the_book_is_read() -> None:
+    tracker = CountingTracker()
+    book = StatusBook(tracker)
+    for index in range(1000):
+        offer(book, f"p{index}")
+    assert tracker.offers == 0
+    assert book.counts(TAG) == DeliveryCounts(pending=1000)
+    assert tracker.offers == 1000
+
+
+def test_a_proxys_offers_are_counted_when_it_answers() -> None:
+    tracker = CountingTracker()
+    book = StatusBook(tracker)
+    offer(book, "a")
+    offer(book, "b")
+    book.acked("a", [TAG_NAME], "v1")
+    assert tracker.offers == 1
+    assert tracker.last_accepted("a", TAG_NAME) == "tag-v1"
+
+
+def test_offers_to_a_proxy_that_never_answers_are_not_kept_waiting_without_end() -> None:
+    tracker = CountingTracker()
+    book = StatusBook(tracker)
+    for round_ in range(100):
+        offer(book, "silent", tag=f"v{round_}")
+    assert tracker.offers >= 90
 
 
 EVENTS = st.lists(
@@ -164,3 +198,36 @@ def test_counts_always_equal_a_recount_of_the_deliveries(
             rejected=states.count(DeliveryState.REJECTED),
             pending=states.count(DeliveryState.PENDING),
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(EVENTS)
+def test_counting_offers_late_gives_the_status_that_counting_them_at_once_gives(
+    events: list[tuple[str, str, str, bool]],
+) -> None:
+    late, at_once = StatusBook(), StatusBook()
+    for kind, node, version, with_counter in events:
+        for book in (late, at_once):
+            if kind == "offer":
+                offer(book, node, tag=version, counter=version if with_counter else None)
+            elif kind == "offer-left-out":
+                book.offered(node, {TAG: (TAG_NAME, version)}, left_out=[TAG])
+            elif kind == "ack":
+                book.acked(node, [TAG_NAME, COUNTER_NAME], version)
+            elif kind == "nack":
+                book.nacked(node, [TAG_NAME] if with_counter else [COUNTER_NAME], version, "no")
+            else:
+                book.forget_proxy(node)
+        at_once.counts(TAG)  # reading counts every queued offer
+        for proxy in "abc":
+            for name in (TAG_NAME, COUNTER_NAME):
+                assert late.tracker.is_rejected(proxy, name, version) == (
+                    at_once.tracker.is_rejected(proxy, name, version)
+                )
+                assert late.tracker.last_accepted(proxy, name) == (
+                    at_once.tracker.last_accepted(proxy, name)
+                )
+            assert late.tracker.rejects(proxy) == at_once.tracker.rejects(proxy)
+    for key in (TAG, COUNTER):
+        assert late.deliveries(key) == at_once.deliveries(key)
+        assert late.counts(key) == at_once.counts(key)

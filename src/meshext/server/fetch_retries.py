@@ -69,6 +69,8 @@ class FetchRetries:
     def attempts_key(self, node_id: str) -> tuple[tuple[str, int], ...]:
         """The proxy's attempts as a hashable key: proxies of one workload whose
         attempts are equal get the same resources and may share them."""
+        if not self._proxies.get(node_id):
+            return ()  # the usual case, asked for every proxy on every push
         return tuple(sorted(self.attempts(node_id).items()))
 
     def active(self, node_id: str) -> bool:

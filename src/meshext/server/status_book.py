@@ -8,7 +8,10 @@ and still waiting for the version they were offered.
 
 Every event costs a constant amount of work per resource it names (an offer costs
 the number of extensions of the proxy): a push to every proxy, and every proxy's
-ACK after it, cost the number of proxies, never its square. Per-proxy lists, which
+ACK after it, cost the number of proxies, never its square. An offer is queued
+and counted when the proxy's next event arrives or the book is read, so a push to
+every proxy costs one append each on the way to the proxies, and the counting
+happens with the ACKs, after the responses are written. Per-proxy lists, which
 only a reader needs (the admin API, ``meshext status``), are built when asked for,
 from the members of one extension only.
 """
@@ -21,6 +24,13 @@ from typing import Any
 
 from meshext.api.meta import ResourceKey
 from meshext.server.delivery import DeliveryState, DeliveryTracker, ProxyDelivery
+
+_QueuedOffer = tuple[
+    Mapping[ResourceKey, tuple[str, str]], Iterable[ResourceKey], Mapping[str, Any] | None
+]
+
+_QUEUED_KEPT = 8
+"""Offers queued for one proxy before they are counted without waiting for it."""
 
 
 @dataclass(slots=True)
@@ -78,6 +88,8 @@ class StatusBook:
         self._compared: tuple[object, object, tuple[tuple[ResourceKey, str, str], ...] | None]
         self._compared = (None, None, None)
         """The last two offers compared by :meth:`_changes`, and its answer."""
+        self._queued: dict[str, list[_QueuedOffer]] = {}
+        """Per proxy, offers not counted yet, oldest first."""
 
     # --- events ------------------------------------------------------------------------
 
@@ -93,7 +105,39 @@ class StatusBook:
         it because the proxy rejected their version, which they keep in status.
         Extensions the proxy had before and are not in ``versions`` are forgotten.
         ``versions`` is kept as given (replicas share one): the caller must not change
-        it afterwards."""
+        it afterwards, nor ``left_out`` and ``messages``.
+
+        The offer is counted when the proxy's next ACK, NACK or clearance arrives, or
+        when the book is read, whichever comes first. Until then the tracker holds
+        the proxy's earlier offers; its rejections and acceptances, which isolation
+        reads, are current at all times."""
+        offer = (versions, left_out, messages)
+        queue = self._queued.get(node_id)
+        if queue is None:
+            self._queued[node_id] = [offer]
+            return
+        queue.append(offer)
+        if len(queue) > _QUEUED_KEPT:  # a proxy that stopped answering
+            self._settle(node_id)
+
+    def _settle(self, node_id: str) -> None:
+        """Count the proxy's queued offers, in the order they were made."""
+        queue = self._queued.pop(node_id, None)
+        if queue is not None:
+            for versions, left_out, messages in queue:
+                self._count_offer(node_id, versions, left_out, messages)
+
+    def _settle_all(self) -> None:
+        while self._queued:
+            self._settle(next(iter(self._queued)))
+
+    def _count_offer(
+        self,
+        node_id: str,
+        versions: Mapping[ResourceKey, tuple[str, str]],
+        left_out: Iterable[ResourceKey],
+        messages: Mapping[str, Any] | None,
+    ) -> None:
         excluded = frozenset(left_out) if left_out else _NOTHING
         messages = messages or {}
         last = self._last.get(node_id)
@@ -155,11 +199,13 @@ class StatusBook:
         return changes
 
     def acked(self, node_id: str, names: Iterable[str], version: str) -> None:
+        self._settle(node_id)
         for name in names:
             self.tracker.acked(node_id, name, version)
             self._refresh_name(node_id, name)
 
     def nacked(self, node_id: str, names: Iterable[str], version: str, detail: str) -> None:
+        self._settle(node_id)
         for name in names:
             self.tracker.nacked(node_id, name, version, detail)
             self._refresh_name(node_id, name)
@@ -167,11 +213,13 @@ class StatusBook:
     def cleared(self, node_id: str, name: str) -> None:
         """The proxy accepted the current version of ``name`` after rejecting earlier
         ones (a remote module fetched at last): its rejections of it are forgotten."""
+        self._settle(node_id)
         self.tracker.clear_rejection(node_id, name)
         self._refresh_name(node_id, name)
 
     def forget_proxy(self, node_id: str) -> None:
         """The proxy is gone: it counts nowhere any more, and its rejections are forgotten."""
+        self._queued.pop(node_id, None)
         self.tracker.forget_proxy(node_id)
         self._last.pop(node_id, None)
         by_name = self._by_name.pop(node_id, {})
@@ -181,6 +229,7 @@ class StatusBook:
     # --- reading -----------------------------------------------------------------------
 
     def counts(self, key: ResourceKey) -> DeliveryCounts:
+        self._settle_all()
         counter = self._counts.get(key)
         if counter is None:
             return DeliveryCounts()
@@ -197,6 +246,7 @@ class StatusBook:
     ) -> tuple[ProxyDelivery, ...]:
         """How every proxy offered the extension is doing, by node id (built on demand);
         ``explain`` may add to each proxy's delivery, given its ECDS resource name."""
+        self._settle_all()
         members = self._members.get(key, {})
         found = []
         for node_id in sorted(members):
@@ -206,6 +256,7 @@ class StatusBook:
         return tuple(found)
 
     def state(self, node_id: str, key: ResourceKey) -> DeliveryState | None:
+        self._settle(node_id)
         offer = self._by_key.get(node_id, {}).get(key)
         return None if offer is None else offer.state
 
