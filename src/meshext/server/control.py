@@ -16,7 +16,8 @@ that connects meanwhile and belongs to a known workload gets the very snapshot i
 replicas have, without planning or generating anything.
 
 Status is accounted per event (:mod:`meshext.server.status_book`): an ACK or NACK
-costs the same whatever the number of proxies, per-proxy reports are built only
+costs the same whatever the number of proxies, an offer pushed to a proxy is counted
+with its answer (after the responses are written), per-proxy reports are built only
 when read, and the status written to sinks (which does not depend on proxies) is
 computed only when what it depends on changed (:mod:`meshext.server.status_publisher`).
 
