@@ -89,12 +89,6 @@ class PreflightRunner:
             known = self.cached(key)
             if known is not None:
                 return known
-            if self._store is not None:
-                kept = await asyncio.to_thread(self._store.get, key)
-                if kept is not None:
-                    self.restored += 1
-                    self._remember(key, kept)
-                    return kept
             given = PreflightInput(
                 root_id=key.root_id,
                 plugin_config=key.plugin_config.encode(),
@@ -102,20 +96,36 @@ class PreflightRunner:
                 plugin_name=plugin_name,
                 env=dict(key.env),
             )
-            try:
-                data = await asyncio.to_thread(module.read_bytes)
-            except OSError as exc:
-                raise PreflightError(f"cannot read module {module}: {exc}") from exc
             engine = self._engines.pop()
             try:
-                result = await asyncio.to_thread(engine.run, data, given, self._limits)
+                # One trip to a worker thread: a change waits for its pre-flight.
+                result, restored = await asyncio.to_thread(self._check, key, module, given, engine)
             finally:
                 self._engines.append(engine)
-            self.runs += 1
-            if self._store is not None:
-                await asyncio.to_thread(self._store.put, key, result)
+            if restored:
+                self.restored += 1
+            else:
+                self.runs += 1
         self._remember(key, result)
         return result
+
+    def _check(
+        self, key: PreflightKey, module: Path, given: PreflightInput, engine: SandboxEngine
+    ) -> tuple[PreflightResult, bool]:
+        """In a worker thread: the kept result (and ``True``), or the module run and its
+        result kept (and ``False``)."""
+        if self._store is not None:
+            kept = self._store.get(key)
+            if kept is not None:
+                return kept, True
+        try:
+            data = module.read_bytes()
+        except OSError as exc:
+            raise PreflightError(f"cannot read module {module}: {exc}") from exc
+        result = engine.run(data, given, self._limits)
+        if self._store is not None:
+            self._store.put(key, result)
+        return result, False
 
     def _remember(self, key: PreflightKey, result: PreflightResult) -> None:
         self._results[key] = result

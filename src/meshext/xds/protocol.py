@@ -168,6 +168,7 @@ class _TypeState:
         "rejected",
         "rejected_set",
         "sent",
+        "sorted_names",
         "type_url",
         "view",
         "view_version",
@@ -179,6 +180,8 @@ class _TypeState:
         self.complete = types.is_complete(type_url)
         self.wildcard = False
         self.names: set[str] = set()
+        # ``names`` in order, made when first needed after they change.
+        self.sorted_names: tuple[str, ...] | None = None
         # What the client holds, name -> resource version, as far as we know.
         self.view: dict[str, str] = {}
         # State-of-the-world complete types: version of the set the client holds.
@@ -207,11 +210,22 @@ class _TypeState:
         if not self.wildcard:
             self.view = {name: v for name, v in self.view.items() if name in self.names}
 
+    def set_names(self, names: Iterable[str]) -> None:
+        # Names are interned: every stream subscribed to a resource shares one.
+        self.names = set(map(sys.intern, names))
+        self.sorted_names = None
+
+    def names_changed(self) -> None:
+        self.sorted_names = None
+
     def wanted(self, resources: ResourceSet) -> Mapping[str, str]:
         if self.wildcard:
             return resources.versions
         versions = resources.versions
-        return {name: versions[name] for name in sorted(self.names) if name in versions}
+        ordered = self.sorted_names
+        if ordered is None:
+            ordered = self.sorted_names = tuple(sorted(self.names))
+        return {name: versions[name] for name in ordered if name in versions}
 
     def is_rejected(self, name: str, version: str) -> bool:
         rejected = self.rejected.get(name)
@@ -388,8 +402,7 @@ class SotwStream(_Stream):
         names.discard(types.WILDCARD)
         if names != state.names or wildcard != state.wildcard or first:
             # (An ACK usually repeats the subscription: nothing to prune then.)
-            # Names are interned: every stream subscribed to a resource shares one.
-            state.names = set(map(sys.intern, names))
+            state.set_names(names)
             state.wildcard = wildcard
             state.prune()
         if stale:
@@ -413,14 +426,17 @@ class SotwStream(_Stream):
         for name, version in wanted.items():
             if state.view.get(name) == version or state.is_rejected(name, version):
                 continue
-            holds = dict(state.view)
-            holds[name] = version
-            version_info = _format_holdings(version, holds)
-            key = ("sotw", state.type_url, name, version_info)
+            # The client's holdings and the resource's version determine the bytes
+            # (its version_info lists the holdings): replicas share one encoding.
+            key = ("sotw", state.type_url, name, version, tuple(state.view.items()))
             head = _MEMO.get(key)
             if head is None:
+                holds = dict(state.view)
+                holds[name] = version
                 head = wire.sotw_head(
-                    version_info, state.type_url, (resources.resources[name].encoded,)
+                    _format_holdings(version, holds),
+                    state.type_url,
+                    (resources.resources[name].encoded,),
                 )
                 _MEMO.put(key, head)
             assert isinstance(head, bytes)
@@ -477,7 +493,7 @@ class DeltaStream(_Stream):
             names = set(subscribe)
             state.wildcard = types.WILDCARD in names or (state.complete and not names)
             names.discard(types.WILDCARD)
-            state.names = set(map(sys.intern, names))
+            state.set_names(names)
             initial = request.initial_resource_versions
             state.view = {name: initial[name] for name in initial if state.interested(name)}
             state.initial_empty = state.complete and not initial
@@ -507,6 +523,7 @@ class DeltaStream(_Stream):
                 state.wildcard = False
             else:
                 state.names.discard(name)
+        state.names_changed()
         state.prune()
 
     def _compose(self, state: _TypeState, resources: ResourceSet) -> Response | None:
