@@ -109,8 +109,10 @@ class StatusBook:
 
         The offer is counted when the proxy's next ACK, NACK or clearance arrives, or
         when the book is read, whichever comes first. Until then the tracker holds
-        the proxy's earlier offers; its rejections and acceptances, which isolation
-        reads, are current at all times."""
+        the proxy's earlier offers (and may still hold resources the new offer no
+        longer names). What isolation reads from it is current at all times: the
+        proxy's rejections, and for a rejected resource the version it accepted
+        before (an offer never changes either)."""
         offer = (versions, left_out, messages)
         queue = self._queued.get(node_id)
         if queue is None:
