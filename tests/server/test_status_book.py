@@ -174,23 +174,30 @@ EVENTS = st.lists(
 )
 
 
+def apply(book: StatusBook, event: tuple[str, str, str, bool]) -> None:
+    """One generated event: an offer (with or without the counter), an offer left out,
+    an ACK, a NACK or a disconnect."""
+    kind, node, version, with_counter = event
+    if kind == "offer":
+        offer(book, node, tag=version, counter=version if with_counter else None)
+    elif kind == "offer-left-out":
+        book.offered(node, {TAG: (TAG_NAME, version)}, left_out=[TAG])
+    elif kind == "ack":
+        book.acked(node, [TAG_NAME, COUNTER_NAME], version)
+    elif kind == "nack":
+        book.nacked(node, [TAG_NAME] if with_counter else [COUNTER_NAME], version, "no")
+    else:
+        book.forget_proxy(node)
+
+
 @settings(max_examples=200, deadline=None)
 @given(EVENTS)
 def test_counts_always_equal_a_recount_of_the_deliveries(
     events: list[tuple[str, str, str, bool]],
 ) -> None:
     book = StatusBook()
-    for kind, node, version, with_counter in events:
-        if kind == "offer":
-            offer(book, node, tag=version, counter=version if with_counter else None)
-        elif kind == "offer-left-out":
-            book.offered(node, {TAG: (TAG_NAME, version)}, left_out=[TAG])
-        elif kind == "ack":
-            book.acked(node, [TAG_NAME, COUNTER_NAME], version)
-        elif kind == "nack":
-            book.nacked(node, [TAG_NAME] if with_counter else [COUNTER_NAME], version, "no")
-        else:
-            book.forget_proxy(node)
+    for event in events:
+        apply(book, event)
     for key in (TAG, COUNTER):
         states = [d.state for d in book.deliveries(key)]
         assert book.counts(key) == DeliveryCounts(
@@ -206,18 +213,10 @@ def test_counting_offers_late_gives_the_status_that_counting_them_at_once_gives(
     events: list[tuple[str, str, str, bool]],
 ) -> None:
     late, at_once = StatusBook(), StatusBook()
-    for kind, node, version, with_counter in events:
-        for book in (late, at_once):
-            if kind == "offer":
-                offer(book, node, tag=version, counter=version if with_counter else None)
-            elif kind == "offer-left-out":
-                book.offered(node, {TAG: (TAG_NAME, version)}, left_out=[TAG])
-            elif kind == "ack":
-                book.acked(node, [TAG_NAME, COUNTER_NAME], version)
-            elif kind == "nack":
-                book.nacked(node, [TAG_NAME] if with_counter else [COUNTER_NAME], version, "no")
-            else:
-                book.forget_proxy(node)
+    for event in events:
+        apply(late, event)
+        apply(at_once, event)
+        version = event[2]
         at_once.counts(TAG)  # reading counts every queued offer
         # What isolation reads between events: rejections, and for a rejected
         # resource what the proxy accepted before.
