@@ -64,6 +64,7 @@ from meshext.mesh.traffic import FilterLayer
 from meshext.mesh.workload import Workload
 from meshext.preflight.gate import Gated, PreflightGate
 from meshext.preflight.runner import PreflightRunner
+from meshext.server.collection import collection_held_through_sends
 from meshext.server.delivery import DeliveryState, ProxyDelivery
 from meshext.server.faults import Faults
 from meshext.server.fetch_retries import FetchRetries, stand_in_for, with_attempts
@@ -451,17 +452,8 @@ class ControlPlane:
             everything, proxies = self._recompute_all, self._recompute_proxies
             self._recompute_all, self._recompute_proxies = False, set()
             try:
-                if everything:
-                    if self._current_round() is not self._full_round:
-                        self.recompute()
-                    # else every proxy already has what this round would give it
-                    self._publisher.stale()
-                else:
-                    round_cache = self._current_round()
-                    for node_id in sorted(proxies):
-                        record = self._proxies.get(node_id)
-                        if record is not None:
-                            self._push_proxy(record, round_cache)
+                with collection_held_through_sends(asyncio.get_running_loop()):
+                    self._run_round(everything, proxies)
             except Exception as exc:
                 self.faults.failed("computing proxy configurations", exc)
                 # the next change tries again, and again everything, from scratch
@@ -469,6 +461,20 @@ class ControlPlane:
                 self._round = self._full_round = None
             else:
                 self.faults.succeeded("computing proxy configurations")
+
+    def _run_round(self, everything: bool, proxies: set[str]) -> None:
+        """Recompute every proxy (``everything``) or those of ``proxies``."""
+        if everything:
+            if self._current_round() is not self._full_round:
+                self.recompute()
+            # else every proxy already has what this round would give it
+            self._publisher.stale()
+        else:
+            round_cache = self._current_round()
+            for node_id in sorted(proxies):
+                record = self._proxies.get(node_id)
+                if record is not None:
+                    self._push_proxy(record, round_cache)
 
     def recompute(self) -> None:
         """Recompute and publish every proxy's snapshot (unchanged ones send nothing).

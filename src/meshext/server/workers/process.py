@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from meshext.identity.authority import CaSettings
 from meshext.identity.peer import MeshStreamSecurity, ServerCertificate
+from meshext.server.collection import collection_held_through_sends
 from meshext.server.workers.channel import BatchedWriter, read_frame
 from meshext.server.workers.shipping import SnapshotTable
 from meshext.server.workers.wire import (
@@ -269,9 +270,10 @@ class _Worker:
             if assigned is not None:
                 node_ids, snapshot = assigned
                 present, set_snapshot = self.present, self.cache.set_snapshot
-                for node_id in node_ids:
-                    if node_id in present:
-                        set_snapshot(node_id, snapshot)
+                with collection_held_through_sends(asyncio.get_running_loop()):
+                    for node_id in node_ids:
+                        if node_id in present:
+                            set_snapshot(node_id, snapshot)
 
     async def report(self) -> None:
         """Send metrics to the main process when they changed."""
