@@ -134,7 +134,7 @@ async def test_a_folder_that_changes_while_it_is_read_is_read_again(
     reads: list[LoadResult] = [LoadResult(errors=[ResourceError("half a file")]), whole]
     fingerprints = [(("x", 1, 1),), (("x", 2, 2),), (("x", 2, 2),), (("x", 2, 2),)]
 
-    def read(_root: Path) -> tuple[Fingerprint, LoadResult, Fingerprint]:
+    def read(_root: Path, _decoded: object = None) -> tuple[Fingerprint, LoadResult, Fingerprint]:
         return fingerprints.pop(0), reads.pop(0), fingerprints.pop(0)
 
     monkeypatch.setattr(watch, "_read", read)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import watchfiles
 
-from meshext.sources.folder import LoadResult, load_folder
+from meshext.sources.folder import DecodedFiles, LoadResult, load_folder
 from meshext.sources.generations import GenerationTracker
 from meshext.sources.inotify_watch import follow_changes
 from meshext.sources.manifest_scan import YAML_SUFFIXES, scan_manifests
@@ -71,6 +71,8 @@ class FolderSource:
         self.poll_interval = poll_interval
         self.step = step
         self._generations = GenerationTracker()
+        # Loads run one at a time (each awaited before the next starts).
+        self._decoded = DecodedFiles()
 
     def __repr__(self) -> str:
         return f"FolderSource({str(self.root)!r})"
@@ -101,7 +103,7 @@ class FolderSource:
         the fingerprint of that state. See the module docstring for the rules."""
         while True:
             events.clear()
-            before, result, after = await asyncio.to_thread(_read, self.root)
+            before, result, after = await asyncio.to_thread(_read, self.root, self._decoded)
             if before != after or events.is_set():
                 await self._next_event(events, self.step / 1000)  # let the writer go on
                 continue
@@ -145,10 +147,12 @@ class FolderSource:
                 events.set()
 
 
-def _read(root: Path) -> tuple[Fingerprint, LoadResult, Fingerprint]:
+def _read(
+    root: Path, decoded: DecodedFiles | None = None
+) -> tuple[Fingerprint, LoadResult, Fingerprint]:
     """The folder's fingerprint before and after loading it, and what was loaded."""
     before = fingerprint(root)
-    result = load_folder(root)
+    result = load_folder(root, decoded=decoded)
     return before, result, fingerprint(root)
 
 
