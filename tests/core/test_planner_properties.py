@@ -5,6 +5,8 @@
 - Determinism: the plan is a function of the inputs' content, not of their order.
 - Order: phase order, then priority descending, always hold; every extension is
   either applied or skipped, exactly once.
+- Planning without explanations (what the server does on each change) applies
+  exactly what the explained plan applies.
 """
 
 from __future__ import annotations
@@ -142,3 +144,42 @@ def test_the_order_is_total_no_two_applied_extensions_tie(
     plan = plan_workload(topo, exts, ready_for(exts), workload)
     sort_keys = [p.sort_key() for p in plan.applied]
     assert len(set(sort_keys)) == len(sort_keys)
+
+
+@st.composite
+def tangled_topologies(draw: st.DrawFn) -> Topology:
+    """As :func:`topologies`, but a roll may also list a control-plane namespace or one
+    that another roll lists: namespaces claimed twice belong to no mesh."""
+    planes = draw(st.lists(st.sampled_from(["cp-a", "cp-b"]), unique=True, max_size=2))
+    rolls = [
+        member_roll(draw(st.lists(st.sampled_from(NAMESPACES), unique=True, max_size=4)), plane)
+        for plane in planes
+    ]
+    enabled = draw(st.lists(st.booleans(), min_size=len(planes), max_size=len(planes)))
+    return build_topology(
+        [control_plane(p, enabled=e) for p, e in zip(planes, enabled, strict=True)], rolls
+    )
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(topologies(), tangled_topologies()),
+    extensions(),
+    workloads,
+    st.data(),
+    st.booleans(),
+)
+def test_a_plan_without_explanations_applies_exactly_what_the_explained_plan_applies(
+    topo: Topology,
+    exts: list[Extension],
+    workload: Workload,
+    data: st.DataObject,
+    offline: bool,
+) -> None:
+    ready = data.draw(st.sets(st.integers(0, len(exts) - 1)) if exts else st.just(set()))
+    resolutions = ready_for([exts[i] for i in sorted(ready)])
+    explained = plan_workload(topo, exts, resolutions, workload, offline=offline)
+    quick = plan_workload(topo, exts, resolutions, workload, offline=offline, explain=False)
+    assert quick.applied == explained.applied
+    assert quick.skipped == ()
+    assert quick.workload == explained.workload

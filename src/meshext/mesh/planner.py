@@ -94,6 +94,7 @@ def plan_workload(
     workload: Workload,
     *,
     offline: bool = False,
+    explain: bool = True,
 ) -> WorkloadPlan:
     """Plan ``workload``.
 
@@ -101,7 +102,15 @@ def plan_workload(
     pending. With ``offline=True`` unresolved images are not a reason to skip: an
     extension whose spec gives its phase is planned without a module, so its place
     can be shown before any image is pulled.
+
+    With ``explain=False`` the plan's ``skipped`` is empty and only the extensions
+    that could reach the workload are judged: those of its own namespace and of its
+    mesh's control-plane namespace (every other one is skipped whatever it says). The
+    ``applied`` part is the same; a server planning every workload on each change
+    needs nothing else.
     """
+    if not explain:
+        extensions = _candidates(topology, extensions, workload)
     applied: list[PlannedExtension] = []
     skipped: list[SkippedExtension] = []
     for ext in sorted(extensions, key=lambda e: e.key):
@@ -111,7 +120,19 @@ def plan_workload(
         else:
             skipped.append(outcome)
     applied.sort(key=PlannedExtension.sort_key)
-    return WorkloadPlan(workload, tuple(applied), tuple(skipped))
+    return WorkloadPlan(workload, tuple(applied), tuple(skipped) if explain else ())
+
+
+def _candidates(
+    topology: Topology, extensions: Iterable[Extension], workload: Workload
+) -> list[Extension]:
+    """The extensions that :func:`_decide` may apply to ``workload``: in the workload's
+    namespace or in its mesh's control-plane namespace (none outside a mesh)."""
+    mesh = topology.mesh_of(workload.namespace)
+    if mesh is None:
+        return []
+    reachable = (workload.namespace, mesh.namespace)
+    return [e for e in extensions if e.namespace in reachable]
 
 
 def _decide(

@@ -504,7 +504,11 @@ class ControlPlane:
         if plan is None:
             gated = round_cache.gated
             plan = plan_workload(
-                round_cache.topology, gated.extensions, gated.resolutions, proxy.workload
+                round_cache.topology,
+                gated.extensions,
+                gated.resolutions,
+                proxy.workload,
+                explain=False,
             )
             round_cache.plans[workload_key] = plan
         record.plan = plan
