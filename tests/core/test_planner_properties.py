@@ -41,12 +41,15 @@ MODULE = ResolvedModule(
 
 
 @st.composite
-def topologies(draw: st.DrawFn) -> Topology:
+def topologies(
+    draw: st.DrawFn, members: tuple[str, ...] = ("team-1", "team-2", "team-3")
+) -> Topology:
+    """Up to two meshes whose rolls list namespaces of ``members``; a namespace listed by
+    both rolls, or a control-plane namespace listed by the other, belongs to no mesh."""
     planes = draw(st.lists(st.sampled_from(["cp-a", "cp-b"]), unique=True, max_size=2))
-    members = ["team-1", "team-2", "team-3"]
     rolls = []
     for plane in planes:
-        chosen = draw(st.lists(st.sampled_from(members), unique=True, max_size=3))
+        chosen = draw(st.lists(st.sampled_from(members), unique=True, max_size=4))
         rolls.append(member_roll(chosen, plane))
     enabled = draw(st.lists(st.booleans(), min_size=len(planes), max_size=len(planes)))
     return build_topology(
@@ -146,24 +149,9 @@ def test_the_order_is_total_no_two_applied_extensions_tie(
     assert len(set(sort_keys)) == len(sort_keys)
 
 
-@st.composite
-def tangled_topologies(draw: st.DrawFn) -> Topology:
-    """As :func:`topologies`, but a roll may also list a control-plane namespace or one
-    that another roll lists: namespaces claimed twice belong to no mesh."""
-    planes = draw(st.lists(st.sampled_from(["cp-a", "cp-b"]), unique=True, max_size=2))
-    rolls = [
-        member_roll(draw(st.lists(st.sampled_from(NAMESPACES), unique=True, max_size=4)), plane)
-        for plane in planes
-    ]
-    enabled = draw(st.lists(st.booleans(), min_size=len(planes), max_size=len(planes)))
-    return build_topology(
-        [control_plane(p, enabled=e) for p, e in zip(planes, enabled, strict=True)], rolls
-    )
-
-
 @settings(max_examples=500)
 @given(
-    st.one_of(topologies(), tangled_topologies()),
+    st.one_of(topologies(), topologies(members=tuple(NAMESPACES))),
     extensions(),
     workloads,
     st.data(),

@@ -117,10 +117,10 @@ def plan_workload(
         outcome = _decide(topology, ext, resolutions.get(ext.key), workload, offline)
         if isinstance(outcome, PlannedExtension):
             applied.append(outcome)
-        else:
+        elif explain:
             skipped.append(outcome)
     applied.sort(key=PlannedExtension.sort_key)
-    return WorkloadPlan(workload, tuple(applied), tuple(skipped) if explain else ())
+    return WorkloadPlan(workload, tuple(applied), tuple(skipped))
 
 
 def _candidates(
