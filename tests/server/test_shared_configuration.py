@@ -366,3 +366,30 @@ async def test_a_proxy_of_another_workload_is_planned_for_its_own_labels(tmp_pat
         assert list(configs(cache, "httpbin-v2")) == [TAG]
         assert snapshot(cache, "httpbin-v2") is not snapshot(cache, "a")
         assert {p.proxy for p in control.reports()[0].proxies} == {"a", "httpbin-v2"}
+
+
+async def test_replicas_keep_sharing_after_many_short_lived_workloads_came_and_went(
+    tmp_path: Path,
+) -> None:
+    first = load(tmp_path, sme("bookinfo", "tag", "header-append"))
+    async with running(first, "header-append") as (control, cache, _):
+        await control.on_connect(httpbin("a"))
+        await control.on_connect(httpbin("b"))
+        # Pods of workloads with labels never seen again (a new template hash on
+        # every rollout, say), each gone soon after it connected.
+        for index in range(300):
+            node_id = f"short-lived-{index}"
+            await control.on_connect(httpbin(node_id, labels={"app": "job", "run": str(index)}))
+            control.on_disconnect(node_id)
+        # What planning keys on is kept only for proxies that could still use it.
+        assert len(control._key_numbers) <= 2 * 2 + 64
+        before = snapshot(cache, "a").resource_version(EXTENSION_CONFIG_TYPE_URL, TAG)
+        changed = {"header": "x-a", "value": "1"}
+        control.apply(load(tmp_path, sme("bookinfo", "tag", "header-append", config=changed)))
+        await until(
+            lambda: snapshot(cache, "a").resource_version(EXTENSION_CONFIG_TYPE_URL, TAG) != before,
+            "the change pushed",
+        )
+        await quiet(control)
+        assert snapshot(cache, "a") is snapshot(cache, "b")
+        assert list(configs(cache, "a")) == [TAG]

@@ -39,7 +39,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,8 +105,9 @@ class ProxyRecord:
     rejections: dict[str, str] = field(default_factory=dict)
     """Last rejection per type URL, for resources other than extension configs."""
     resources: EnvoyResources | None = None
-    keys: tuple[ProxyInfo, object, object] | None = None
-    """``proxy`` with its workload key and replica key, computed once per proxy."""
+    keys: tuple[ProxyInfo, int, int] | None = None
+    """``proxy`` with the numbers of its workload key and replica key (see
+    :class:`_KeyNumbers`), computed once per proxy."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class ControlPlane:
         self._inputs: dict[ResourceKey, tuple[object, ...]] = {}
         self._failures: dict[ResourceKey, int] = {}
         self._proxies: dict[str, ProxyRecord] = {}
+        self._key_numbers = _KeyNumbers()
         self._book = StatusBook()
         """Delivery per proxy and extension; every tracker event goes through it."""
         self._round: _RoundCache | None = None
@@ -378,6 +380,13 @@ class ControlPlane:
 
     def on_disconnect(self, node_id: str) -> None:
         self._proxies.pop(node_id, None)
+        if self._key_numbers.crowded(len(self._proxies)):
+            self._key_numbers.keep(
+                key
+                for record in self._proxies.values()
+                if record.proxy is not None
+                for key in (_workload_key(record.proxy.workload), _replica_key(record.proxy))
+            )
         self._book.forget_proxy(node_id)
         self._fetches.forget_proxy(node_id)
         self._cache.clear(node_id)
@@ -498,7 +507,12 @@ class ControlPlane:
         proxy = record.proxy
         keys = record.keys
         if keys is None or keys[0] is not proxy:
-            keys = record.keys = (proxy, _workload_key(proxy.workload), _replica_key(proxy))
+            numbers = self._key_numbers
+            keys = record.keys = (
+                proxy,
+                numbers.number(_workload_key(proxy.workload)),
+                numbers.number(_replica_key(proxy)),
+            )
         workload_key = keys[1]
         plan = round_cache.plans.get(workload_key)
         if plan is None:
@@ -516,7 +530,8 @@ class ControlPlane:
             shareable = not self._book.tracker.rejects(proxy.node_id)
             # Replicas that fetched their modules at the same attempts share too.
             key = (
-                (keys[2], self._delivery.mode_for(proxy)),
+                keys[2],
+                self._delivery.mode_for(proxy),
                 self._fetches.attempts_key(proxy.node_id),
             )
             generated = round_cache.generated.get(key) if shareable else None
@@ -735,6 +750,42 @@ def _module_sha256(record: ProxyRecord, config_name: str) -> str:
         if planned.module is not None and names.extension_config_name(planned.key) == config_name:
             return planned.module.sha256
     return ""
+
+
+class _KeyNumbers:
+    """A number for each distinct workload or replica key of the connected proxies.
+
+    A round looks its plans and configurations up by these keys once per proxy. The
+    keys hold enums and dataclasses, whose hashes and comparisons are Python calls;
+    a number costs nothing to hash or compare, and replicas share one. Numbers are
+    never reused, so a proxy's number stays valid while it is connected; the keys of
+    proxies gone are dropped when they outnumber those in use (:meth:`crowded`).
+    """
+
+    __slots__ = ("_next", "_numbers")
+
+    def __init__(self) -> None:
+        self._numbers: dict[object, int] = {}
+        self._next = 0
+
+    def number(self, key: object) -> int:
+        found = self._numbers.get(key)
+        if found is None:
+            found = self._numbers[key] = self._next
+            self._next += 1
+        return found
+
+    def crowded(self, proxies: int) -> bool:
+        """Whether more keys are kept than ``proxies`` could be using."""
+        return len(self._numbers) > 2 * proxies + 64
+
+    def keep(self, keys: Iterable[object]) -> None:
+        """Forget every key but ``keys`` (each keeps its number)."""
+        numbers = self._numbers
+        self._numbers = {key: numbers[key] for key in keys if key in numbers}
+
+    def __len__(self) -> int:
+        return len(self._numbers)
 
 
 def _workload_key(workload: Workload) -> object:
