@@ -19,13 +19,14 @@ is kept, so a refusal is reported in the module's own words), the plugin and VM
 configuration buffers, the plugin's properties (root id, name, VM id), metrics
 definitions, time, tick periods, and WASI preview 1 (``wasi_snapshot_preview1`` by
 wasmtime, ``wasi_unstable``'s ``proc_exit`` here) with no files, no preopened
-directories and output captured. Every other function Envoy provides exists as a
-host function that does nothing and answers ``NOT_FOUND`` (requests, headers, shared
-data, queues, HTTP and gRPC calls cannot happen before a request arrives), so a
-module importing it still instantiates, as it does in Envoy.
+directories and output captured (the last 64 KiB of each stream). Every other
+function Envoy provides exists as a host function that does nothing and answers
+``NOT_FOUND`` (requests, headers, shared data, queues, HTTP and gRPC calls cannot
+happen before a request arrives), so a module importing it still instantiates, as it
+does in Envoy.
 
 Bounds: fuel (wasmtime counts executed instructions), the size of every linear
-memory and table, and wall-clock time (epoch interruption from a timer thread). A
+memory and table, and wall-clock time (epoch interruption from a watchdog thread). A
 module that exceeds one fails its pre-flight, named as such.
 
 What it cannot catch is documented in ``docs/preflight.md``: anything past
@@ -41,10 +42,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import shutil
 import struct
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -173,24 +177,128 @@ class SandboxEngine:
             self.engine = wasmtime.Engine(config)
         except wasmtime.WasmtimeError as exc:
             raise PreflightError(f"cannot start the wasm sandbox: {exc}") from exc
-        self._compiled: OrderedDict[str, wasmtime.Module] = OrderedDict()
+        self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
         self._keep = compiled
+        self._watchdog = _Watchdog(self.engine)
+        self._outputs = _output_files()
+        weakref.finalize(self, shutil.rmtree, self._outputs[0].parent, ignore_errors=True)
+        self.watchdog_thread = self._watchdog.thread_name
+        """The name of the thread that ends runs past their time, while it runs."""
 
     def run(self, module: bytes, given: PreflightInput, limits: Limits) -> PreflightResult:
         """Start ``module`` with ``given``; never raises for the module's faults (those
         are results), only :class:`PreflightError` when wasmtime cannot run."""
-        digest = hashlib.sha256(module).hexdigest()
-        compiled = self._compiled.get(digest)
+        return self.run_known(hashlib.sha256(module).hexdigest(), lambda: module, given, limits)
+
+    def run_known(
+        self, sha256: str, read: Callable[[], bytes], given: PreflightInput, limits: Limits
+    ) -> PreflightResult:
+        """:meth:`run` for the module whose bytes hash to ``sha256``, read with ``read``
+        only when this engine has not compiled it (a large module costs milliseconds
+        to read and hash). Bytes read that hash otherwise run under their own digest."""
+        compiled = self._compiled.get(sha256)
+        if compiled is None:
+            module = read()
+            sha256 = hashlib.sha256(module).hexdigest()
+            compiled = self._compiled.get(sha256)
         if compiled is None:
             try:
-                compiled = wasmtime.Module(self.engine, module)
+                compiled = _Compiled.of(wasmtime.Module(self.engine, module))
             except wasmtime.WasmtimeError as exc:
                 return PreflightResult(False, "compilation", _one_line(str(exc)))
-            self._compiled[digest] = compiled
+            self._compiled[sha256] = compiled
             while len(self._compiled) > self._keep:
                 self._compiled.popitem(last=False)
-        self._compiled.move_to_end(digest)
-        return _Sandbox(self.engine, compiled, given, limits).run()
+        self._compiled.move_to_end(sha256)
+        self._watchdog.arm(limits.seconds)
+        try:
+            return _Sandbox(self.engine, compiled, given, limits, self._outputs).run()
+        finally:
+            self._watchdog.disarm()
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A compiled module with its imports and export names, read once: wasmtime builds
+    new Python objects for them on every access (a Go module imports dozens)."""
+
+    module: wasmtime.Module
+    imports: tuple[tuple[str, str, Any], ...]
+    """(module, name, type) of each import."""
+    exports: frozenset[str]
+
+    @classmethod
+    def of(cls, module: wasmtime.Module) -> _Compiled:
+        imports = tuple((item.module, item.name or "", item.type) for item in module.imports)
+        return cls(module, imports, frozenset(item.name for item in module.exports))
+
+
+class _Watchdog:
+    """Ends a run that passes its time by advancing the engine's epoch, from one thread
+    per engine instead of a timer thread per run. The thread starts with the first
+    run and ends after :data:`WATCHDOG_IDLE` seconds without one."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._changed = threading.Condition()
+        self._deadline: float | None = None
+        self._watching = False
+        self.thread_name = f"meshext-preflight-watchdog-{id(self):x}"
+
+    def arm(self, seconds: float) -> None:
+        with self._changed:
+            self._deadline = time.monotonic() + seconds
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name=self.thread_name, daemon=True).start()
+            self._changed.notify()
+
+    def disarm(self) -> None:
+        with self._changed:
+            self._deadline = None
+            self._changed.notify()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while True:
+                deadline = self._deadline
+                if deadline is None:
+                    if not self._changed.wait(WATCHDOG_IDLE) and self._deadline is None:
+                        self._watching = False
+                        return
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._engine.increment_epoch()
+                    self._deadline = None
+                else:
+                    self._changed.wait(left)
+
+
+WATCHDOG_IDLE: Final = 60.0
+"""Seconds a sandbox engine's watchdog thread waits for a run before it ends."""
+
+OUTPUT_KEPT: Final = 64 * 1024
+"""The last bytes read of what a module wrote to stdout, and of stderr: a module
+writing without end fills no memory (its output is bounded on disk by fuel and time)."""
+
+
+def _output_files() -> tuple[Path, Path]:
+    """A private folder for one engine's runs, with the paths of stdout and stderr in
+    it (wasmtime truncates them for each run; runs on one engine never overlap)."""
+    folder = Path(tempfile.mkdtemp(prefix="meshext-preflight-"))
+    return folder / "stdout", folder / "stderr"
+
+
+def _tail(path: Path) -> str:
+    """The last :data:`OUTPUT_KEPT` bytes of ``path``, as text ("" if unreadable)."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - OUTPUT_KEPT))
+            return file.read(OUTPUT_KEPT).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def run_preflight(
@@ -204,12 +312,14 @@ class _Sandbox:
     def __init__(
         self,
         engine: wasmtime.Engine,
-        module: wasmtime.Module,
+        module: _Compiled,
         given: PreflightInput,
         limits: Limits,
+        outputs: tuple[Path, Path],
     ) -> None:
         self.engine = engine
         self.module = module
+        self.outputs = outputs
         self.given = given
         self.limits = limits
         self.logs: list[LogLine] = []
@@ -219,58 +329,50 @@ class _Sandbox:
         self.config_read = False
 
     def run(self) -> PreflightResult:
-        with tempfile.TemporaryDirectory(prefix="meshext-preflight-") as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            store = wasmtime.Store(self.engine)
-            store.set_limits(memory_size=self.limits.memory_bytes, table_elements=1_000_000)
-            store.set_fuel(self.limits.fuel)
-            store.set_epoch_deadline(1)
-            wasi = wasmtime.WasiConfig()
-            wasi.stdout_file = str(out)
-            wasi.stderr_file = str(err)
-            wasi.env = sorted(self.given.env.items())
-            wasi.argv = ["proxy-wasm"]
-            store.set_wasi(wasi)
-            timer = threading.Timer(self.limits.seconds, self.engine.increment_epoch)
-            timer.daemon = True
-            timer.start()
-            try:
-                self._drive(store)
-                result = PreflightResult(True)
-            except _Failed as failed:
-                result = PreflightResult(False, failed.stage, failed.reason)
-            finally:
-                timer.cancel()
-                self._collect_output(out, "stdout")
-                self._collect_output(err, "stderr")
-            return dataclasses.replace(result, logs=tuple(self.logs), config_read=self.config_read)
+        """Run the stages; the engine's watchdog bounds the time (see :class:`_Watchdog`)."""
+        out, err = self.outputs
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=self.limits.memory_bytes, table_elements=1_000_000)
+        store.set_fuel(self.limits.fuel)
+        store.set_epoch_deadline(1)
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_file = str(out)
+        wasi.stderr_file = str(err)
+        wasi.env = sorted(self.given.env.items())
+        wasi.argv = ["proxy-wasm"]
+        store.set_wasi(wasi)
+        try:
+            self._drive(store)
+            result = PreflightResult(True)
+        except _Failed as failed:
+            result = PreflightResult(False, failed.stage, failed.reason)
+        finally:
+            self._collect_output(out, "stdout")
+            self._collect_output(err, "stderr")
+        return dataclasses.replace(result, logs=tuple(self.logs), config_read=self.config_read)
 
     # -- the stages -------------------------------------------------------------------
 
     def _drive(self, store: wasmtime.Store) -> None:
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
-        for item in self.module.imports:
-            if item.module == "wasi_snapshot_preview1":
+        for module, name, kind in self.module.imports:
+            if module == "wasi_snapshot_preview1":
                 continue
-            if not isinstance(item.type, wasmtime.FuncType):
+            if not isinstance(kind, wasmtime.FuncType):
                 raise _Failed(
                     "instantiation",
-                    f"imports {item.module}.{item.name}, which is not a function; "
+                    f"imports {module}.{name}, which is not a function; "
                     "proxies provide only functions",
                 )
             linker.define_func(
-                item.module,
-                item.name or "",
-                item.type,
-                self._host_function(item.module, item.name or "", item.type),
-                access_caller=True,
+                module, name, kind, self._host_function(module, name, kind), access_caller=True
             )
         instance = self._stage(
-            "instantiation", store, lambda: linker.instantiate(store, self.module)
+            "instantiation", store, lambda: linker.instantiate(store, self.module.module)
         )
         exports = instance.exports(store)
-        names = {e.name for e in self.module.exports}
+        names = self.module.exports
         if not any(name.startswith("proxy_abi_version_") for name in names):
             raise _Failed("instantiation", "no proxy_abi_version_* export: not a proxy-wasm module")
         start = next((name for name in ("_initialize", "_start") if name in names), None)
@@ -338,11 +440,7 @@ class _Sandbox:
         return function(store, *args)
 
     def _collect_output(self, path: Path, level: str) -> None:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            return
-        for line in text.splitlines()[-50:]:
+        for line in _tail(path).splitlines()[-50:]:
             if line.strip():
                 self.logs.append(LogLine("error" if level == "stderr" else "info", line))
 

@@ -118,11 +118,14 @@ class PreflightRunner:
             kept = self._store.get(key)
             if kept is not None:
                 return kept, True
-        try:
-            data = module.read_bytes()
-        except OSError as exc:
-            raise PreflightError(f"cannot read module {module}: {exc}") from exc
-        result = engine.run(data, given, self._limits)
+
+        def read() -> bytes:
+            try:
+                return module.read_bytes()
+            except OSError as exc:
+                raise PreflightError(f"cannot read module {module}: {exc}") from exc
+
+        result = engine.run_known(key.sha256, read, given, self._limits)
         if self._store is not None:
             self._store.put(key, result)
         return result, False
