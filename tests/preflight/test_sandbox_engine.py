@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import threading
 import time
 import tracemalloc
@@ -152,3 +153,13 @@ def test_bytes_that_do_not_hash_to_the_key_run_as_what_they_are(tmp_path: Path) 
         assert broken.stage == "compilation"
 
     asyncio.run(stale_key())
+
+
+def test_a_run_after_its_output_folder_was_cleaned_away_still_captures_output() -> None:
+    engine = SandboxEngine()
+    wasm = writing(1)
+    assert engine.run(wasm, PreflightInput("", b""), Limits()).passed
+    shutil.rmtree(engine.output_folder)
+    result = engine.run(wasm, PreflightInput("", b"again"), Limits())
+    assert result.passed, result.describe()
+    assert result.logs[-1].text == "the end"

@@ -181,7 +181,9 @@ class SandboxEngine:
         self._keep = compiled
         self._watchdog = _Watchdog(self.engine)
         self._outputs = _output_files()
-        weakref.finalize(self, shutil.rmtree, self._outputs[0].parent, ignore_errors=True)
+        self.output_folder = self._outputs[0].parent
+        """Where runs write the module's stdout and stderr (removed with the engine)."""
+        weakref.finalize(self, shutil.rmtree, self.output_folder, ignore_errors=True)
         self.watchdog_thread = self._watchdog.thread_name
         """The name of the thread that ends runs past their time, while it runs."""
 
@@ -210,6 +212,8 @@ class SandboxEngine:
             while len(self._compiled) > self._keep:
                 self._compiled.popitem(last=False)
         self._compiled.move_to_end(sha256)
+        # Made again if a cleaner of temporary files removed it since the last run.
+        self.output_folder.mkdir(mode=0o700, exist_ok=True)
         self._watchdog.arm(limits.seconds)
         try:
             return _Sandbox(self.engine, compiled, given, limits, self._outputs).run()
