@@ -18,16 +18,11 @@ import wasmtime
 from meshext.preflight import host
 from meshext.preflight.host import Limits, PreflightInput, SandboxEngine
 from meshext.preflight.runner import PreflightKey, PreflightRunner
-from tests.envoy.support import BUILD, build_examples
+from tests.preflight.test_sandbox_host import example, module
 
-LOOPING = """
-(module
-  (memory (export "memory") 1)
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (loop (br 0)) (i32.const 1)))
-"""
+LOOPING = module(
+    '(func (export "proxy_on_vm_start") (param i32 i32) (result i32) (loop (br 0)) (i32.const 1))'
+)
 
 
 def writing(chunks: int) -> bytes:
@@ -68,11 +63,6 @@ def writing(chunks: int) -> bytes:
     )
 
 
-def header_append() -> bytes:
-    build_examples()
-    return (BUILD / "header-append.wasm").read_bytes()
-
-
 def test_a_module_writing_megabytes_keeps_only_its_last_lines() -> None:
     engine, wasm = SandboxEngine(), writing(4096)  # 16 MiB of output
     tracemalloc.start()
@@ -91,14 +81,13 @@ def test_a_module_writing_megabytes_keeps_only_its_last_lines() -> None:
 
 def test_a_run_after_one_that_ran_out_of_time_gets_its_whole_time() -> None:
     engine = SandboxEngine()
-    looping = bytes(wasmtime.wat2wasm(LOOPING))
-    timed_out = engine.run(looping, PreflightInput("", b""), Limits(fuel=10**15, seconds=0.3))
+    timed_out = engine.run(LOOPING, PreflightInput("", b""), Limits(fuel=10**15, seconds=0.3))
     assert not timed_out.passed
     assert "longer than the pre-flight's 0.3 seconds" in timed_out.reason
     # The next runs on the same engine are neither cut short by the earlier deadline
     # nor left without one.
-    assert engine.run(header_append(), PreflightInput("", b"hello"), Limits()).passed
-    again = engine.run(looping, PreflightInput("", b"x"), Limits(fuel=10**15, seconds=0.3))
+    assert engine.run(example("header-append"), PreflightInput("", b"hello"), Limits()).passed
+    again = engine.run(LOOPING, PreflightInput("", b"x"), Limits(fuel=10**15, seconds=0.3))
     assert "longer than the pre-flight's 0.3 seconds" in again.reason
 
 
@@ -110,21 +99,20 @@ def test_the_watchdog_thread_ends_once_the_engine_is_idle(monkeypatch: pytest.Mo
         return any(t.name == engine.watchdog_thread for t in threading.enumerate())
 
     assert not watchdog_alive()
-    assert engine.run(header_append(), PreflightInput("", b"hello"), Limits()).passed
+    assert engine.run(example("header-append"), PreflightInput("", b"hello"), Limits()).passed
     assert watchdog_alive()
     deadline = time.monotonic() + 5
     while watchdog_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not watchdog_alive()
     # and a later run starts it again, bounded as before
-    looping = bytes(wasmtime.wat2wasm(LOOPING))
-    late = engine.run(looping, PreflightInput("", b""), Limits(fuel=10**15, seconds=0.3))
+    late = engine.run(LOOPING, PreflightInput("", b""), Limits(fuel=10**15, seconds=0.3))
     assert "longer than the pre-flight's 0.3 seconds" in late.reason
 
 
 def test_a_module_compiled_once_is_not_read_from_disk_again(tmp_path: Path) -> None:
     path = tmp_path / "header-append.wasm"
-    path.write_bytes(header_append())
+    path.write_bytes(example("header-append"))
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     runner = PreflightRunner()
 
@@ -141,13 +129,13 @@ def test_a_module_compiled_once_is_not_read_from_disk_again(tmp_path: Path) -> N
 
 def test_bytes_that_do_not_hash_to_the_key_run_as_what_they_are(tmp_path: Path) -> None:
     path = tmp_path / "header-append.wasm"
-    path.write_bytes(header_append())
+    path.write_bytes(example("header-append"))
     runner = PreflightRunner()
 
     async def stale_key() -> None:
         result = await runner.run(PreflightKey.of("ab" * 32, "", "hello"), path)
         assert result.passed
-        path.write_bytes(b"\\0asm garbage")
+        path.write_bytes(b"not a wasm module")
         broken = await runner.run(PreflightKey.of("ab" * 32, "", "bonjour"), path)
         assert not broken.passed
         assert broken.stage == "compilation"

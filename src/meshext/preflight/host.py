@@ -180,12 +180,15 @@ class SandboxEngine:
         self._compiled: OrderedDict[str, _Compiled] = OrderedDict()
         self._keep = compiled
         self._watchdog = _Watchdog(self.engine)
-        self._outputs = _output_files()
-        self.output_folder = self._outputs[0].parent
-        """Where runs write the module's stdout and stderr (removed with the engine)."""
+        self.output_folder = Path(tempfile.mkdtemp(prefix="meshext-preflight-"))
+        """Where runs write the module's stdout and stderr (wasmtime truncates the files
+        for each run; runs on one engine never overlap). Removed with the engine."""
         weakref.finalize(self, shutil.rmtree, self.output_folder, ignore_errors=True)
-        self.watchdog_thread = self._watchdog.thread_name
+
+    @property
+    def watchdog_thread(self) -> str:
         """The name of the thread that ends runs past their time, while it runs."""
+        return self._watchdog.thread_name
 
     def run(self, module: bytes, given: PreflightInput, limits: Limits) -> PreflightResult:
         """Start ``module`` with ``given``; never raises for the module's faults (those
@@ -216,7 +219,7 @@ class SandboxEngine:
         self.output_folder.mkdir(mode=0o700, exist_ok=True)
         self._watchdog.arm(limits.seconds)
         try:
-            return _Sandbox(self.engine, compiled, given, limits, self._outputs).run()
+            return _Sandbox(self.engine, compiled, given, limits, self.output_folder).run()
         finally:
             self._watchdog.disarm()
 
@@ -287,13 +290,6 @@ OUTPUT_KEPT: Final = 64 * 1024
 writing without end fills no memory (its output is bounded on disk by fuel and time)."""
 
 
-def _output_files() -> tuple[Path, Path]:
-    """A private folder for one engine's runs, with the paths of stdout and stderr in
-    it (wasmtime truncates them for each run; runs on one engine never overlap)."""
-    folder = Path(tempfile.mkdtemp(prefix="meshext-preflight-"))
-    return folder / "stdout", folder / "stderr"
-
-
 def _tail(path: Path) -> str:
     """The last :data:`OUTPUT_KEPT` bytes of ``path``, as text ("" if unreadable)."""
     try:
@@ -319,11 +315,11 @@ class _Sandbox:
         module: _Compiled,
         given: PreflightInput,
         limits: Limits,
-        outputs: tuple[Path, Path],
+        output_folder: Path,
     ) -> None:
         self.engine = engine
         self.module = module
-        self.outputs = outputs
+        self.output_folder = output_folder
         self.given = given
         self.limits = limits
         self.logs: list[LogLine] = []
@@ -334,7 +330,7 @@ class _Sandbox:
 
     def run(self) -> PreflightResult:
         """Run the stages; the engine's watchdog bounds the time (see :class:`_Watchdog`)."""
-        out, err = self.outputs
+        out, err = self.output_folder / "stdout", self.output_folder / "stderr"
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self.limits.memory_bytes, table_elements=1_000_000)
         store.set_fuel(self.limits.fuel)

@@ -429,11 +429,9 @@ class SotwStream(_Stream):
         return events
 
     def _compose(self, state: _TypeState, resources: ResourceSet) -> Response | None:
-        if state.complete:
-            if state.wildcard and state.view and resources.version == state.view_version:
-                return None  # the client holds this very set (most types on most changes)
-            return self._compose_complete(state, resources, state.wanted(resources))
         wanted = state.wanted(resources)
+        if state.complete:
+            return self._compose_complete(state, resources, wanted)
         for name, version in wanted.items():
             if state.view.get(name) == version or state.is_rejected(name, version):
                 continue
