@@ -24,15 +24,24 @@ from meshext.envoy.resources import (
     LISTENER_TYPE_URL,
     EnvoyResources,
 )
-from meshext.envoy.sidecar import filter_names, proxy_resources
+from meshext.envoy.sidecar import (
+    ListenerShape,
+    filter_names,
+    listener_shape,
+    listener_specs,
+    make_listener,
+    proxy_resources,
+)
 from meshext.envoy.standin import stand_in_module
 from meshext.envoy.wasm import WASM_FILTER_TYPE_URL, ModuleDelivery, with_fetch_attempt
 from meshext.mesh.extension import FailurePolicy
 from meshext.mesh.planner import PlannedExtension
+from meshext.mesh.traffic import CLIENT, TrafficMatch, TrafficSelector
 from meshext.mesh.workload import ProxyKind
 from tests.envoy.support import fake_module, plan, planned, proxy, workload
 
 LOCAL = ModuleDelivery(mode=DeliveryMode.LOCAL)
+OPEN = FailurePolicy.FAIL_OPEN
 REMOTE = ModuleDelivery(mode=DeliveryMode.REMOTE, server=HostPort("10.0.0.5", 8080))
 JWT, RBAC, ROUTER = (
     "envoy.filters.http.jwt_authn",
@@ -430,3 +439,66 @@ def test_a_workload_without_extensions_still_gets_its_listener_and_app() -> None
     assert len(resources.listeners) == 1
     assert [c.name for c in resources.clusters] == [names.APP_CLUSTER]
     assert resources.extension_configs == {}
+
+
+def shapes(
+    extensions: list[PlannedExtension], delivery: ModuleDelivery = LOCAL
+) -> list[ListenerShape]:
+    info = proxy()
+    stand_in = delivery.stands_in(delivery.mode_for(info)) and bool(extensions)
+    made = plan(extensions)
+    return [listener_shape(spec, made, None, stand_in) for spec in listener_specs(info)]
+
+
+def listener_bytes(extensions: list[PlannedExtension], delivery: ModuleDelivery = LOCAL) -> bytes:
+    (listener,) = generate(extensions, delivery).listeners
+    return bytes(listener.SerializeToString(deterministic=True))
+
+
+def test_a_listener_is_made_from_its_shape_alone() -> None:
+    extensions = mixed_extensions()
+    (shape,) = shapes(extensions, REMOTE)
+    made = make_listener(shape).SerializeToString(deterministic=True)
+    assert made == listener_bytes(extensions, REMOTE)
+
+
+def test_a_change_of_config_or_module_changes_no_listener_shape() -> None:
+    before = [planned("a", config="1"), planned("b", module=fake_module("one"))]
+    after = [planned("a", config="2"), planned("b", module=fake_module("two"))]
+    for delivery in (LOCAL, REMOTE):
+        assert shapes(before, delivery) == shapes(after, delivery)
+
+
+def other_traffic(extension: PlannedExtension) -> PlannedExtension:
+    """``extension`` run on client (outbound) traffic only: not on an inbound listener."""
+    traffic = TrafficMatch((TrafficSelector(CLIENT),))
+    return dataclasses.replace(
+        extension,
+        extension=dataclasses.replace(extension.extension, traffic=traffic),
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "changed"),
+    [
+        ("another extension", [planned("a"), planned("b"), planned("c")]),
+        ("one less extension", [planned("a")]),
+        ("another phase", [planned("a", phase=Phase.PRE_AUTHN), planned("b")]),
+        ("another order", [planned("a", priority=1), planned("b", priority=9)]),
+        ("traffic not selecting the listener", [planned("a"), other_traffic(planned("b"))]),
+        ("another failure policy, stood in", [planned("a"), planned("b", failure_policy=OPEN)]),
+    ],
+)
+def test_what_a_listener_carries_changes_its_shape(
+    what: str, changed: list[PlannedExtension]
+) -> None:
+    base = [planned("a"), planned("b")]
+    assert shapes(changed, REMOTE) != shapes(base, REMOTE), what
+    assert listener_bytes(changed, REMOTE) != listener_bytes(base, REMOTE), what
+
+
+def test_a_failure_policy_reaches_the_listener_only_through_a_stand_in() -> None:
+    base = [planned("a"), planned("b")]
+    changed = [planned("a"), planned("b", failure_policy=OPEN)]
+    assert shapes(changed, LOCAL) == shapes(base, LOCAL)
+    assert listener_bytes(changed, LOCAL) == listener_bytes(base, LOCAL)

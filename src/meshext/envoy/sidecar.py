@@ -46,6 +46,18 @@ the filter's name is the ECDS resource name
 changes only its ECDS resource, which Envoy applies in place: the listener does not
 drain and other extensions are untouched. Adding or removing an extension changes
 the chain, hence the listener.
+
+Shapes
+------
+
+A listener is made from its :class:`ListenerShape` only, and a cluster from its
+:class:`ClusterShape` only: what the proxy, the plan and the delivery settings
+contribute is reduced to a shape first (a listener's spec, and for each extension
+filter the name of its ECDS resource, with the stand-in's plugin name and failure
+policy when it has one). Equal shapes therefore give equal resources, and a caller
+may keep what it made for a shape and give it to the next proxy or the next change
+of that shape (``proxy_resources``'s ``listeners`` and ``clusters``). A change of an
+extension's config or module changes no shape.
 """
 
 from __future__ import annotations
@@ -85,6 +97,7 @@ from meshext.envoy.wasm import (
     NETWORK_WASM_FILTER_TYPE_URL,
     WASM_FILTER_TYPE_URL,
     ModuleDelivery,
+    ModuleServerTls,
     extension_config,
 )
 from meshext.mesh.placement import JWT_AUTHN, RBAC, ROUTER, place_phases
@@ -97,13 +110,25 @@ OUTBOUND_ADDRESS: Final = "127.0.0.1"
 ExtensionConfigFactory = Callable[[PlannedExtension, DeliveryMode], Any]
 """Makes the ECDS resource of one extension; the default is :func:`extension_config`."""
 
+ListenerFactory = Callable[["ListenerShape"], Any]
+"""Makes the listener of a shape; the default is :func:`make_listener`."""
+
+ClusterFactory = Callable[["ClusterShape"], Any]
+"""Makes the cluster of a shape; the default is :func:`make_cluster`."""
+
 __all__ = [
     "CLUSTER_TYPE_URL",
     "EXTENSION_CONFIG_TYPE_URL",
     "LISTENER_TYPE_URL",
     "MESH_FILTERS",
+    "ClusterShape",
     "EnvoyResources",
+    "FilterRef",
+    "ListenerShape",
     "filter_chain",
+    "listener_shape",
+    "make_cluster",
+    "make_listener",
     "proxy_resources",
 ]
 
@@ -126,6 +151,8 @@ def proxy_resources(
     *,
     config_source: ConfigDirectory | None = None,
     extension_configs: ExtensionConfigFactory | None = None,
+    listeners: ListenerFactory | None = None,
+    clusters: ClusterFactory | None = None,
 ) -> EnvoyResources:
     """The listeners, clusters and extension configs of ``proxy``.
 
@@ -134,7 +161,9 @@ def proxy_resources(
     their config over ADS, or from files under ``config_source`` when given (a proxy
     run without an xDS server). ``extension_configs`` replaces the function making each
     extension's ECDS resource (which depends on the extension, its module and the
-    delivery mode only, so a caller may share them between proxies). Raises
+    delivery mode only, so a caller may share them between proxies); ``listeners`` and
+    ``clusters`` replace :func:`make_listener` and :func:`make_cluster` (a caller may
+    keep what they made per shape, see the module's documentation). Raises
     :class:`GenerationError` when an applied
     extension has no resolved module or remote delivery has no module server.
     """
@@ -157,16 +186,19 @@ def proxy_resources(
         if p.key in used
     }
     stand_in = delivery.stands_in(mode) and bool(plan.applied)
-    listeners = [_listener(spec, plan, config_source, stand_in) for spec in specs]
-    clusters = [_static_cluster(names.APP_CLUSTER, proxy.app)]
-    clusters.extend(
-        _static_cluster(names.outbound_cluster_name(o.port), o.upstream) for o in proxy.outbound
+    listener_of = listeners or make_listener
+    cluster_of = clusters or make_cluster
+    shapes = [ClusterShape(names.APP_CLUSTER, proxy.app)]
+    shapes.extend(
+        ClusterShape(names.outbound_cluster_name(o.port), o.upstream) for o in proxy.outbound
     )
     if plan.applied and mode is DeliveryMode.REMOTE and delivery.server is not None:
-        clusters.append(_modules_cluster(delivery))
+        shapes.append(ClusterShape(names.MODULES_CLUSTER, delivery.server, delivery.tls))
     return EnvoyResources(
-        listeners=tuple(listeners),
-        clusters=tuple(sorted(clusters, key=lambda c: str(c.name))),
+        listeners=tuple(
+            listener_of(listener_shape(spec, plan, config_source, stand_in)) for spec in specs
+        ),
+        clusters=tuple(cluster_of(shape) for shape in sorted(shapes, key=lambda c: c.name)),
         extension_configs=dict(sorted(configs.items())),
     )
 
@@ -269,17 +301,74 @@ def _by_phase_flat(plan: WorkloadPlan, side: Side) -> list[PlannedExtension]:
     return [p for group in _by_phase(plan, side, FilterLayer.HTTP).values() for p in group]
 
 
-def _listener(
+@dataclass(frozen=True, slots=True)
+class FilterRef:
+    """An extension's filter as a listener holds it: the name of its ECDS resource and,
+    when its modules are fetched remotely, the stand-in it runs until the module is
+    fetched (the extension's plugin name and whether it fails closed)."""
+
+    config_name: str
+    stand_in_plugin: str | None = None
+    stand_in_closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerShape:
+    """Everything a listener is made of (see the module's documentation, *Shapes*)."""
+
+    spec: ListenerSpec
+    network: tuple[FilterRef, ...]
+    """The network extensions' filters, in chain order (before the connection manager)."""
+    http: tuple[str | FilterRef, ...]
+    """The HTTP filter chain: the mesh's own filters by name, and extensions' filters."""
+    config_source: ConfigDirectory | None
+    """Where extension filters read their config from; ``None``: over ADS."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterShape:
+    """Everything a cluster is made of: its name, its one endpoint, and the TLS it
+    speaks to it (``None``: plaintext)."""
+
+    name: str
+    target: HostPort
+    tls: ModuleServerTls | None = None
+
+
+def listener_shape(
     spec: ListenerSpec, plan: WorkloadPlan, config_source: ConfigDirectory | None, stand_in: bool
-) -> Any:
+) -> ListenerShape:
+    """The shape of the listener of ``spec`` for a proxy running ``plan``; with
+    ``stand_in`` its extension filters carry their stand-in as default config."""
+
+    def ref(planned: PlannedExtension) -> FilterRef:
+        name = names.extension_config_name(planned.key)
+        if not stand_in:
+            return FilterRef(name)
+        ext = planned.extension
+        return FilterRef(name, ext.name, closes(ext.failure_policy))
+
+    return ListenerShape(
+        spec=spec,
+        network=tuple(ref(p) for p in network_chain(plan, spec.side)),
+        http=tuple(
+            item if isinstance(item, str) else ref(item) for item in filter_chain(plan, spec.side)
+        ),
+        config_source=config_source,
+    )
+
+
+def make_listener(shape: ListenerShape) -> Any:
+    """The listener of ``shape``."""
+    spec = shape.spec
     network = [
         listener_components_pb2.Filter(
-            name=names.extension_config_name(p.key),
-            config_discovery=_discovery(p, config_source, stand_in, network=True),
+            name=ref.config_name,
+            config_discovery=_discovery(ref, shape.config_source, network=True),
         )
-        for p in network_chain(plan, spec.side)
+        for ref in shape.network
     ]
-    hcm = _connection_manager(spec.name, spec.stat_prefix, plan, config_source, spec, stand_in)
+    hcm = _connection_manager(shape)
     return listener_pb2.Listener(
         name=spec.name,
         address=_socket_address(spec.address, spec.port),
@@ -296,44 +385,34 @@ def _listener(
     )
 
 
-def _http_filters(
-    plan: WorkloadPlan, config_source: ConfigDirectory | None, side: Side | None, stand_in: bool
-) -> list[Any]:
+def _http_filters(shape: ListenerShape) -> list[Any]:
     filters = []
-    for item in filter_chain(plan, side):
+    for item in shape.http:
         if isinstance(item, str):
             filters.append(hcm_pb2.HttpFilter(name=item, typed_config=pack(_ANCHOR_CONFIGS[item])))
             continue
         filters.append(
             hcm_pb2.HttpFilter(
-                name=names.extension_config_name(item.key),
-                config_discovery=_discovery(item, config_source, stand_in, network=False),
+                name=item.config_name,
+                config_discovery=_discovery(item, shape.config_source, network=False),
             )
         )
     return filters
 
 
-def _discovery(
-    planned: PlannedExtension,
-    config_source: ConfigDirectory | None,
-    stand_in: bool,
-    *,
-    network: bool,
-) -> Any:
-    """Where an extension's filter gets its config. With ``stand_in`` (remote modules
+def _discovery(ref: FilterRef, config_source: ConfigDirectory | None, *, network: bool) -> Any:
+    """Where an extension's filter gets its config. With a stand-in (remote modules
     Envoy rejects until fetched), the stand-in matching the extension's failure policy
     is the filter's default config, so a listener never waits on, nor a filter fails
     for, a module not fetched."""
-    name = names.extension_config_name(planned.key)
+    name = ref.config_name
     discovery = config_source_pb2.ExtensionConfigSource(
         config_source=_extension_config_source(name, config_source),
         type_urls=[NETWORK_WASM_FILTER_TYPE_URL if network else WASM_FILTER_TYPE_URL],
     )
-    if stand_in:
-        ext = planned.extension
-        closed = closes(ext.failure_policy)
+    if ref.stand_in_plugin is not None:
         discovery.default_config.CopyFrom(
-            pack(stand_in_filter(ext.name, network=network, closed=closed))
+            pack(stand_in_filter(ref.stand_in_plugin, network=network, closed=ref.stand_in_closed))
         )
     return discovery
 
@@ -357,19 +436,13 @@ def _extension_config_source(name: str, directory: ConfigDirectory | None) -> An
     )
 
 
-def _connection_manager(
-    route_name: str,
-    stat_prefix: str,
-    plan: WorkloadPlan,
-    config_source: ConfigDirectory | None,
-    spec: ListenerSpec,
-    stand_in: bool,
-) -> Any:
+def _connection_manager(shape: ListenerShape) -> Any:
+    spec = shape.spec
     return hcm_pb2.HttpConnectionManager(
-        stat_prefix=stat_prefix,
+        stat_prefix=spec.stat_prefix,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_pb2.RouteConfiguration(
-            name=route_name,
+            name=spec.name,
             virtual_hosts=[
                 route_components_pb2.VirtualHost(
                     name="app",
@@ -387,7 +460,7 @@ def _connection_manager(
                 )
             ],
         ),
-        http_filters=_http_filters(plan, config_source, spec.side, stand_in),
+        http_filters=_http_filters(shape),
     )
 
 
@@ -397,9 +470,11 @@ def _socket_address(host: str, port: int) -> Any:
     )
 
 
-def _static_cluster(name: str, target: HostPort) -> Any:
-    """A cluster of one endpoint: STATIC for an IP address, STRICT_DNS for a host name."""
-    return cluster_pb2.Cluster(
+def make_cluster(shape: ClusterShape) -> Any:
+    """The cluster of ``shape``: one endpoint, STATIC for an IP address, STRICT_DNS for
+    a host name; with ``tls`` (the module server's), verified by the mesh's roots."""
+    name, target = shape.name, shape.target
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC if target.is_ip else cluster_pb2.Cluster.STRICT_DNS,
         connect_timeout=CONNECT_TIMEOUT,
@@ -418,18 +493,12 @@ def _static_cluster(name: str, target: HostPort) -> Any:
             ],
         ),
     )
-
-
-def _modules_cluster(delivery: ModuleDelivery) -> Any:
-    """The module server's cluster, over TLS verified by the mesh's roots when it has them."""
-    assert delivery.server is not None
-    cluster = _static_cluster(names.MODULES_CLUSTER, delivery.server)
-    if delivery.tls is not None:
+    if shape.tls is not None:
         cluster.transport_socket.CopyFrom(
             upstream_tls_socket_proto(
-                server_identity=delivery.tls.server_identity,
-                sni=delivery.server.host,
-                trusted_ca_pem=delivery.tls.trusted_ca_pem,
+                server_identity=shape.tls.server_identity,
+                sni=target.host,
+                trusted_ca_pem=shape.tls.trusted_ca_pem,
             )
         )
     return cluster
