@@ -17,7 +17,8 @@ import pytest
 from meshext.api.extension import ExtensionStatus
 from meshext.api.meta import ResourceKey
 from meshext.envoy.node import HostPort, Outbound, node_metadata
-from meshext.envoy.resources import EXTENSION_CONFIG_TYPE_URL
+from meshext.envoy.resources import CLUSTER_TYPE_URL, EXTENSION_CONFIG_TYPE_URL, LISTENER_TYPE_URL
+from meshext.envoy.sidecar import proxy_resources
 from meshext.envoy.wasm import ModuleDelivery
 from meshext.mesh.resolution import Resolution
 from meshext.mesh.workload import ProxyKind
@@ -27,7 +28,7 @@ from meshext.server.delivery import DeliveryState
 from meshext.server.status_book import DeliveryCounts
 from meshext.sources.folder import LoadResult, load_folder
 from meshext.xds.cache import SnapshotCache
-from meshext.xds.snapshot import Snapshot
+from meshext.xds.snapshot import Snapshot, make_resource
 from meshext.xds.types import Node
 from tests.envoy.support import example_module
 from tests.server.mesh import CONTROL_PLANE, sme
@@ -393,3 +394,52 @@ async def test_replicas_keep_sharing_after_many_short_lived_workloads_came_and_w
         await quiet(control)
         assert snapshot(cache, "a") is snapshot(cache, "b")
         assert list(configs(cache, "a")) == [TAG]
+
+
+def listener_and_clusters(cache: SnapshotCache, node_id: str) -> list[Any]:
+    found = snapshot(cache, node_id)
+    return [
+        resource
+        for type_url in (LISTENER_TYPE_URL, CLUSTER_TYPE_URL)
+        for resource in found.resources(type_url).resources.values()
+    ]
+
+
+async def test_a_config_change_keeps_the_listeners_and_clusters_made_before(
+    tmp_path: Path,
+) -> None:
+    first = load(
+        tmp_path, sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "1"})
+    )
+    async with running(first, "header-append") as (control, cache, _):
+        await control.on_connect(httpbin("a"))
+        before, config_before = listener_and_clusters(cache, "a"), configs(cache, "a")[TAG]
+        changed = sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "2"})
+        control.apply(load(tmp_path, changed))
+        await until(lambda: configs(cache, "a")[TAG] != config_before, "the change")
+        after = listener_and_clusters(cache, "a")
+        assert len(after) == len(before) == 2
+        assert all(new is old for new, old in zip(after, before, strict=True))
+
+
+async def test_adding_an_extension_gives_the_listener_made_for_the_new_chain(
+    tmp_path: Path,
+) -> None:
+    first = load(tmp_path, sme("bookinfo", "tag", "header-append"))
+    async with running(first, "header-append", "request-counter") as (control, cache, _):
+        await control.on_connect(httpbin("a"))
+        (listener_before, _cluster) = listener_and_clusters(cache, "a")
+        counter = sme("bookinfo", "counter", "request-counter", priority=1, config={"name": "hits"})
+        control.apply(load(tmp_path, sme("bookinfo", "tag", "header-append"), counter))
+        await until(lambda: COUNTER in configs(cache, "a"), "the added extension")
+        (listener, cluster) = listener_and_clusters(cache, "a")
+        assert listener.packed != listener_before.packed
+        record = control.proxy("a")
+        assert record is not None
+        assert record.proxy is not None
+        assert record.plan is not None
+        fresh = proxy_resources(record.proxy, record.plan, ModuleDelivery())
+        (fresh_listener,) = fresh.listeners
+        assert listener.packed == make_resource(LISTENER_TYPE_URL, fresh_listener).packed
+        (fresh_cluster,) = fresh.clusters
+        assert cluster.packed == make_resource(CLUSTER_TYPE_URL, fresh_cluster).packed

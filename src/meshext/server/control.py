@@ -68,6 +68,7 @@ from meshext.server.collection import collection_held_through_sends
 from meshext.server.delivery import DeliveryState, ProxyDelivery
 from meshext.server.faults import Faults
 from meshext.server.fetch_retries import FetchRetries, stand_in_for, with_attempts
+from meshext.server.kept_resources import KeptResources
 from meshext.server.modules import module_url
 from meshext.server.status_book import DeliveryCounts, StatusBook
 from meshext.server.status_publisher import StatusPublisher
@@ -160,6 +161,8 @@ class ControlPlane:
         """Plans and configurations valid until the next ``_request(everything=True)``."""
         self._full_round: _RoundCache | None = None
         """The round every proxy was last recomputed in (by ``recompute``)."""
+        self._kept = KeptResources()
+        """Listeners and clusters by shape, kept from round to round."""
         self._wake = asyncio.Event()
         self._recompute_all = False
         self._recompute_proxies: set[str] = set()
@@ -350,7 +353,7 @@ class ControlPlane:
         self._request(everything=True)
 
     def _new_round(self) -> _RoundCache:
-        return _RoundCache(self._delivery, self._model.topology, self._gate_now())
+        return _RoundCache(self._delivery, self._model.topology, self._gate_now(), self._kept)
 
     def _current_round(self) -> _RoundCache:
         """The round of the current configuration, resolutions and pre-flight results:
@@ -362,7 +365,11 @@ class ControlPlane:
         if self._round is None:
             fresh = self._new_round()
             last = self._full_round
-            self._round = last if last is not None and last.inputs == fresh.inputs else fresh
+            if last is not None and last.inputs == fresh.inputs:
+                self._round = last
+            else:
+                self._round = fresh
+                self._kept.next_round()
         return self._round
 
     # --- proxies (StreamEvents) ----------------------------------------------------
@@ -567,7 +574,12 @@ class ControlPlane:
 
         def generate(applied_plan: WorkloadPlan) -> EnvoyResources:
             resources = proxy_resources(
-                proxy, applied_plan, self._delivery, extension_configs=round_cache.extension_config
+                proxy,
+                applied_plan,
+                self._delivery,
+                extension_configs=round_cache.extension_config,
+                listeners=round_cache.kept.listener,
+                clusters=round_cache.kept.cluster,
             )
             return with_attempts(resources, attempts)
 
@@ -703,11 +715,14 @@ class _Generated:
 class _RoundCache:
     """What one recomputation computes once and shares between proxies: plans per
     workload, whole configurations per replica set, and, across different workloads,
-    each extension's ECDS resource and its serialized form."""
+    each extension's ECDS resource and its serialized form. Listeners and clusters,
+    which a change of an extension's config leaves as they were, come from ``kept``,
+    across rounds."""
 
     delivery: ModuleDelivery
     topology: Topology
     gated: Gated
+    kept: KeptResources
     plans: dict[object, WorkloadPlan] = field(default_factory=dict)
     generated: dict[object, _Generated] = field(default_factory=dict)
     configs: dict[object, Any] = field(default_factory=dict)
@@ -732,13 +747,15 @@ class _RoundCache:
     def snapshot_of(self, resources: EnvoyResources) -> Snapshot:
         sets = []
         for type_url, by_name in resources.by_type().items():
+            if type_url != EXTENSION_CONFIG_TYPE_URL:  # listeners and clusters: kept
+                kept = self.kept.packed
+                sets.append(ResourceSet.of(type_url, [kept(type_url, m) for m in by_name.values()]))
+                continue
             made = []
             for message in by_name.values():
                 resource = self.packed.get(id(message))
                 if resource is None or resource.message is not message:
-                    resource = make_resource(type_url, message)
-                    if type_url == EXTENSION_CONFIG_TYPE_URL:
-                        self.packed[id(message)] = resource
+                    resource = self.packed[id(message)] = make_resource(type_url, message)
                 made.append(resource)
             sets.append(ResourceSet.of(type_url, made))
         return Snapshot(sets)
