@@ -174,31 +174,31 @@ def proxy_resources(
         )
     mode = delivery.mode_for(proxy) if plan.applied else delivery.mode
     make_config = extension_configs or (lambda p, m: extension_config(p, m, delivery))
-    specs = listener_specs(proxy)
+    stand_in = delivery.stands_in(mode) and bool(plan.applied)
+    shapes = [listener_shape(spec, plan, config_source, stand_in) for spec in listener_specs(proxy)]
+    # An extension whose traffic match selects none of the listeners gets no ECDS resource.
     used = {
-        p.key
-        for spec in specs
-        for p in (*network_chain(plan, spec.side), *_by_phase_flat(plan, spec.side))
+        ref.config_name
+        for shape in shapes
+        for ref in (*shape.network, *shape.http)
+        if not isinstance(ref, str)
     }
     configs = {
-        names.extension_config_name(p.key): make_config(p, mode)
+        name: make_config(p, mode)
         for p in plan.applied
-        if p.key in used
+        if (name := names.extension_config_name(p.key)) in used
     }
-    stand_in = delivery.stands_in(mode) and bool(plan.applied)
     listener_of = listeners or make_listener
     cluster_of = clusters or make_cluster
-    shapes = [ClusterShape(names.APP_CLUSTER, proxy.app)]
-    shapes.extend(
+    clusters_of = [ClusterShape(names.APP_CLUSTER, proxy.app)]
+    clusters_of.extend(
         ClusterShape(names.outbound_cluster_name(o.port), o.upstream) for o in proxy.outbound
     )
     if plan.applied and mode is DeliveryMode.REMOTE and delivery.server is not None:
-        shapes.append(ClusterShape(names.MODULES_CLUSTER, delivery.server, delivery.tls))
+        clusters_of.append(ClusterShape(names.MODULES_CLUSTER, delivery.server, delivery.tls))
     return EnvoyResources(
-        listeners=tuple(
-            listener_of(listener_shape(spec, plan, config_source, stand_in)) for spec in specs
-        ),
-        clusters=tuple(cluster_of(shape) for shape in sorted(shapes, key=lambda c: c.name)),
+        listeners=tuple(listener_of(shape) for shape in shapes),
+        clusters=tuple(cluster_of(c) for c in sorted(clusters_of, key=lambda c: c.name)),
         extension_configs=dict(sorted(configs.items())),
     )
 
@@ -295,10 +295,6 @@ def _by_phase(
         if planned.extension.layer is layer and _on(planned, side):
             grouped.setdefault(planned.phase, []).append(planned)
     return grouped
-
-
-def _by_phase_flat(plan: WorkloadPlan, side: Side) -> list[PlannedExtension]:
-    return [p for group in _by_phase(plan, side, FilterLayer.HTTP).values() for p in group]
 
 
 @dataclass(frozen=True, slots=True)
