@@ -46,6 +46,11 @@ def load(tmp_path: Path, *documents: str, members: str = "bookinfo") -> LoadResu
     return load_folder(folder)
 
 
+def tagged(value: str) -> str:
+    """The ``tag`` extension setting header ``x-tag`` to ``value``."""
+    return sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": value})
+
+
 def httpbin(
     node_id: str,
     *,
@@ -256,18 +261,11 @@ async def test_a_proxy_connecting_after_an_image_resolves_gets_the_extension(
 async def test_a_proxy_connecting_after_a_configuration_passed_its_preflight_gets_it(
     tmp_path: Path,
 ) -> None:
-    first = load(
-        tmp_path, sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "1"})
-    )
+    first = load(tmp_path, tagged("1"))
     async with running(first, "header-append") as (control, cache, _):
         await control.on_connect(httpbin("a"))
         before = configs(cache, "a")[TAG]
-        control.apply(
-            load(
-                tmp_path,
-                sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "2"}),
-            )
-        )
+        control.apply(load(tmp_path, tagged("2")))
         await control.on_connect(httpbin("b"))
         # the new configuration waits for its pre-flight: the new proxy runs the old one
         assert configs(cache, "b")[TAG] == before
@@ -279,19 +277,12 @@ async def test_a_proxy_connecting_after_a_configuration_passed_its_preflight_get
 async def test_a_change_waiting_for_its_preflight_costs_one_recomputation_not_two(
     tmp_path: Path,
 ) -> None:
-    first = load(
-        tmp_path, sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "1"})
-    )
+    first = load(tmp_path, tagged("1"))
     async with running(first, "header-append") as (control, cache, _):
         await control.on_connect(httpbin("a"))
         await quiet(control)
         before, recomputes = configs(cache, "a")[TAG], control.recomputes
-        control.apply(
-            load(
-                tmp_path,
-                sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "2"}),
-            )
-        )
+        control.apply(load(tmp_path, tagged("2")))
         await until(lambda: configs(cache, "a")[TAG] != before, "the change")
         await quiet(control)
         assert control.recomputes == recomputes + 1
@@ -408,13 +399,11 @@ def listener_and_clusters(cache: SnapshotCache, node_id: str) -> list[Any]:
 async def test_a_config_change_keeps_the_listeners_and_clusters_made_before(
     tmp_path: Path,
 ) -> None:
-    first = load(
-        tmp_path, sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "1"})
-    )
+    first = load(tmp_path, tagged("1"))
     async with running(first, "header-append") as (control, cache, _):
         await control.on_connect(httpbin("a"))
         before, config_before = listener_and_clusters(cache, "a"), configs(cache, "a")[TAG]
-        changed = sme("bookinfo", "tag", "header-append", config={"name": "x-tag", "value": "2"})
+        changed = tagged("2")
         control.apply(load(tmp_path, changed))
         await until(lambda: configs(cache, "a")[TAG] != config_before, "the change")
         after = listener_and_clusters(cache, "a")
