@@ -25,61 +25,74 @@ from typing import Any, Generic, TypeVar
 from meshext.envoy.sidecar import ClusterShape, ListenerShape, make_cluster, make_listener
 from meshext.xds.snapshot import Resource, make_resource
 
-_Shape = TypeVar("_Shape", bound=Hashable)
+_Key = TypeVar("_Key", bound=Hashable)
+_Value = TypeVar("_Value")
 
 
-class _ByShape(Generic[_Shape]):
-    """Messages made per shape, this round's and the last round's."""
+class _TwoRounds(Generic[_Key, _Value]):
+    """What this round and the last one used, by key: a value of the last round found
+    again is carried into this one; what this round did not use is dropped with the
+    next."""
 
-    def __init__(self, make: Callable[[_Shape], Any]) -> None:
-        self._make = make
-        self.current: dict[_Shape, Any] = {}
-        self.previous: dict[_Shape, Any] = {}
+    def __init__(self) -> None:
+        self._current: dict[_Key, _Value] = {}
+        self._previous: dict[_Key, _Value] = {}
 
-    def __call__(self, shape: _Shape) -> Any:
-        message = self.current.get(shape)
-        if message is None:
-            message = self.previous.get(shape)
-            if message is None:
-                message = self._make(shape)
-            self.current[shape] = message
-        return message
+    def get(self, key: _Key) -> _Value | None:
+        value = self._current.get(key)
+        if value is None:
+            value = self._previous.get(key)
+            if value is not None:
+                self._current[key] = value
+        return value
+
+    def put(self, key: _Key, value: _Value) -> None:
+        self._current[key] = value
 
     def next_round(self) -> None:
-        self.previous, self.current = self.current, {}
+        self._previous, self._current = self._current, {}
 
 
 class KeptResources:
     """Listeners and clusters by shape, with their resources, kept across rounds."""
 
     def __init__(self) -> None:
-        self.listener: _ByShape[ListenerShape] = _ByShape(make_listener)
+        self._listeners: _TwoRounds[ListenerShape, Any] = _TwoRounds()
+        self._clusters: _TwoRounds[ClusterShape, Any] = _TwoRounds()
+        self._packed: _TwoRounds[int, Resource] = _TwoRounds()
+
+    def listener(self, shape: ListenerShape) -> Any:
         """:func:`make_listener`, keeping what it made (a ``ListenerFactory``)."""
-        self.cluster: _ByShape[ClusterShape] = _ByShape(make_cluster)
+        return _kept(self._listeners, shape, make_listener)
+
+    def cluster(self, shape: ClusterShape) -> Any:
         """:func:`make_cluster`, keeping what it made (a ``ClusterFactory``)."""
-        self._packed: dict[int, Resource] = {}
-        self._packed_before: dict[int, Resource] = {}
+        return _kept(self._clusters, shape, make_cluster)
 
     def packed(self, type_url: str, message: Any) -> Resource:
         """``make_resource(type_url, message)``, made once per message while this round
         or the last asks for it. A resource is found by its message's id and taken
         only if it holds that very message (which it keeps alive, so the id is not
         reused meanwhile)."""
-        key = id(message)
-        resource = self._packed.get(key)
-        if resource is not None and resource.message is message:
-            return resource
-        resource = self._packed_before.get(key)
+        resource = self._packed.get(id(message))
         if resource is None or resource.message is not message:
             resource = make_resource(type_url, message)
-        self._packed[key] = resource
+            self._packed.put(id(message), resource)
         return resource
 
     def next_round(self) -> None:
         """A new round starts: what neither it nor the last round asks for is dropped."""
-        self.listener.next_round()
-        self.cluster.next_round()
-        self._packed_before, self._packed = self._packed, {}
+        self._listeners.next_round()
+        self._clusters.next_round()
+        self._packed.next_round()
+
+
+def _kept(store: _TwoRounds[_Key, Any], shape: _Key, make: Callable[[_Key], Any]) -> Any:
+    message = store.get(shape)
+    if message is None:
+        message = make(shape)
+        store.put(shape, message)
+    return message
 
 
 __all__ = ["KeptResources"]
