@@ -55,6 +55,11 @@ const (
 	listenerType  = "type.googleapis.com/envoy.config.listener.v3.Listener"
 	extensionType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 	clockTicks    = 100 // USER_HZ on Linux
+	// Envoy's default HTTP/2 flow-control windows (initial_stream_window_size and
+	// initial_connection_window_size, 256 MiB), which its gRPC client to the xDS
+	// server uses. Setting them also keeps grpc-go from sending a bandwidth-probe
+	// PING after the data it receives, which Envoy never sends.
+	envoyWindow = 256 << 20
 )
 
 // Workload is one entry of the scenario file written by run.py.
@@ -341,7 +346,8 @@ func (c *client) runSidecar(ctx context.Context, sc *sidecar, sem chan struct{})
 	conn, err := grpc.NewClient(c.opts.target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
-		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10))
+		grpc.WithReadBufferSize(16<<10), grpc.WithWriteBufferSize(16<<10),
+		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
 	if err != nil {
 		c.fail(err)
 		return
